@@ -1,0 +1,367 @@
+"""The GPT model: its config, named presets, and the GPT-2 decoder-only transformer.
+
+This is the real GPT-2 architecture (so a 124M run compares with GPT-2, nanoGPT and llm.c):
+token + learned position embeddings, pre-LayerNorm blocks of causal multi-head self-attention and a
+4x GELU MLP, a final LayerNorm, and an output head tied to the token embedding. Parameter names
+follow GPT-2 (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so checkpoints map 1:1 onto
+Hugging Face's GPT2LMHeadModel (see gpt_ds/hf.py).
+
+It also holds what training needs around the model (optimizer parameter groups, activation
+checkpointing, FLOPs per token for MFU, an optional torch.compile) and the per-layer key/value
+cache that gpt_ds/generate.py uses for incremental decoding. Nothing here knows about DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from gpt_ds.errors import UserError
+
+# The embedding matrix is padded to a multiple of this many rows: matmuls whose dimensions are
+# multiples of 64 hit the fast kernels (nanoGPT measured ~25% on GPUs for 50257 -> 50304).
+VOCAB_PAD_MULTIPLE = 64
+INIT_STD = 0.02  # GPT-2's initialisation scale
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of a GPT model. Frozen so that a preset cannot be changed by accident; derive a variant
+    with `config_from_preset(name, **overrides)` or `dataclasses.replace`."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int  # the context length: the number of learned positions
+    vocab_size: int = 50257  # GPT-2's BPE; the tokens the model can read and predict
+    dropout: float = 0.0  # 0 for pretraining (as GPT-2 small / nanoGPT), >0 only when overfitting
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise UserError(
+                f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) so the "
+                f"heads split the width evenly; choose e.g. n_head={_nearest_divisor(self.n_embd, self.n_head)}"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise UserError(f"model config: dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding matrix: vocab_size rounded up to a multiple of 64 (50257 -> 50304)."""
+        return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        """Build from `to_dict()` output; unknown or missing fields are a UserError naming them."""
+        if not isinstance(d, dict):
+            raise UserError(f"model config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"model config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise UserError(f"model config: missing field(s) {', '.join(missing)}")
+        return cls(**d)
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    return min((k for k in range(1, n + 1) if n % k == 0), key=lambda k: (abs(k - near), k))
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # The GPT-2 family (Radford et al. 2019), context 1024.
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # 355M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280, block_size=1024),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600, block_size=1024),  # 1558M
+    # CPU sizes. With GPT-2's 50k vocabulary the embedding/output head dominates small models
+    # (50304 x n_embd), so `tiny` keeps n_embd small: it trains visibly within a minute on 2 cores.
+    "tiny": GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=128),
+    # A few million non-embedding parameters; context 512 so 256 new tokens fit after a prompt.
+    "small": GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=512),
+}
+
+
+def config_from_preset(name: str, **overrides: Any) -> GPTConfig:
+    """The preset `name` with some fields replaced (e.g. block_size=256, dropout=0.1)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown model config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+class LayerKV:
+    """One layer's keys and values for incremental decoding, preallocated for the whole context.
+
+    `KVCache.length` (shared by all layers) says how many positions are filled.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> None:
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far (batch, head, position, head_dim).
+
+    Positions are learned and absolute, so a cache is valid only while the sequence fits in the
+    context: once it slides, every position shifts and the window must be recomputed (generate.py).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (batch_size, config.n_head, config.block_size, config.head_dim)
+        self.layers = [LayerKV(shape, device, dtype) for _ in range(config.n_layer)]
+        self.capacity = config.block_size
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        # One fused projection for queries, keys and values: one big matmul beats three small ones.
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), each (B, n_head, T, head_dim)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+
+    def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        """Attend x (B, T, C) causally; with `past`, x holds positions start..start+T-1 and its keys and
+        values are appended to the cache, so queries also see the positions before `start`."""
+        B, T, C = x.shape
+        q, k, v = self._heads(x)
+        mask = None
+        is_causal = True
+        if past is not None:
+            past.keys[:B, :, start : start + T] = k
+            past.values[:B, :, start : start + T] = v
+            k = past.keys[:B, :, : start + T]
+            v = past.values[:B, :, : start + T]
+            if start > 0:
+                # SDPA's is_causal aligns the mask top-left, which is wrong once queries are a suffix
+                # of the keys. One query needs no mask at all (it may see every cached key); several
+                # need the bottom-right aligned causal mask.
+                is_causal = False
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The softmax attention weights (B, n_head, T, T), computed explicitly (SDPA does not return them)."""
+        q, k, _ = self._heads(x)
+        T = x.shape[1]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 used the tanh approximation of GELU; matching it keeps imported GPT-2 weights exact.
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), past, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2: embeddings, n_layer blocks, final LayerNorm, output head tied to the token embedding."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.activation_checkpointing = False
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        # The output head has no weights of its own: it multiplies by wte (weight tying, as GPT-2),
+        # which saves padded_vocab_size x n_embd parameters and keeps one tensor to save and shard.
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2: every weight N(0, 0.02), biases 0, LayerNorm (1, 0). The projections that write into
+        # the residual stream (attn.c_proj, mlp.c_proj) get std 0.02/sqrt(2 n_layer), so the residual's
+        # variance does not grow with depth (2 such additions per block). Uses only torch's global RNG,
+        # so the initialisation is a function of torch.manual_seed alone.
+        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith("c_proj") else INIT_STD
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-LayerNorm outputs (B, T, n_embd) for token ids idx (B, T). With a cache, idx continues
+        the cached sequence: its positions start at cache.length, and the cache grows by T."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the context ({self.config.block_size}); crop it"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            if cache is not None:
+                x = block(x, cache.layers[i], start)
+            elif self.activation_checkpointing and self.training:
+                # Recompute the block in the backward pass instead of storing its activations:
+                # ~1/3 more compute for memory that no longer grows with n_layer x T.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        if cache is not None:
+            cache.length = start + T
+        return self.transformer.ln_f(x)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the real vocabulary (..., vocab_size). The padded rows of wte are multiplied
+        (the padded shape is what is fast) and then sliced off, so they are never sampled or scored."""
+        return F.linear(hidden, self.transformer.wte.weight)[..., : self.config.vocab_size]
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) for idx (B, T); with targets (B, T), also the mean cross-entropy
+        over the positions whose target is not ignore_index."""
+        logits = self.lm_head(self.hidden_states(idx))
+        if targets is None:
+            return logits, None
+        # The loss in float32 even under bf16 autocast: log-softmax over 50k classes loses digits in bf16.
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
+        )
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
+        """Attention weights (n_layer, n_head, T, T) for one sequence idx (T,) or (1, T), for
+        visualisation: row t is how much position t attends to each position <= t."""
+        if idx.dim() == 1:
+            idx = idx.unsqueeze(0)
+        if idx.dim() != 2 or idx.size(0) != 1:
+            raise ValueError(f"attention_weights takes one sequence, got shape {tuple(idx.shape)}")
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.block_size})")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        weights = []
+        for block in self.transformer.h:
+            weights.append(block.attn.attention_probs(block.ln_1(x))[0])
+            x = block(x)
+        return torch.stack(weights).float()
+
+    # ---- sizes and FLOPs ----------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, counting the real vocabulary (the padding rows are a speed device, not model
+        capacity): gpt2 has 124,439,808, as GPT-2 / Hugging Face count it. non_embedding=True leaves
+        out the token and position embeddings (Kaplan et al.'s N; the tied head is the token embedding)."""
+        cfg = self.config
+        total = sum(p.numel() for p in self.parameters())
+        total -= (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
+        if non_embedding:
+            total -= cfg.vocab_size * cfg.n_embd + cfg.block_size * cfg.n_embd
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward + backward) per token: 6N + 12 * n_layer * n_embd * seq_len, as in the
+        PaLM paper's appendix B. N counts every weight used in a matmul: the non-embedding parameters
+        plus the output head (the tied token embedding); the position embedding is a lookup, not a matmul.
+        The attention term is the QK^T and AV products at sequence length seq_len (default: context)."""
+        cfg = self.config
+        seq_len = cfg.block_size if seq_len is None else seq_len
+        matmul_params = self.num_params(non_embedding=True) + cfg.vocab_size * cfg.n_embd
+        return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    # ---- hooks for training -------------------------------------------------------------------
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups: weight decay on matrices and embeddings (>= 2-D), none on biases and
+        LayerNorm gains, which only scale or shift and should not be pulled towards zero."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each block's activations in the backward pass (training mode only)."""
+        self.activation_checkpointing = bool(enabled)
+
+
+def maybe_compile(model: GPT, enabled: bool) -> nn.Module:
+    """torch.compile(model) when enabled (faster steps after a one-off compile), else the model itself.
+    The compiled wrapper shares the parameters; its state_dict keys gain an `_orig_mod.` prefix, which
+    gpt_ds.model_io.save_model strips."""
+    return torch.compile(model) if enabled else model
