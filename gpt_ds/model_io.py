@@ -1,0 +1,216 @@
+"""The model folder: the one on-disk format of a trained model, and its one loader.
+
+A model folder holds
+- `model.safetensors`: the weights under the GPT-2 names of gpt_ds.model (`transformer.wte.weight`,
+  ...), with the token embedding at its real size (vocab_size rows: the padding to a multiple of 64
+  is a runtime speed device, re-added on load) and no separate output head (it is tied to wte);
+- `config.json`: {"model": GPTConfig.to_dict(), "tokenizer": "r50k_base", "metadata": {...}}, the
+  metadata being free-form (training writes its preset, steps, tokens, losses there).
+
+Training's export, the app, launch/sample.py and the Hugging Face converters all go through
+`save_model` / `load_model`. Loading reads safetensors only, so opening a model never unpickles.
+Saving is atomic: the folder is assembled under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from gpt_ds.errors import UserError
+from gpt_ds.model import GPT, GPTConfig
+from gpt_ds.tokenizer import DEFAULT_ENCODING
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKEN_EMBEDDING = "transformer.wte.weight"
+# Prefixes that wrappers add to parameter names: DDP/DeepSpeed (`module.`), torch.compile (`_orig_mod.`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# A tied output head some exporters include as a second name for wte; our model has none.
+TIED_HEAD = "lm_head.weight"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelInfo:
+    """What config.json says about a model folder (no weights)."""
+
+    config: GPTConfig
+    tokenizer: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """torch dtype for 'float32' | 'bfloat16' | 'float16' (or a torch.dtype, passed through)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a model folder for `config` holds, in the model's order."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost even for gpt2-xl
+        model = GPT(config)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    shapes[TOKEN_EMBEDDING] = (config.vocab_size, config.n_embd)
+    return shapes
+
+
+def folder_state_dict(weights: nn.Module | Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """The tensors to store for a model or a state dict (of GPT, possibly wrapped by DeepSpeed or
+    torch.compile): wrapper prefixes stripped, a tied `lm_head.weight` dropped, wte cut to
+    vocab_size rows, all contiguous on the CPU; checked against `config`."""
+    state = weights.state_dict() if isinstance(weights, nn.Module) else dict(weights)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+        if name == TIED_HEAD:
+            continue
+        tensors[name] = tensor
+    if TOKEN_EMBEDDING in tensors:
+        tensors[TOKEN_EMBEDDING] = tensors[TOKEN_EMBEDDING][: config.vocab_size]
+    check_tensors(tensors, config, source="the weights to save")
+    return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+
+
+def check_tensors(shapes_of: Mapping[str, Any], config: GPTConfig, source: str) -> None:
+    """UserError naming the first tensor that is missing, unexpected or of the wrong shape."""
+    expected = expected_shapes(config)
+    fix = "the weights belong to a model with a different config; use the config.json saved with them"
+    for name, shape in expected.items():
+        if name not in shapes_of:
+            raise UserError(f"{source}: tensor {name} is missing (expected shape {list(shape)}); {fix}")
+        found = tuple(shapes_of[name].shape) if hasattr(shapes_of[name], "shape") else tuple(shapes_of[name])
+        if found != shape:
+            raise UserError(
+                f"{source}: tensor {name} has shape {list(found)} but the config needs {list(shape)}; {fix}"
+            )
+    unexpected = [name for name in shapes_of if name not in expected]
+    if unexpected:
+        raise UserError(f"{source}: unexpected tensor {unexpected[0]} (not part of a GPT with this config); {fix}")
+
+
+def save_model(
+    folder: str | Path,
+    state_dict_or_model: nn.Module | Mapping[str, torch.Tensor],
+    config: GPTConfig,
+    metadata: dict[str, Any] | None = None,
+    tokenizer: str = DEFAULT_ENCODING,
+) -> Path:
+    """Write a model folder atomically and return its path. An existing model folder at `folder` is
+    replaced; a folder holding anything else is refused (so a typo cannot wipe a run directory)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors = folder_state_dict(state_dict_or_model, config)
+    document = {"model": config.to_dict(), "tokenizer": tokenizer, "metadata": dict(metadata or {})}
+    try:
+        config_text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    except TypeError as err:
+        raise UserError(f"model metadata must be JSON-serialisable: {err}") from err
+
+    if folder.exists():
+        if not folder.is_dir():
+            raise UserError(f"{folder} exists and is not a folder; choose another --out path")
+        others = sorted(p.name for p in folder.iterdir() if p.name not in (WEIGHTS_FILE, CONFIG_FILE))
+        if others:
+            raise UserError(
+                f"{folder} exists and holds files that are not a model folder ({', '.join(others[:3])}); "
+                "choose a new or empty folder"
+            )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(config_text)
+        if folder.exists():
+            # A directory cannot be renamed over a non-empty one: move the old one aside first, so
+            # at every moment `folder` is either the complete old model or the complete new one.
+            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.rename(folder, retired / folder.name)
+            os.rename(staging, folder)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def read_model_info(folder: str | Path) -> ModelInfo:
+    """Read config.json of a model folder (no weights); UserError if it is missing or malformed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist; pass a folder made by training's export or gpt_ds.hf import")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{folder} has no {CONFIG_FILE}, so it is not a model folder; pass the `model/` folder of a run "
+            f"(e.g. RUN_DIR/model) or create one with `python -m gpt_ds.export RUN_DIR`"
+        )
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); re-export the model") from err
+    if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+        raise UserError(f"{path} has no \"model\" object with the model config; re-export the model")
+    try:
+        config = GPTConfig.from_dict(document["model"])
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from err
+    tokenizer = document.get("tokenizer", DEFAULT_ENCODING)
+    metadata = document.get("metadata") or {}
+    if not isinstance(tokenizer, str) or not isinstance(metadata, dict):
+        raise UserError(f"{path}: \"tokenizer\" must be a string and \"metadata\" an object; re-export the model")
+    return ModelInfo(config=config, tokenizer=tokenizer, metadata=metadata, folder=folder)
+
+
+def load_model(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
+) -> tuple[GPT, ModelInfo]:
+    """Load a model folder into a GPT in eval mode on `device` in `dtype`, with its ModelInfo."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = read_model_info(folder)
+    dtype = parse_dtype(dtype)
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export the model (its weights are missing)")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err}); re-export the model") from err
+    check_tensors(tensors, info.config, source=str(path))
+
+    # Build on the meta device and materialise uninitialised memory: the weights are about to be
+    # overwritten, so running the random initialisation (seconds for gpt2-xl) would be wasted.
+    with torch.device("meta"):
+        model = GPT(info.config)
+    model.to_empty(device=device)
+    model.to(dtype)
+    with torch.no_grad():
+        for name, target in model.state_dict().items():
+            source = tensors[name]
+            if name == TOKEN_EMBEDDING:
+                target.zero_()  # the padding rows: never looked up, never scored
+                target[: source.shape[0]].copy_(source)
+            else:
+                target.copy_(source)
+    model.eval()
+    return model, info
