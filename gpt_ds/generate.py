@@ -1,0 +1,218 @@
+"""Text generation from a GPT: incremental decoding with a key/value cache, sampling, streaming.
+
+`generate` continues a batch of prompts and returns the new tokens; `stream` continues one prompt and
+yields each token as soon as it is chosen (the app prints them as they come). Both share one decoding
+loop and one sampler:
+
+- Decoding: the prompt is run once to fill the KV cache; each new token then costs one position,
+  not a pass over the whole sequence. A prompt longer than the context is cropped from the left.
+  Past the context the model sees a sliding window of the last block_size tokens; since positions are
+  learned and absolute, sliding shifts every position, so the cache is invalid and the window is
+  recomputed at each step. This keeps cached greedy decoding token-for-token equal to recomputing the
+  whole window at every step, also beyond the context.
+- Sampling: temperature, then top-k, then top-p (nucleus), from a seeded generator; greedy (argmax)
+  when greedy=True or temperature == 0. Only real vocabulary entries exist in the logits
+  (GPT.lm_head drops the padding), so padded ids are never produced.
+- A batch of prompts is decoded in groups of equal length (a batch needs one position per step for
+  every row; left padding would shift the learned positions). Several samples of one prompt, the
+  common case, therefore run as one batch. A row stops at stop_token (not returned); the group stops
+  when every row has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+
+from gpt_ds.errors import UserError
+from gpt_ds.model import GPT, KVCache
+from gpt_ds.tokenizer import EOT_TOKEN
+
+
+@contextlib.contextmanager
+def _evaluating(model: GPT):
+    """Eval mode (no dropout) and no autograd for one step, restoring the caller's mode afterwards.
+    Scoped per step, not around the generator, so nothing leaks into the consumer between tokens."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _unwrap(model: torch.nn.Module) -> GPT:
+    # torch.compile returns a wrapper whose `_orig_mod` is the GPT with the methods used here.
+    return getattr(model, "_orig_mod", model)
+
+
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    """UserError for a sampling setting outside its range."""
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be >= 1 (or unset for no limit), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1] (or unset for no limit), got {top_p}")
+
+
+def choose_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, vocab): argmax when greedy or temperature is 0,
+    else a sample from softmax(logits / temperature) restricted to the top_k most likely tokens and to
+    the smallest set of most likely tokens whose probability reaches top_p."""
+    logits = logits.float()
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked before it already hold top_p of the mass; the most
+        # likely token is therefore always kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _decode(
+    model: GPT, prompts: torch.Tensor, max_new_tokens: int, use_cache: bool, **sampling
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row of prompts (B, T), max_new_tokens times."""
+    context = model.config.block_size
+    tokens = prompts[:, -context:]  # left-crop: the model can only see the last block_size tokens
+    cache = None
+
+    def last_logits(new_tokens: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        with _evaluating(model):
+            # Only the last position is scored: the head is the biggest matmul of a small model.
+            return model.lm_head(model.hidden_states(new_tokens, cache)[:, -1])
+
+    for step in range(max_new_tokens):
+        if step == 0 and use_cache:
+            param = next(model.parameters())
+            cache = KVCache(model.config, tokens.size(0), param.device, param.dtype)
+            logits = last_logits(tokens, cache)
+        elif cache is not None and cache.length < context:
+            logits = last_logits(tokens[:, -1:], cache)  # one new position on top of the cache
+        else:
+            # No cache, or the window has slid: every position moved, so recompute the window.
+            cache = None
+            logits = last_logits(tokens, None)
+        with torch.inference_mode():
+            next_tokens = choose_next(logits, **sampling)
+        yield next_tokens
+        tokens = torch.cat([tokens, next_tokens.unsqueeze(1).to(tokens.dtype)], dim=1)[:, -context:]
+
+
+def _prompt_tensor(model: GPT, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    vocab = model.config.vocab_size
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise UserError(
+                f"prompt {i} is empty; give at least one token (the end-of-text token {EOT_TOKEN} "
+                "starts an unconditional sample)"
+            )
+        bad = [t for t in prompt if not 0 <= int(t) < vocab]
+        if bad:
+            raise UserError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab}); encode it with the model's tokenizer")
+    device = next(model.parameters()).device
+    return torch.tensor([list(p) for p in prompts], dtype=torch.long, device=device)
+
+
+def _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model) -> dict:
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    generator = None
+    if seed is not None and not (greedy or temperature == 0):
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    return dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
+
+
+def generate(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    greedy: bool = False,
+    stop_token: int | None = EOT_TOKEN,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Continue each prompt (token ids) by up to max_new_tokens tokens; return the new tokens only,
+    per prompt, without the stop token. use_cache=False recomputes the whole window at every step
+    (the reference that benchmarks and tests compare the cache against)."""
+    model = _unwrap(model)
+    sampling = _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model)
+    results: list[list[int]] = [[] for _ in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    for rows in by_length.values():
+        batch = _prompt_tensor(model, [prompts[i] for i in rows])
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=batch.device)
+        for next_tokens in _decode(model, batch, max_new_tokens, use_cache, **sampling):
+            for row, (token, done) in enumerate(zip(next_tokens.tolist(), finished.tolist())):
+                if done:
+                    continue
+                if token == stop_token:
+                    finished[row] = True
+                else:
+                    results[rows[row]].append(token)
+            if bool(finished.all()):
+                break
+    return results
+
+
+def stream(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    greedy: bool = False,
+    stop_token: int | None = EOT_TOKEN,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield the continuation of one prompt token by token, stopping before stop_token; the same
+    tokens as generate(model, [prompt], ...)[0] with the same settings and seed."""
+    model = _unwrap(model)
+    # Checked here, not inside the generator, so bad settings fail at the call, not at the first token.
+    sampling = _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model)
+    batch = _prompt_tensor(model, [prompt])
+    return _stream_tokens(model, batch, max_new_tokens, use_cache, stop_token, sampling)
+
+
+def _stream_tokens(
+    model: GPT, batch: torch.Tensor, max_new_tokens: int, use_cache: bool, stop_token: int | None, sampling: dict
+) -> Iterator[int]:
+    for next_tokens in _decode(model, batch, max_new_tokens, use_cache, **sampling):
+        token = int(next_tokens[0])
+        if token == stop_token:
+            return
+        yield token
