@@ -14,13 +14,14 @@ Saving is atomic: the folder is assembled under a temporary name and renamed int
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -104,6 +105,37 @@ def check_tensors(shapes_of: Mapping[str, Any], config: GPTConfig, source: str) 
         raise UserError(f"{source}: unexpected tensor {unexpected[0]} (not part of a GPT with this config); {fix}")
 
 
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path, file_names: Sequence[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to write `file_names` into; on success it replaces
+    `folder` by renames, so `folder` is at every moment either complete or absent (or the complete
+    old version). An existing `folder` holding other files is refused, so a typo cannot wipe a run."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise UserError(f"{folder} exists and is not a folder; choose another output path")
+        others = sorted(p.name for p in folder.iterdir() if p.name not in file_names)
+        if others:
+            raise UserError(
+                f"{folder} exists and holds other files ({', '.join(others[:3])}); choose a new or empty folder"
+            )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield staging
+        if folder.exists():
+            # A directory cannot be renamed over a non-empty one: move the old one aside first.
+            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.rename(folder, retired / folder.name)
+            os.rename(staging, folder)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_model(
     folder: str | Path,
     state_dict_or_model: nn.Module | Mapping[str, torch.Tensor],
@@ -112,7 +144,7 @@ def save_model(
     tokenizer: str = DEFAULT_ENCODING,
 ) -> Path:
     """Write a model folder atomically and return its path. An existing model folder at `folder` is
-    replaced; a folder holding anything else is refused (so a typo cannot wipe a run directory)."""
+    replaced; a folder holding anything else is refused (see atomic_folder)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -123,32 +155,9 @@ def save_model(
     except TypeError as err:
         raise UserError(f"model metadata must be JSON-serialisable: {err}") from err
 
-    if folder.exists():
-        if not folder.is_dir():
-            raise UserError(f"{folder} exists and is not a folder; choose another --out path")
-        others = sorted(p.name for p in folder.iterdir() if p.name not in (WEIGHTS_FILE, CONFIG_FILE))
-        if others:
-            raise UserError(
-                f"{folder} exists and holds files that are not a model folder ({', '.join(others[:3])}); "
-                "choose a new or empty folder"
-            )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder, (WEIGHTS_FILE, CONFIG_FILE)) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(config_text)
-        if folder.exists():
-            # A directory cannot be renamed over a non-empty one: move the old one aside first, so
-            # at every moment `folder` is either the complete old model or the complete new one.
-            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.rename(folder, retired / folder.name)
-            os.rename(staging, folder)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -180,22 +189,27 @@ def read_model_info(folder: str | Path) -> ModelInfo:
     return ModelInfo(config=config, tokenizer=tokenizer, metadata=metadata, folder=folder)
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU (never unpickles); UserError if unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err}); write it again") from err
+
+
 def load_model(
     folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
 ) -> tuple[GPT, ModelInfo]:
     """Load a model folder into a GPT in eval mode on `device` in `dtype`, with its ModelInfo."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     info = read_model_info(folder)
     dtype = parse_dtype(dtype)
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise UserError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export the model (its weights are missing)")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable safetensors file ({err}); re-export the model") from err
+    tensors = read_safetensors(path)
     check_tensors(tensors, info.config, source=str(path))
 
     # Build on the meta device and materialise uninitialised memory: the weights are about to be

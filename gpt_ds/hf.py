@@ -1,0 +1,248 @@
+"""Hugging Face interop: convert between a gpt-ds model folder and a transformers GPT-2 folder.
+
+    python -m gpt_ds.hf export MODEL_DIR --out HF_DIR   # GPT2LMHeadModel.from_pretrained(HF_DIR) loads it
+    python -m gpt_ds.hf import HF_DIR --out MODEL_DIR   # e.g. GPT-2 weights you have locally
+
+The architectures are the same, so conversion is renaming plus three layout details:
+- GPT-2 stores its projections as `Conv1D` with weight (in, out): the transpose of nn.Linear's (out, in);
+- the Hugging Face vocabulary is unpadded (gpt-ds model folders are unpadded too: no change);
+- the output head is tied to wte in both (`lm_head.weight` is not written; it is ignored on import
+  when it equals wte).
+transformers is not needed to convert: both sides are plain safetensors + JSON (it is needed only by
+the tests that check the result loads and computes the same logits). Safetensors only: an HF folder
+that has only `pytorch_model.bin` (a pickle) is refused with the way to convert it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from gpt_ds.errors import UserError, run_cli
+from gpt_ds.model import GPTConfig
+from gpt_ds.model_io import (
+    DTYPES,
+    TIED_HEAD,
+    TOKEN_EMBEDDING,
+    atomic_folder,
+    check_tensors,
+    expected_shapes,
+    load_model,
+    parse_dtype,
+    read_safetensors,
+    save_model,
+)
+from gpt_ds.tokenizer import DEFAULT_ENCODING, EOT_TOKEN
+
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"  # sharded checkpoints (large models)
+# The projections Hugging Face keeps as Conv1D, i.e. with transposed weights.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Non-parameter buffers older transformers versions saved (the causal mask); recomputed, never needed.
+HF_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# GELU with the tanh approximation, which gpt_ds.model uses, under its transformers names.
+TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which gpt_ds.model uses
+
+
+def _is_conv1d(name: str) -> bool:
+    return name.endswith(CONV1D_SUFFIXES)
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """A transformers GPT2Config as JSON for `config`."""
+    eot = EOT_TOKEN if EOT_TOKEN < config.vocab_size else None  # a small test vocabulary has no EOT
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,  # older transformers versions read this name
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype = torch.float32) -> Path:
+    """Write the model folder `model_dir` as a transformers GPT-2 folder `out` (atomically)."""
+    from safetensors.torch import save_file
+
+    dtype = parse_dtype(dtype)
+    model, info = load_model(model_dir, dtype=dtype)
+    config = info.config
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name == TOKEN_EMBEDDING:
+            tensor = tensor[: config.vocab_size]  # drop the padding rows
+        elif _is_conv1d(name):
+            tensor = tensor.t()
+        tensors[name] = tensor.contiguous()
+    if not config.bias:
+        # GPT-2 always has biases; a model trained without them equals one whose biases are zero.
+        for name, shape in _hf_bias_shapes(config).items():
+            tensors[name] = torch.zeros(shape, dtype=dtype)
+    with atomic_folder(out, (HF_CONFIG, HF_WEIGHTS)) as staging:
+        save_file(tensors, str(staging / HF_WEIGHTS), metadata={"format": "pt"})
+        (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
+    return Path(out)
+
+
+def _hf_bias_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    with_bias = GPTConfig(**{**config.to_dict(), "bias": True})
+    return {name: shape for name, shape in expected_shapes(with_bias).items() if name.endswith(".bias")}
+
+
+# ---- import -----------------------------------------------------------------------------------
+
+
+def read_hf_config(hf_dir: Path) -> GPTConfig:
+    """The GPTConfig of a transformers GPT-2 folder; UserError for anything that is not plain GPT-2."""
+    path = hf_dir / HF_CONFIG
+    if not hf_dir.is_dir():
+        raise UserError(f"Hugging Face folder {hf_dir} does not exist; pass a folder saved by save_pretrained")
+    if not path.is_file():
+        raise UserError(f"{hf_dir} has no {HF_CONFIG}; pass a Hugging Face model folder (made by save_pretrained)")
+    try:
+        hf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from err
+    model_type = hf.get("model_type")
+    architectures = hf.get("architectures") or []
+    if model_type != "gpt2":
+        raise UserError(
+            f"{hf_dir} holds a {model_type or 'unknown'!s} model ({', '.join(architectures) or 'no architectures'}), "
+            "not GPT-2; only GPT-2 models (model_type \"gpt2\", GPT2LMHeadModel) can be imported"
+        )
+
+    def unsupported(what: str) -> UserError:
+        return UserError(f"{hf_dir} is a GPT-2 variant gpt-ds cannot represent ({what}); only plain GPT-2 imports")
+
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in TANH_GELU_NAMES:
+        raise unsupported(f"activation_function {activation!r}, gpt-ds uses gelu_new")
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise unsupported(f"n_inner {hf['n_inner']}, gpt-ds uses 4 * n_embd")
+    for key, wanted in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+        ("tie_word_embeddings", True),
+    ):
+        if hf.get(key, wanted) != wanted:
+            raise unsupported(f"{key}={hf[key]}")
+    if abs(hf.get("layer_norm_epsilon", LAYER_NORM_EPS) - LAYER_NORM_EPS) > 1e-12:
+        raise unsupported(f"layer_norm_epsilon {hf['layer_norm_epsilon']}, gpt-ds uses {LAYER_NORM_EPS}")
+    return GPTConfig(
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        block_size=hf.get("n_positions", 1024),
+        vocab_size=hf.get("vocab_size", 50257),
+        dropout=float(hf.get("resid_pdrop", 0.0)),
+        bias=True,
+    )
+
+
+def read_hf_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a transformers folder, single-file or sharded safetensors (never a pickle)."""
+    if (hf_dir / HF_WEIGHTS).is_file():
+        return read_safetensors(hf_dir / HF_WEIGHTS)
+    if (hf_dir / HF_INDEX).is_file():
+        try:
+            shards = sorted(set(json.loads((hf_dir / HF_INDEX).read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
+            raise UserError(f"{hf_dir / HF_INDEX} is not a safetensors index ({err})") from err
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            if not (hf_dir / shard).is_file():
+                raise UserError(f"{hf_dir} lacks the shard {shard} listed in {HF_INDEX}; download it again")
+            tensors.update(read_safetensors(hf_dir / shard))
+        return tensors
+    if any((hf_dir / name).is_file() for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+        raise UserError(
+            f"{hf_dir} has weights only in a pickle/TF/Flax format; gpt-ds reads safetensors only. Convert once with "
+            "transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
+    raise UserError(f"{hf_dir} has no {HF_WEIGHTS}; pass a Hugging Face GPT-2 folder with safetensors weights")
+
+
+def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCODING) -> Path:
+    """Convert the transformers GPT-2 folder `hf_dir` into the model folder `out`."""
+    hf_dir = Path(hf_dir)
+    config = read_hf_config(hf_dir)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in read_hf_tensors(hf_dir).items():
+        if name.endswith(HF_BUFFER_SUFFIXES):
+            continue
+        if not name.startswith(("transformer.", TIED_HEAD)):
+            name = "transformer." + name  # the original GPT-2 checkpoints name the base model's tensors bare
+        state[name] = tensor.t() if _is_conv1d(name) else tensor
+    head = state.pop(TIED_HEAD, None)
+    wte = state.get(TOKEN_EMBEDDING)
+    if head is not None and wte is not None and (head.shape != wte.shape or not torch.equal(head, wte)):
+        raise UserError(f"{hf_dir}: lm_head.weight differs from transformer.wte.weight (untied head); gpt-ds ties them")
+    check_tensors(state, config, source=str(hf_dir))  # names the first tensor that does not fit
+    metadata = {"source": "huggingface", "hf_folder": str(hf_dir.resolve())}
+    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt-ds-hf", description="Convert between a gpt-ds model folder and a Hugging Face GPT-2 folder."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="model folder -> folder GPT2LMHeadModel.from_pretrained loads")
+    export.add_argument("model_dir", help="gpt-ds model folder (model.safetensors + config.json)")
+    export.add_argument("--out", required=True, help="Hugging Face folder to write (new or a previous export)")
+    export.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
+    imp = commands.add_parser("import", help="Hugging Face GPT-2 folder -> model folder")
+    imp.add_argument("hf_dir", help="folder with config.json and model.safetensors of a GPT-2 model")
+    imp.add_argument("--out", required=True, help="model folder to write (new or a previous import)")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "export":
+        out = export_hf(args.model_dir, args.out, dtype=args.dtype)
+        print(f"wrote {out} (load with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
+    else:
+        out = import_hf(args.hf_dir, args.out)
+        print(f"wrote model folder {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    run_cli(lambda: run(argv), "gpt-ds-hf")
+
+
+if __name__ == "__main__":
+    main()
