@@ -21,8 +21,9 @@ loop and one sampler:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -216,3 +217,16 @@ def _stream_tokens(
         if token == stop_token:
             return
         yield token
+
+
+def detokenize_stream(encoding, tokens: Iterable[int]) -> Iterator[str]:
+    """Text pieces for a stream of token ids. A BPE token can end in the middle of a multi-byte UTF-8
+    character, so bytes are decoded incrementally: a piece is emitted once its characters are complete."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in tokens:
+        piece = decoder.decode(encoding.decode_single_token_bytes(token))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
