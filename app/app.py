@@ -1,0 +1,212 @@
+"""The gpt-ds Streamlit page: try a trained model, see how it learned and what its heads attend to.
+
+Run: `streamlit run app/app.py [-- --model MODEL_DIR]`. Without --model the sidebar lists the model
+folders found under runs/, and any folder can be typed. This file is layout only; the logic
+(discovery, loading, prompt checks, TensorBoard curves, attention data, charts) lives in
+gpt_ds.app_support. Every problem becomes a message in the page, never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from gpt_ds import app_support as support
+from gpt_ds.errors import UserError
+
+PAGE_CSS = """
+<style>
+.gen-box {white-space: pre-wrap; font-family: ui-monospace, SFMono-Regular, Menlo, monospace;
+  font-size: 0.95rem; line-height: 1.55; padding: 1rem 1.2rem; border-radius: 0.6rem;
+  background: rgba(76, 120, 168, 0.06); border: 1px solid rgba(76, 120, 168, 0.25); min-height: 4rem;}
+.gen-prompt {color: rgba(49, 51, 63, 0.65);}
+.gen-continuation {color: #1d4e89; font-weight: 600;}
+</style>
+"""
+OTHER_FOLDER = "Type a folder path…"
+
+
+@st.cache_resource(show_spinner="Loading the weights…", max_entries=4)
+def cached_model(folder: str, fingerprint: tuple, device: str):
+    """The model and its info, loaded once per (folder contents, device): generating again reuses them."""
+    return support.load_model_for_app(Path(folder), device)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_curves(tb_dir: str, fingerprint: tuple) -> support.RunCurves:
+    return support.read_run_curves(Path(tb_dir))
+
+
+def choose_model_folder(args: support.AppArgs) -> str:
+    """The sidebar's model choice: found folders (and --model), or a typed path."""
+    st.sidebar.header("Model")
+    options = [str(folder) for folder in support.discover_model_folders(support.default_run_roots())]
+    if args.model is not None and str(args.model) not in options:
+        options.insert(0, str(args.model))
+    options.append(OTHER_FOLDER)
+    choice = st.sidebar.selectbox(
+        "Model folder",
+        options,
+        format_func=lambda option: option if option == OTHER_FOLDER else support.display_name(Path(option)),
+        key="model_choice",
+        help="Model folders found under runs/ (and the one given with --model).",
+    )
+    if choice == OTHER_FOLDER:
+        return st.sidebar.text_input("Model folder path", key="typed_folder", placeholder="runs/my-run/model")
+    return choice
+
+
+def generation_controls(context: int) -> support.GenerationControls:
+    st.sidebar.header("Generation")
+    defaults = support.GenerationControls()
+    max_new = st.sidebar.slider("Max new tokens", 1, max(1, min(1024, context)), min(defaults.max_new_tokens, context), key="max_new_tokens")
+    temperature = st.sidebar.slider("Temperature", 0.0, 2.0, defaults.temperature, 0.05, key="temperature", help="0 = greedy: always the most likely token.")
+    top_k = st.sidebar.number_input("Top-k", 0, 50257, defaults.top_k, key="top_k", help="Sample among the k most likely tokens; 0 = off.")
+    top_p = st.sidebar.slider("Top-p", 0.05, 1.0, defaults.top_p, 0.05, key="top_p", help="Sample among the smallest set of tokens holding this probability; 1 = off.")
+    fixed_seed = st.sidebar.checkbox("Fixed seed", True, key="fixed_seed", help="The same seed and settings give the same text.")
+    seed = st.sidebar.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="seed", disabled=not fixed_seed)
+    return support.GenerationControls(int(max_new), float(temperature), int(top_k), float(top_p), int(seed) if fixed_seed else None)
+
+
+def show_model_card(card: support.ModelCard) -> None:
+    with st.container(border=True):
+        title = f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "")
+        st.markdown(title)
+        cols = st.columns(7)
+        cols[0].metric("Parameters", support.format_count(card.parameters))
+        cols[1].metric("Context", f"{card.context} tokens")
+        cols[2].metric("Layers × heads × width", f"{card.n_layer}×{card.n_head}×{card.n_embd}")
+        cols[3].metric("Tokens trained", support.format_count(card.tokens))
+        cols[4].metric("Steps", support.format_count(card.steps))
+        cols[5].metric("Train / val loss", f"{support.format_loss(card.train_loss)} / {support.format_loss(card.val_loss)}")
+        if card.target_reached is None:
+            cols[6].metric("Loss target", support.format_loss(card.target_loss))
+        else:
+            at_step = f" at step {card.target_step}" if card.target_step is not None else ""
+            verdict = f"reached{at_step} ✅" if card.target_reached else "not reached ❌"
+            cols[6].metric("Loss target", support.format_loss(card.target_loss), verdict, delta_color="normal" if card.target_reached else "inverse")
+
+
+def generated_html(prompt: str, continuation: str) -> str:
+    return (
+        f'<div class="gen-box"><span class="gen-prompt">{html.escape(prompt)}</span>'
+        f'<span class="gen-continuation">{html.escape(continuation)}</span></div>'
+    )
+
+
+def generate_tab(model, info, folder: str, controls: support.GenerationControls) -> None:
+    prompt = st.text_area("Prompt", "ROMEO:\n", height=140, key="prompt")
+    pressed = st.button("Generate", type="primary", key="generate")
+    output, speed = st.empty(), st.empty()
+    if pressed:
+        try:
+            prompt_ids = support.encode_prompt(prompt, info.tokenizer, info.config.block_size)
+        except UserError as err:
+            st.session_state.pop("last_generation", None)
+            output.warning(str(err))
+            return
+        update = None
+        for update in support.stream_continuation(model, info.tokenizer, prompt_ids, controls):
+            output.markdown(generated_html(prompt, update.text), unsafe_allow_html=True)
+            speed.caption(f"{update.tokens} tokens · {update.tokens_per_sec:.1f} tokens/s")
+        if update is None:
+            output.info("The model ended the text at once (it chose the end-of-text token): try another seed or prompt.")
+        st.session_state["last_generation"] = {
+            "folder": folder,
+            "prompt": prompt,
+            "text": update.text if update else "",
+            "tokens": update.tokens if update else 0,
+            "tokens_per_sec": update.tokens_per_sec if update else 0.0,
+        }
+        return
+    last = st.session_state.get("last_generation")
+    if last and last["folder"] == folder:  # keep the last result on screen while other controls change
+        output.markdown(generated_html(last["prompt"], last["text"]), unsafe_allow_html=True)
+        speed.caption(f"{last['tokens']} tokens · {last['tokens_per_sec']:.1f} tokens/s")
+
+
+def curves_tab(folder: str, card: support.ModelCard) -> None:
+    run_dir = support.run_dir_of(Path(folder))
+    if run_dir is None:
+        st.info("This model folder is not part of a training run (no tb/ folder beside it), so there are no curves to show.")
+        return
+    tb_dir = run_dir / "tb"
+    curves = cached_curves(str(tb_dir), support.files_fingerprint(tb_dir))
+    if not (curves.has(support.TRAIN_LOSS_TAG) or curves.has(support.VAL_LOSS_TAG)):
+        st.info(f"The run's TensorBoard logs ({support.display_name(tb_dir)}) hold no loss curves yet.")
+        return
+    st.markdown("**Loss**" + (f" — target {support.format_loss(card.target_loss)} (dashed)" if card.target_loss is not None else ""))
+    st.altair_chart(support.loss_chart(curves, card.target_loss), width="stretch")
+    if curves.has(support.LR_TAG):
+        st.markdown("**Learning rate**")
+        st.altair_chart(support.lr_chart(curves), width="stretch")
+    st.caption(f"Read from {support.display_name(tb_dir)} · `tensorboard --logdir {support.display_name(tb_dir)}` shows every metric.")
+
+
+def attention_tab(model, info, folder: str) -> None:
+    config = info.config
+    left, right, third = st.columns([1, 1, 2])
+    layer = left.selectbox("Layer", range(config.n_layer), key="attn_layer")
+    head = right.selectbox("Head", range(config.n_head), key="attn_head")
+    last = st.session_state.get("last_generation")
+    can_extend = bool(last and last["folder"] == folder and last["prompt"] == st.session_state.get("prompt") and last["text"])
+    with third:
+        st.write("")
+        extend = st.checkbox("Include the generated continuation", value=can_extend, disabled=not can_extend, key="attn_extend")
+    text = st.session_state.get("prompt", "")
+    if extend and can_extend:
+        text += last["text"]
+    try:
+        ids = support.encode_prompt(text, info.tokenizer)  # no length limit: the map keeps the last block
+        attention = support.attention_map(model, info.tokenizer, ids, int(layer), int(head))
+    except UserError as err:
+        st.info(str(err))
+        return
+    st.altair_chart(support.attention_chart(attention), width="content")
+    shown = len(attention.labels)
+    note = f"Layer {attention.layer}, head {attention.head}: each row is a token and how it spreads its attention over the tokens before it."
+    if shown < attention.total_tokens:
+        note += f" Showing the last {shown} of {attention.total_tokens} tokens."
+    st.caption(note)
+
+
+def page() -> None:
+    st.set_page_config(page_title="gpt-ds playground", page_icon="🪶", layout="wide")
+    args = support.parse_app_args(sys.argv[1:])
+    folder_text = choose_model_folder(args)
+    device = support.pick_device()
+    st.sidebar.caption(f"Device: **{device}**")
+
+    st.title("gpt-ds playground")
+    st.caption("A GPT trained from scratch with DeepSpeed: write a prompt, watch it continue, look inside its attention heads.")
+    st.markdown(PAGE_CSS, unsafe_allow_html=True)
+    try:
+        folder = support.resolve_model_folder(folder_text)
+        model, info = cached_model(str(folder.resolve()), support.files_fingerprint(folder), device)
+    except UserError as err:
+        st.error(f"**Cannot use this model.** {err}")
+        return
+    card = support.model_card(model, info)
+    show_model_card(card)
+    controls = generation_controls(info.config.block_size)
+    generate, curves, attention = st.tabs(["Generate", "Training curves", "Attention"])
+    with generate:
+        generate_tab(model, info, str(folder), controls)
+    with curves:
+        try:
+            curves_tab(str(folder), card)
+        except UserError as err:
+            st.warning(str(err))
+    with attention:
+        attention_tab(model, info, str(folder))
+
+
+try:
+    page()
+except UserError as err:
+    st.error(str(err))
+except Exception as err:  # the last guard: a message, never a traceback, and the page stays usable
+    st.error(f"Something went wrong: {type(err).__name__}: {err}. Change the input or choose another model; the app keeps running.")

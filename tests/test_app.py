@@ -1,0 +1,167 @@
+"""The Streamlit page driven by Streamlit's AppTest (streamlit.testing.v1): real script runs against
+real model folders (tiny random GPTs saved by model_io) and real TensorBoard logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from app_fixtures import STEPS, TARGET_LOSS, TARGET_STEP, make_run, train_loss_at
+from streamlit.testing.v1 import AppTest
+
+from gpt_ds import app_support as support
+
+APP = Path(__file__).resolve().parents[1] / "app" / "app.py"
+
+
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("app") / "runs" / "demo")
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+
+
+def open_app(monkeypatch, *args: str) -> AppTest:
+    """The page as `streamlit run app/app.py -- ARGS` would run it."""
+    monkeypatch.setattr(sys, "argv", [str(APP), *args])
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not app.exception
+    return app
+
+
+def generate(app: AppTest, prompt: str | None = None) -> str:
+    """Press Generate (after typing `prompt`) and return the continuation shown."""
+    if prompt is not None:
+        app.text_area(key="prompt").input(prompt)
+    app.button(key="generate").click().run()
+    assert not app.exception
+    boxes = [m.value for m in app.markdown if 'class="gen-continuation"' in m.value]
+    assert len(boxes) == 1, [m.value for m in app.markdown]
+    return boxes[0].split('class="gen-continuation">', 1)[1].rsplit("</span>", 1)[0]
+
+
+def chart_data(chart) -> list:
+    """The data frames an Altair chart element carries (Arrow IPC streams), one per layer."""
+    import pyarrow as pa
+
+    return [pa.ipc.open_stream(dataset.data.data).read_pandas() for dataset in chart.proto.datasets]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_generate_streams_text_without_reloading_the_weights(monkeypatch, good_model):
+    loads = []
+
+    def counting_load_model(*args, **kwargs):
+        loads.append(args)
+        return real_load_model(*args, **kwargs)
+
+    real_load_model = support.load_model
+    monkeypatch.setattr(support, "load_model", counting_load_model)
+    app = open_app(monkeypatch, "--model", str(good_model))
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Context"] == "64 tokens" and metrics["Steps"] == "200" and metrics["Layers × heads × width"] == "2×2×32"
+    assert "preset `tiny`" in texts(app.markdown)
+    target = next(m for m in app.metric if m.label == "Loss target")
+    assert (target.value, target.delta) == (f"{TARGET_LOSS:.3f}", f"reached at step {TARGET_STEP} ✅")
+
+    first = generate(app, "ROMEO:\n")
+    assert first.strip()
+    assert "ROMEO:" in texts(app.markdown)
+    assert "tokens/s" in texts(app.caption)
+    generate(app)
+    assert len(loads) == 1  # the second Generate reused the cached weights
+
+
+def test_seed_reproduces_text_and_controls_change_it(monkeypatch, good_model):
+    app = open_app(monkeypatch, "--model", str(good_model))
+    app.slider(key="max_new_tokens").set_value(8)
+    app.number_input(key="seed").set_value(1)
+    first = generate(app, "To be")
+    assert generate(app) == first
+    app.number_input(key="seed").set_value(2)
+    assert generate(app) != first
+
+    app.slider(key="temperature").set_value(0.0)  # greedy: the seed no longer matters
+    greedy = generate(app)
+    app.number_input(key="seed").set_value(3)
+    assert generate(app) == greedy
+    shown = next(c.value for c in app.caption if "tokens/s" in c.value)
+    assert 1 <= int(shown.split(" tokens")[0]) <= 8  # the max new tokens control is obeyed
+
+
+def test_prompt_problems_are_messages_and_the_page_keeps_working(monkeypatch, good_model):
+    app = open_app(monkeypatch, "--model", str(good_model))
+    app.text_area(key="prompt").input("   ")
+    app.button(key="generate").click().run()
+    assert not app.exception and "the prompt is empty" in texts(app.warning)
+
+    app.text_area(key="prompt").input("word " * 100)
+    app.button(key="generate").click().run()
+    assert not app.exception and "context is 64 tokens" in texts(app.warning)
+
+    assert generate(app, "Hello").strip()
+    assert not app.warning
+
+
+def test_bad_model_folders_are_messages_and_another_model_can_be_chosen(monkeypatch, tmp_path, good_model):
+    runs = tmp_path / "runs"
+    plain = make_run(runs / "plain", with_tb=False)
+    truncated = make_run(runs / "truncated", with_tb=False)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    mismatched = make_run(runs / "mismatched", with_tb=False)
+    document = json.loads((mismatched / "config.json").read_text())
+    document["model"]["n_layer"] = 3
+    (mismatched / "config.json").write_text(json.dumps(document))
+    monkeypatch.chdir(tmp_path)  # runs/ below the working directory is what the page lists
+
+    app = open_app(monkeypatch)
+    choice = app.selectbox(key="model_choice")
+    listed = {Path(option).name if option != "Type a folder path…" else option for option in choice.options}
+    assert {"model", "Type a folder path…"} <= listed and len(choice.options) == 4
+
+    choice.set_value(str(truncated.resolve())).run()
+    assert not app.exception and "not a readable safetensors file" in texts(app.error)
+    app.selectbox(key="model_choice").set_value(str(mismatched.resolve())).run()
+    assert not app.exception and "transformer.h.2" in texts(app.error)
+    app.selectbox(key="model_choice").set_value("Type a folder path…").run()
+    app.text_input(key="typed_folder").input(str(tmp_path / "no-such-model")).run()
+    assert not app.exception and "does not exist" in texts(app.error)
+
+    app.text_input(key="typed_folder").input(str(plain)).run()
+    assert not app.exception and not app.error
+    assert generate(app, "Once upon").strip()
+    assert "not part of a training run" in texts(app.info)  # no tb/ beside this model folder
+
+
+def test_training_curves_and_attention_heatmap(monkeypatch, good_model):
+    app = open_app(monkeypatch, "--model", str(good_model))
+    app.text_area(key="prompt").input("To be, or not to be").run()
+    app.selectbox(key="attn_layer").set_value(1).run()
+    app.selectbox(key="attn_head").set_value(1).run()
+    assert not app.exception
+    charts = app.get("vega_lite_chart")
+    assert len(charts) == 3  # loss, learning rate, attention
+    loss, lr, attention = (chart.proto.spec for chart in charts)
+    assert "val loss" in loss and "train loss" in loss and "learning rate" in lr
+    loss_data = chart_data(charts[0])
+    assert loss_data[-1]["value"].tolist() == [TARGET_LOSS]  # the target line
+    points = loss_data[0]
+    assert points[points.series == "train loss"].value.iloc[-1] == pytest.approx(train_loss_at(STEPS), rel=1e-6)
+    assert sorted(points[points.series == "val loss"].step) == [0, 50, 100, 150, 200]
+    assert "attended-to token" in attention
+    cells = chart_data(charts[2])[0]
+    n = len(support.encode_prompt("To be, or not to be", "r50k_base"))
+    assert len(cells) == n * (n + 1) // 2 and "1·␣be" in set(cells["query"])
+    assert "Layer 1, head 1" in texts(app.caption)
