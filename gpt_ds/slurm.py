@@ -1,0 +1,432 @@
+"""Training on a Slurm cluster (or as local processes) through submitit, surviving preemption.
+
+Defines:
+- `JobSpec`: the resources of one job (cluster, nodes, tasks, GPUs, partition, time, requeues...).
+- `distributed_env(job_env, ...)`: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
+  MASTER_PORT for one task, from submitit's JobEnvironment (Slurm's SLURM_* variables, or the local
+  executor's), because `deepspeed.init_distributed` reads only the torch variables.
+- `TrainingJob`: the checkpointable callable every task runs: the environment above, then
+  `gpt_ds.train.run`, the same training as launch/train.py.
+- `make_executor`, `sbatch_script`, `submit`, `follow`, `launch`: the submission side used by
+  launch/submit.py.
+
+Preemption (and time limits): Slurm signals every task (USR2 `signal_delay_s` before the limit, or
+SIGTERM/USR2 on preemption). The training's own handlers turn that into a flag; at the next step
+boundary all ranks agree, save a checkpoint together, and `run` returns `preempted=True`. Only then
+does rank 0 take submitit's checkpoint-and-requeue path (`checkpoint()` -> the pickled job is
+replaced -> `scontrol requeue`), so the requeue can never race the collective save. The requeued
+job resumes from RUN_DIR's latest checkpoint (`--resume auto`), at most `max_requeues` times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, NoReturn, TextIO
+
+import submitit
+from submitit.core.job_environment import SignalHandler
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from gpt_ds.errors import UserError
+
+CLUSTERS = ("slurm", "local")
+# Ports derived from the job id stay below Linux's ephemeral range (32768+) so they never collide
+# with a port the kernel handed out to some client socket on the first node.
+PORT_BASE = 20000
+PORT_SPAN = 10000
+SLURM_QUERY_TIMEOUT_S = 15
+LOG_TAIL_LINES = 25
+FOLLOW_POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Where and how one training job runs: the resources asked of Slurm (or of this machine)."""
+
+    cluster: str = "slurm"  # "slurm" or "local" (submitit's local executor: tasks as processes here)
+    nodes: int = 1
+    gpus_per_node: int = 0  # one task per GPU
+    tasks_per_node: int | None = None  # CPU nodes: ranks per node (default: gpus_per_node, else 1)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 60
+    cpus_per_task: int | None = None
+    mem: str | None = None  # Slurm syntax: 64G, 500M, 0 (= all of the node's memory)
+    constraint: str | None = None
+    exclusive: bool = False
+    job_name: str = "gpt-ds"
+    max_requeues: int = 3
+    master_port: int | None = None  # None: derived from the job id
+    signal_delay_s: int = 120  # USR2 this long before the time limit: time to finish a step and save
+
+    @property
+    def ranks_per_node(self) -> int:
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
+        return self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    def check(self) -> None:
+        """Raise UserError for a spec no cluster could run, naming the flag to change."""
+        if self.cluster not in CLUSTERS:
+            raise UserError(f"--cluster {self.cluster}: unknown; use one of {', '.join(CLUSTERS)}")
+        positive = {"--nodes": self.nodes, "--time": self.time_min}
+        if self.tasks_per_node is not None:
+            positive["--tasks-per-node"] = self.tasks_per_node
+        if self.cpus_per_task is not None:
+            positive["--cpus-per-task"] = self.cpus_per_task
+        for flag, value in positive.items():
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1 (got {value})")
+        if self.gpus_per_node < 0 or self.max_requeues < 0:
+            raise UserError("--gpus-per-node and --max-requeues must be >= 0")
+        if self.gpus_per_node and self.tasks_per_node not in (None, self.gpus_per_node):
+            raise UserError(f"--tasks-per-node {self.tasks_per_node} with --gpus-per-node {self.gpus_per_node}: "
+                            "training runs one task per GPU; drop --tasks-per-node")
+        if self.master_port is not None and not 1024 <= self.master_port <= 65535:
+            raise UserError(f"--master-port {self.master_port}: use a port between 1024 and 65535")
+        if self.cluster == "local" and self.nodes != 1:
+            raise UserError(f"--cluster local runs on this machine only, not on {self.nodes} nodes; use --nodes 1 "
+                            "(and --tasks-per-node for several ranks)")
+        if self.signal_delay_s >= self.time_min * 60:
+            raise UserError(f"--time {self.time_min} min leaves no training before the preemption signal "
+                            f"({self.signal_delay_s} s before the end); raise --time")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside each task
+
+
+def master_port_for(job_id: str) -> int:
+    """A port for the rendezvous, the same on every task of a job and of its requeues."""
+    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
+    return PORT_BASE + int(digits) % PORT_SPAN
+
+
+def distributed_env(job_env: submitit.JobEnvironment, master_port: int | None = None,
+                    cpus_per_task: int | None = None) -> dict[str, str]:
+    """The torch.distributed variables for this task of a submitit job.
+
+    MASTER_ADDR is the allocation's first host (rank 0 runs there); within one node it is the
+    loopback address, which needs no name resolution. MASTER_PORT is derived from the job id unless
+    given, so concurrent jobs sharing a node do not collide. With `cpus_per_task`, OMP_NUM_THREADS
+    keeps each rank to its own cores.
+    """
+    tasks_per_node = max(1, job_env.num_tasks // max(1, job_env.num_nodes))
+    env = {
+        "RANK": str(job_env.global_rank),
+        "WORLD_SIZE": str(job_env.num_tasks),
+        "LOCAL_RANK": str(job_env.local_rank),
+        "LOCAL_WORLD_SIZE": str(tasks_per_node),
+        "MASTER_ADDR": job_env.hostnames[0] if job_env.num_nodes > 1 else "127.0.0.1",
+        "MASTER_PORT": str(master_port if master_port is not None else master_port_for(job_env.raw_job_id)),
+    }
+    if cpus_per_task is not None:
+        env["OMP_NUM_THREADS"] = str(cpus_per_task)
+    return env
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What one task returns to the submitter (rank 0's is the job's result)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    node: str
+    master_addr: str
+    master_port: int
+    requeues: int
+    step: int
+    preempted: bool
+    target_reached: bool
+    run_dir: str
+
+
+class RequeueRefused(RuntimeError):
+    """A preempted job that is not requeued: the limit is reached or Slurm refused (e.g. it was cancelled)."""
+
+
+@dataclass(frozen=True)
+class TrainingJob(Checkpointable):
+    """The callable each task runs; checkpointable through submitit's `checkpoint()` protocol.
+
+    Its own state is only the number of requeues so far: the training state lives in RUN_DIR's
+    DeepSpeed checkpoints, which `--resume auto` picks up when the requeued job starts again.
+    """
+
+    train_argv: tuple[str, ...]
+    max_requeues: int = 3
+    master_port: int | None = None
+    cpus_per_task: int | None = None
+    requeues: int = 0
+
+    def __call__(self) -> TaskReport:
+        job_env = submitit.JobEnvironment()
+        dist_env = distributed_env(job_env, self.master_port, self.cpus_per_task)
+        os.environ.update(dist_env)
+        # torch and DeepSpeed load only inside the task, after the environment above is set
+        from gpt_ds import train
+
+        settings = train.parse_args(list(self.train_argv))
+        result = train.run(settings)
+        report = TaskReport(
+            rank=job_env.global_rank, world_size=job_env.num_tasks, local_rank=job_env.local_rank,
+            node=job_env.hostnames[job_env.node], master_addr=dist_env["MASTER_ADDR"],
+            master_port=int(dist_env["MASTER_PORT"]), requeues=self.requeues, step=result.step,
+            preempted=result.preempted, target_reached=result.target_reached, run_dir=str(settings.run_dir))
+        if result.preempted and job_env.global_rank == 0:
+            self._requeue(job_env, result.step)
+        # the other ranks end here; rank 0's requeue restarts all of them
+        return report
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:
+        """The submission that continues this job; None (no requeue) once `max_requeues` are used."""
+        if self.requeues >= self.max_requeues:
+            return None
+        return DelayedSubmission(dataclasses.replace(self, requeues=self.requeues + 1), *args, **kwargs)
+
+    def _requeue(self, job_env: submitit.JobEnvironment, step: int) -> NoReturn:
+        """Rank 0, after the collective checkpoint: submitit's own checkpoint-and-requeue path."""
+        if self.requeues >= self.max_requeues:
+            raise RequeueRefused(
+                f"preempted at step {step} after {self.requeues} requeue(s), the limit (--max-requeues "
+                f"{self.max_requeues}); the checkpoint is saved: submit the same command again to resume")
+        paths = job_env.paths
+        submission = DelayedSubmission.load(paths.submitted_pickle)
+        try:
+            # checkpoint() -> the pickle is replaced -> `scontrol requeue` (local: exit code 144) -> exit
+            SignalHandler(job_env, paths, submission).checkpoint_and_try_requeue(job_env._usr_sig())
+        except subprocess.CalledProcessError as err:
+            raise RequeueRefused(
+                f"preempted at step {step} and checkpointed, but Slurm refused the requeue ({err}); a "
+                "cancelled job stays cancelled: submit the same command again to resume") from err
+        raise AssertionError("submitit's requeue returned instead of exiting")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------
+# Submission side
+
+
+def slurm_commands_installed() -> bool:
+    return shutil.which("sbatch") is not None and shutil.which("srun") is not None
+
+
+def slurm_unreachable_reason() -> str | None:
+    """Why no Slurm cluster answers from here, or None when `sinfo` does."""
+    if not slurm_commands_installed():
+        return "Slurm's commands (sbatch, srun) are not installed here"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                              timeout=SLURM_QUERY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"sinfo did not answer ({err})"
+    if proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"sinfo failed: {message[-1] if message else f'exit code {proc.returncode}'}"
+    return None
+
+
+def no_slurm(reason: str) -> UserError:
+    return UserError(f"no Slurm cluster reachable: {reason}; run on the cluster's login node, "
+                     "or use --cluster local to run the same job as processes on this machine")
+
+
+def executor_parameters(spec: JobSpec) -> dict[str, Any]:
+    """AutoExecutor parameters: the shared ones, then the `slurm_*` ones (ignored by the local executor)."""
+    params: dict[str, Any] = {
+        "name": spec.job_name,
+        "nodes": spec.nodes,
+        "tasks_per_node": spec.ranks_per_node,
+        "timeout_min": spec.time_min,
+        "slurm_signal_delay_s": spec.signal_delay_s,
+        # requeueable even where the cluster's JobRequeue default says otherwise
+        "slurm_additional_parameters": {"requeue": True},
+    }
+    optional = {"gpus_per_node": spec.gpus_per_node or None, "cpus_per_task": spec.cpus_per_task,
+                "slurm_partition": spec.partition, "slurm_account": spec.account, "slurm_qos": spec.qos,
+                "slurm_mem": spec.mem, "slurm_constraint": spec.constraint,
+                "slurm_exclusive": True if spec.exclusive else None}
+    params.update({key: value for key, value in optional.items() if value is not None})
+    return params
+
+
+def make_executor(spec: JobSpec, folder: str | Path) -> submitit.AutoExecutor:
+    if spec.cluster == "slurm" and not slurm_commands_installed():
+        raise no_slurm(slurm_unreachable_reason() or "srun not found")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=spec.cluster,
+                                     slurm_max_num_timeout=spec.max_requeues)
+    executor.update_parameters(**executor_parameters(spec))
+    return executor
+
+
+def sbatch_script(executor: submitit.AutoExecutor) -> str:
+    """The sbatch script submitit submits for this executor (what `--dry-run` prints)."""
+    slurm_executor = executor._executor
+    return slurm_executor._make_submission_file_text(slurm_executor._submitit_command_str, "dry-run")
+
+
+def check_with_slurm(script: str) -> str:
+    """`sbatch --test-only`: Slurm validates partition, account, QOS and resources without submitting.
+
+    Returns Slurm's estimate line; raises UserError with Slurm's own message when it refuses.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="gpt-ds-dry-run-") as fh:
+        fh.write(script)
+        fh.flush()
+        proc = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True,
+                              timeout=SLURM_QUERY_TIMEOUT_S)
+    said = " ".join(line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip())
+    if proc.returncode != 0:
+        raise UserError(f"Slurm refused the job: {said}; fix the partition/account/QOS/resources flags")
+    return said
+
+
+def check_training_args(train_argv: list[str], spec: JobSpec):
+    """Validate the training arguments for this job's world size (DeepSpeed batch sizes, data, resume)
+    before anything is submitted: a typo must not cost a queue wait."""
+    from gpt_ds import train
+
+    try:
+        return train.parse_args(list(train_argv), world_size=spec.world_size)
+    except UserError as err:
+        raise UserError(f"training arguments, for {spec.nodes} node(s) x {spec.ranks_per_node} task(s) = "
+                        f"{spec.world_size} rank(s): {err}") from err
+
+
+def submit(executor: submitit.AutoExecutor, spec: JobSpec, train_argv: list[str]) -> submitit.Job:
+    job = TrainingJob(train_argv=tuple(train_argv), max_requeues=spec.max_requeues,
+                      master_port=spec.master_port, cpus_per_task=spec.cpus_per_task)
+    try:
+        return executor.submit(job)
+    except submitit.core.utils.FailedJobError as err:  # sbatch's stderr, as Slurm said it
+        raise UserError(f"Slurm refused the job: {' '.join(str(err).split())}") from err
+
+
+class LogFollower:
+    """Copies what rank 0 appends to its log files onto this terminal (its progress bar included)."""
+
+    def __init__(self, job: submitit.Job, out: TextIO, err: TextIO) -> None:
+        rank0 = job.task(0).paths
+        self._streams = [(rank0.stdout, out), (rank0.stderr, err)]
+        self._offsets = {path: 0 for path, _ in self._streams}
+
+    def pump(self) -> None:
+        for path, stream in self._streams:
+            if not path.exists():
+                continue
+            with open(path, "rb") as fh:
+                fh.seek(self._offsets[path])
+                data = fh.read()
+            if data:
+                self._offsets[path] += len(data)
+                stream.write(data.decode("utf-8", "replace"))
+                stream.flush()
+
+
+def job_state(job: submitit.Job) -> str:
+    """Slurm's state of the job (sacct, queried now), or the local executor's."""
+    if isinstance(job, submitit.SlurmJob):
+        return job.watcher.get_state(job.job_id, mode="force")
+    return job.state
+
+
+def _job_finished(job: submitit.Job) -> bool:
+    """Whether the job has ended; for Slurm, from the state `job_state` has just queried."""
+    if isinstance(job, submitit.SlurmJob):
+        return job.watcher.is_done(job.job_id, mode="cache")
+    return job.done()
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last non-blank lines of a log (progress-bar redraws, separated by \\r, count as lines)."""
+    if not path.exists():
+        return f"(no log at {path})"
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def follow(job: submitit.Job, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Follow the job to its end, showing rank 0's output and the job's state changes; 0 on success."""
+    follower = LogFollower(job, out, err)
+    last_state = ""
+    while True:
+        follower.pump()
+        state = job_state(job)
+        if state != last_state and state != "UNKNOWN":  # UNKNOWN: sacct has not seen the job yet
+            print(f"[gpt-ds-submit] job {job.job_id}: {state}", file=err, flush=True)
+            last_state = state
+        if _job_finished(job):
+            break
+        time.sleep(FOLLOW_POLL_S)
+    follower.pump()
+    return report_outcome(job, err)
+
+
+def report_outcome(job: submitit.Job, err: TextIO) -> int:
+    """Print the job's outcome: rank 0's summary, or the failing rank's log tail and where the log is."""
+    for rank in range(job.num_tasks):
+        task = job.task(rank)
+        failure = task.exception()
+        if failure is not None:
+            paths = task.paths
+            print(f"[gpt-ds-submit] job {job.job_id} failed on rank {rank} (state {job_state(job)}); "
+                  f"the end of its log:\n{tail(paths.stderr)}\n"
+                  f"[gpt-ds-submit] full logs: {paths.stderr} and {paths.stdout}", file=err, flush=True)
+            return 1
+    report: TaskReport = job.task(0).result()
+    target = "reached" if report.target_reached else "not reached"
+    print(f"[gpt-ds-submit] job {job.job_id} done: step {report.step} on {report.world_size} rank(s), target "
+          f"loss {target}, requeued {report.requeues} time(s); model: {Path(report.run_dir) / 'model'}",
+          file=err, flush=True)
+    return 0
+
+
+def launch(spec: JobSpec, train_argv: list[str], dry_run: bool = False, wait: bool = False,
+           out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """The whole of launch/submit.py: validate, then print the script, submit, or submit and follow."""
+    spec.check()
+    settings = check_training_args(train_argv, spec)
+    folder = settings.run_dir.resolve() / "slurm"
+    if spec.cluster == "local":
+        if dry_run:
+            print(f"# --cluster local: {spec.world_size} task(s) as processes on this machine, submitit folder "
+                  f"{folder}\n# each task runs gpt_ds.train with: {shlex.join(train_argv)}", file=out, flush=True)
+            return 0
+        executor = make_executor(spec, folder)
+    else:
+        unreachable = slurm_unreachable_reason()
+        if unreachable is not None and not dry_run:
+            raise no_slurm(unreachable)
+        executor = make_executor(spec, folder)
+        script = sbatch_script(executor)
+        verdict = check_with_slurm(script) if unreachable is None else f"not checked with Slurm: {unreachable}"
+        if dry_run:
+            out.write(script)
+            print(f"# {verdict}", file=out, flush=True)
+            return 0
+    job = submit(executor, spec, train_argv)
+    paths = job.task(0).paths
+    where = "Slurm" if spec.cluster == "slurm" else "local processes"
+    print(f"submitted job {job.job_id} to {where}: {spec.nodes} node(s) x {spec.ranks_per_node} task(s)\n"
+          f"  logs: {paths.stderr} and {paths.stdout} (rank 0; other ranks: "
+          f"{folder}/{job.job_id}_<rank>_log.*)", file=out, flush=True)
+    if spec.cluster == "slurm":
+        print(f"  state: squeue -j {job.job_id}   cancel: scancel {job.job_id}", file=out, flush=True)
+    if not wait:
+        return 0
+    return follow(job, out=out, err=err)
