@@ -1,0 +1,86 @@
+"""Consolidate a run's ZeRO checkpoint into a model folder: `python -m gpt_ds.export RUN_DIR`.
+
+ZeRO-2 keeps the fp32 master weights split across the ranks' optimizer partitions; DeepSpeed's
+zero_to_fp32 API merges them into one state dict (no engine, no ranks needed). We write it with
+gpt_ds.model_io.save_model into RUN_DIR/model/, with the training metadata from the checkpoint's
+client state (preset, steps, tokens, final losses, target reached or not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from gpt_ds import checkpoint
+from gpt_ds.errors import UserError, run_cli
+
+MODEL_DIR = "model"
+METADATA_KEYS = ("preset", "step", "tokens", "train_loss", "val_loss", "target_loss", "target_reached",
+                 "target_step", "target_tokens", "target_seconds", "train_seconds", "world_size", "precision",
+                 "seed", "data")
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The fp32 weights of all ranks' partitions of the checkpoint `tag_dir`, merged."""
+    import logging
+
+    from deepspeed.utils import logger as ds_logger
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ds_logger.setLevel(logging.WARNING)
+    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+
+
+def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
+               out: str | Path | None = None) -> Path:
+    """Write RUN_DIR/model (or `out`) from checkpoint `tag` (default: latest); return the folder."""
+    from gpt_ds.model import GPTConfig
+    from gpt_ds.model_io import parse_dtype, save_model
+
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / checkpoint.CHECKPOINTS
+    if not checkpoints.is_dir():
+        raise UserError(f"{run_dir} has no {checkpoint.CHECKPOINTS}/ folder; give the --out folder of a training run")
+    tag_dir = checkpoints / tag if tag else checkpoint.latest_tag_dir(checkpoints)
+    if tag_dir is None:
+        raise UserError(f"{checkpoints} has no complete checkpoint yet (no `latest`); train longer or pass --tag")
+    if not checkpoint.is_complete(tag_dir):
+        found = sorted(p.name for p in checkpoints.iterdir() if checkpoint.is_complete(p))
+        raise UserError(f"checkpoint {tag_dir.name} not found or incomplete in {checkpoints}; "
+                        f"complete tags: {', '.join(found) or 'none'}")
+    state = checkpoint.read_client_state(tag_dir)
+    config = GPTConfig.from_dict(state["model"])
+    target_dtype = parse_dtype(dtype)
+    weights = {name: t.to(target_dtype) for name, t in consolidated_state_dict(tag_dir).items()}
+    metadata = {key: state.get(key) for key in METADATA_KEYS}
+    metadata.update(checkpoint=tag_dir.name, dtype=dtype)
+    return save_model(Path(out) if out else run_dir / MODEL_DIR, weights, config, metadata=metadata)
+
+
+PROG = "python -m gpt_ds.export"
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG,
+                                     description="Consolidate a run's ZeRO checkpoint into RUN_DIR/model/.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a training run")
+    parser.add_argument("--tag", default=None, help="checkpoint tag, e.g. step_00001000 (default: latest)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the exported weights (the master weights are fp32)")
+    parser.add_argument("--out", default=None, help="model folder to write (default: RUN_DIR/model)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    folder = export_run(args.run_dir, tag=args.tag, dtype=args.dtype, out=args.out)
+    print(f"exported {folder} (sample: python launch/sample.py --model {folder})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (gpt-ds-export): errors as one line and a non-zero exit."""
+    run_cli(lambda: cli(argv), PROG)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Training metrics: the TensorBoard writer (rank 0), throughput and MFU, the ETA-to-target fit,
+and reading a run's TensorBoard scalars back (for tests and the app).
+
+MFU = achieved model FLOPs / the device's peak. Model FLOPs per token come from
+`GPT.flops_per_token` (6N + attention); the peak from a table of accelerators' dense bf16/fp16
+tensor-core figures. A CPU has no such datasheet figure, so there we measure the peak once: the
+throughput of a large matmul in the training dtype, with this rank's threads (MFU on the CPU is
+"fraction of the matmul speed this process can reach").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Dense (non-sparse) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets.
+GPU_PEAK_FLOPS: dict[str, float] = {
+    "B200": 2250e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A6000": 155e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """The table's peak for a device name such as 'NVIDIA H100 80GB HBM3' (longest key that matches)."""
+    matches = [key for key in GPU_PEAK_FLOPS if key.lower() in device_name.lower()]
+    return GPU_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def measure_matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a size x size matmul in `dtype` on the CPU, with the current torch threads."""
+    a = torch.randn(size, size, dtype=torch.float32).to(dtype)
+    b = torch.randn(size, size, dtype=torch.float32).to(dtype)
+    a @ b  # warm-up: the first call allocates and picks kernels
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def device_peak_flops(dtype: torch.dtype) -> tuple[float, str]:
+    """Peak FLOP/s of this process's device for `dtype`, and where the figure comes from."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        peak = gpu_peak_flops(name)
+        if peak is not None:
+            return peak, f"{name} (datasheet)"
+        return measure_matmul_flops(dtype, size=8192, seconds=1.0), f"{name} (measured matmul)"
+    return measure_matmul_flops(dtype), "CPU (measured matmul)"
+
+
+def memory_gib() -> float:
+    """Peak accelerator memory allocated, or this process's resident memory on the CPU, in GiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def steps_to_target(steps: list[int], losses: list[float], target: float) -> float | None:
+    """Steps still needed until the loss reaches `target`, extrapolating the recent curve.
+
+    Fits loss = a + b*ln(step) (least squares) on the given recent points: a loss curve is close to
+    a straight line in log-step over a window, and the fit has two parameters, so it stays stable
+    on noisy points. None when the curve does not fall (b >= 0) or there are too few points.
+    """
+    if len(steps) < 4 or min(steps) <= 0:
+        return None
+    if losses[-1] <= target:
+        return 0.0
+    b, a = np.polyfit(np.log(np.asarray(steps, dtype=np.float64)), np.asarray(losses, dtype=np.float64), 1)
+    if not b < 0:
+        return None
+    reach = math.exp(min(50.0, (target - a) / b))  # step at which the fitted line crosses the target
+    return max(0.0, reach - steps[-1])
+
+
+class LossCurve:
+    """Recent (step, loss) points for the ETA fit, and an exponential moving average of the loss."""
+
+    def __init__(self, window: int = 200, smoothing: float = 0.9, ema: float | None = None) -> None:
+        self.points: deque[tuple[int, float]] = deque(maxlen=window)
+        self.smoothing = smoothing
+        self.ema = ema
+
+    def add(self, step: int, loss: float) -> None:
+        self.points.append((step, loss))
+        self.ema = loss if self.ema is None else self.smoothing * self.ema + (1 - self.smoothing) * loss
+
+    def eta_steps(self, target: float | None) -> float | None:
+        if target is None or not self.points:
+            return None
+        recent = list(self.points)[len(self.points) // 2 :]  # the latter half: the curve as it is now
+        return steps_to_target([s for s, _ in recent], [l for _, l in recent], target)
+
+
+class Throughput:
+    """Tokens per second and MFU over the last few steps."""
+
+    def __init__(self, flops_per_token: float, peak_flops: float, window: int = 20) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.samples: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.samples.append((tokens, seconds))
+
+    @property
+    def tokens_per_sec(self) -> float:
+        seconds = sum(s for _, s in self.samples)
+        return sum(t for t, _ in self.samples) / seconds if seconds > 0 else 0.0
+
+    def mfu(self, world_size: int) -> float:
+        """Model FLOPs utilisation of the devices (tokens/s counts all ranks' tokens)."""
+        return self.tokens_per_sec * self.flops_per_token / (self.peak_flops * world_size)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return sum(s for _, s in self.samples) / len(self.samples) if self.samples else 0.0
+
+
+class TensorBoard:
+    """The run's TensorBoard log, written by rank 0 only (other ranks get a writer that does nothing).
+
+    purge_step: on resume, events at or after the resumed step left by the interrupted run are
+    dropped by TensorBoard, so the curve has no duplicated steps.
+    """
+
+    def __init__(self, log_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(tag, value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Hyper-parameters into this same log (SummaryWriter.add_hparams would open a second run)."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        for summary in hparams_summary(clean, metrics):
+            self.writer.file_writer.add_summary(summary)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series of a TensorBoard log folder: tag -> [(step, value), ...] in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def read_texts(log_dir: str | Path, tag: str) -> list[tuple[int, str]]:
+    """The text entries (e.g. generated samples) of `tag`: [(step, text), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags().get("tensors", []):
+        return []
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(tag)]

@@ -1,0 +1,80 @@
+"""Deterministic batches from memmapped shards: training windows and the fixed validation set.
+
+A training batch is a pure function of (seed, step, rank, micro_step): no data loader, no iterator
+state. A resumed run therefore sees exactly the batches the uninterrupted run would have seen, and
+the checkpoint's "data position" is simply the step. Each rank draws from its own random stream,
+so ranks read different data.
+
+Windows are `block_size + 1` tokens at uniformly random offsets over all shards (inputs are the
+first block_size tokens, targets the last block_size), like nanoGPT and llm.c's random loader.
+Validation reads a fixed token budget: consecutive windows from the start of the val split,
+split between ranks, identical at every evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gpt_ds.errors import UserError
+
+
+class TokenWindows:
+    """Windows of `block_size + 1` tokens over a list of shards (np.memmap of uint16)."""
+
+    def __init__(self, shards: list[np.ndarray], block_size: int, name: str = "split") -> None:
+        self.shards = [s for s in shards if len(s) > block_size]
+        self.block_size = block_size
+        # Window start positions available in each shard, and their running total to pick a shard
+        # with probability proportional to its size.
+        counts = np.array([len(s) - block_size for s in self.shards], dtype=np.int64)
+        if counts.sum() <= 0:
+            longest = max((len(s) for s in shards), default=0)
+            raise UserError(
+                f"the {name} split has no shard longer than block_size + 1 = {block_size + 1} tokens "
+                f"(longest: {longest}); lower --block-size or prepare more data")
+        self.cumulative = np.cumsum(counts)
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.cumulative[-1])
+
+    def window(self, index: int) -> np.ndarray:
+        """The window starting at global start position `index` (0 <= index < num_windows)."""
+        shard = int(np.searchsorted(self.cumulative, index, side="right"))
+        offset = index - (int(self.cumulative[shard - 1]) if shard else 0)
+        return self.shards[shard][offset : offset + self.block_size + 1]
+
+    def batch(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (len(starts), block_size) int64 for the given window starts."""
+        rows = np.stack([self.window(int(i)) for i in starts]).astype(np.int64)
+        tensor = torch.from_numpy(rows)
+        return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
+
+
+def train_batch(windows: TokenWindows, batch_size: int, *, seed: int, step: int, rank: int,
+                micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The micro-batch that `rank` trains on at (step, micro_step): the same on every call."""
+    # SeedSequence mixes the four integers into independent streams (no collisions between e.g.
+    # (step=1, rank=0) and (step=0, rank=1), as a naive seed + step + rank would have).
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, step, rank, micro_step])))
+    starts = rng.integers(0, windows.num_windows, size=batch_size)
+    return windows.batch(starts)
+
+
+def val_batches(windows: TokenWindows, token_budget: int, batch_size: int, *, rank: int,
+                world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of the validation set: `token_budget` tokens (all ranks together) read as
+    consecutive non-overlapping windows from the start of the split, in micro-batches."""
+    T = windows.block_size
+    wanted = max(world_size, token_budget // T)
+    available = windows.num_windows // T  # non-overlapping windows that fit (ignoring shard seams)
+    total = max(world_size, min(wanted, available)) // world_size * world_size
+    mine = np.arange(rank, total, world_size, dtype=np.int64) * T % windows.num_windows
+    return [windows.batch(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size)]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A torch seed for (seed, step, rank): the loop reseeds torch at every step, so dropout and any
+    other randomness are also functions of the step, and a resume needs no saved RNG state."""
+    return int(np.random.SeedSequence([seed, step, rank, 0x5EED]).generate_state(1, dtype=np.uint64)[0] >> 1)

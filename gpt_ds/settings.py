@@ -1,0 +1,233 @@
+"""Run settings: the `RunSettings` dataclass, its command line, and the DeepSpeed config it points at.
+
+One source of truth per setting (DESIGN.md): the model architecture lives in `GPTConfig` (chosen
+by `--model` preset), micro-batch size, gradient accumulation, optimizer and precision live in the
+DeepSpeed JSON, and everything else about a run lives here. `--lr` defaults to the JSON's
+optimizer lr, so the JSON stays the place where a DeepSpeed user looks for it.
+
+`resolve_ds_config` reads and checks the JSON for a given world size: it is the one place that
+makes `train_batch_size` consistent with the number of ranks (or explains why it cannot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt_ds.errors import UserError
+
+RESUME_HELP = "auto: from RUN_DIR's latest complete checkpoint if any; never: start fresh; PATH: a checkpoint tag folder"
+
+
+@dataclass
+class RunSettings:
+    """Everything about one training run that is not the model architecture or the DeepSpeed JSON."""
+
+    deepspeed_config: str
+    data: str
+    out: str
+    model: str = "tiny"
+    block_size: int | None = None  # None: the preset's context length
+    max_steps: int = 1000
+    lr_decay_steps: int | None = None  # None: max_steps
+    warmup_steps: int = 100
+    lr: float | None = None  # None: the DeepSpeed config's optimizer lr
+    min_lr: float | None = None  # None: lr / 10
+    target_loss: float | None = None
+    eval_interval: int = 100
+    eval_tokens: int = 65536
+    save_interval: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    resume: str = "auto"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    log_interval: int = 10
+    sample_tokens: int = 48
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def decay_steps(self) -> int:
+        return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = RunSettings(deepspeed_config="", data="", out="")
+    p = argparse.ArgumentParser(
+        prog="launch/train.py",
+        description="Train a GPT model inside a DeepSpeed engine (ZeRO, bf16/fp16) on prepared shards.",
+    )
+    p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, metavar="JSON",
+                   help="DeepSpeed config: micro-batch, gradient accumulation, optimizer, precision, ZeRO stage")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of shards + manifest.json (python -m data_prep)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints/, tb/, model/, settings.json")
+    p.add_argument("--model", default=defaults.model, metavar="PRESET", help="model preset (gpt_ds.model.PRESETS)")
+    p.add_argument("--block-size", type=int, default=None, metavar="T", help="sequence length (<= the preset's context)")
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps, metavar="N", help="optimizer steps to train")
+    p.add_argument("--lr-decay-steps", type=int, default=None, metavar="N",
+                   help="length of the warmup+cosine schedule (default: --max-steps); keep it fixed across resumes")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, metavar="N")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the DeepSpeed config's)")
+    p.add_argument("--min-lr", type=float, default=None, help="floor of the cosine decay (default: lr/10)")
+    p.add_argument("--target-loss", type=float, default=None, metavar="X",
+                   help="stop when the validation loss (smoothed train loss without a val split) reaches X")
+    p.add_argument("--eval-interval", type=int, default=defaults.eval_interval, metavar="N")
+    p.add_argument("--eval-tokens", type=int, default=defaults.eval_tokens, metavar="N",
+                   help="validation token budget per evaluation (all ranks together)")
+    p.add_argument("--save-interval", type=int, default=defaults.save_interval, metavar="N")
+    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, metavar="K")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--resume", default=defaults.resume, metavar="auto|never|PATH", help=RESUME_HELP)
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--log-interval", type=int, default=defaults.log_interval, metavar="N",
+                   help="steps between TensorBoard scalar writes")
+    p.add_argument("--sample-tokens", type=int, default=defaults.sample_tokens, metavar="N",
+                   help="length of the text sample generated at each eval (0: none)")
+    # The deepspeed launcher appends --local_rank=N; we read LOCAL_RANK from the environment instead.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def settings_from_args(argv: list[str]) -> RunSettings:
+    """Parse argv into RunSettings and check the values that need nothing but themselves."""
+    ns = build_parser().parse_args(argv)  # argparse itself reports unknown flags: one line, exit 2
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(RunSettings)}
+    settings = RunSettings(**values)
+    check_values(settings)
+    return settings
+
+
+def check_values(s: RunSettings) -> None:
+    positive = {"--max-steps": s.max_steps, "--eval-interval": s.eval_interval, "--eval-tokens": s.eval_tokens,
+                "--save-interval": s.save_interval, "--keep-checkpoints": s.keep_checkpoints,
+                "--log-interval": s.log_interval}
+    if s.lr_decay_steps is not None:
+        positive["--lr-decay-steps"] = s.lr_decay_steps
+    if s.block_size is not None:
+        positive["--block-size"] = s.block_size
+    for flag, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer (got {value})")
+    if s.warmup_steps < 0 or s.sample_tokens < 0:
+        raise UserError("--warmup-steps and --sample-tokens must be >= 0")
+    if s.warmup_steps >= s.decay_steps:
+        raise UserError(f"--warmup-steps ({s.warmup_steps}) must be below the schedule length "
+                        f"({s.decay_steps}, --lr-decay-steps or --max-steps); lower --warmup-steps")
+    for flag, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} must be >= 0 (got {value})")
+    if s.resume not in ("auto", "never") and not Path(s.resume).exists():
+        raise UserError(f"--resume {s.resume}: no such checkpoint folder; give a tag folder such as "
+                        "RUN_DIR/checkpoints/step_00001000, or auto / never")
+
+
+def load_ds_config(path: str | Path) -> dict[str, Any]:
+    """Read the DeepSpeed JSON, as a dict, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"DeepSpeed config {path} not found; pass one of ds_configs/*.json to --deepspeed_config")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON ({err}); fix the file") from err
+    if not isinstance(config, dict):
+        raise UserError(f"DeepSpeed config {path} must hold a JSON object")
+    return config
+
+
+def _positive_int(config: dict, key: str, path: str) -> int | None:
+    value = config.get(key)
+    if value is None or value == "auto":
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UserError(f"DeepSpeed config {path}: {key} must be a positive integer (got {value!r})")
+    return value
+
+
+def resolve_ds_config(path: str | Path, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for `world_size` ranks, with consistent batch sizes.
+
+    DeepSpeed requires train_batch_size == micro_batch * grad_accum * world_size. Configs here give
+    the micro-batch and accumulation (per-rank facts) and let the global batch follow the world
+    size; a config that pins train_batch_size gets the accumulation derived from it, and an error
+    that shows the arithmetic when no whole number of accumulation steps fits.
+    """
+    config = load_ds_config(path)
+    where = str(path)
+    micro = _positive_int(config, "train_micro_batch_size_per_gpu", where)
+    accum = _positive_int(config, "gradient_accumulation_steps", where)
+    total = _positive_int(config, "train_batch_size", where)
+    if micro is None:
+        if total is None:
+            raise UserError(f"DeepSpeed config {where}: set train_micro_batch_size_per_gpu (the per-rank batch)")
+        micro = total // ((accum or 1) * world_size)
+        if micro == 0:
+            raise UserError(f"DeepSpeed config {where}: train_batch_size {total} is smaller than "
+                            f"{world_size} ranks x {accum or 1} accumulation steps; raise train_batch_size")
+    if total is None:
+        accum = accum or 1
+    elif accum is None:
+        accum, rest = divmod(total, micro * world_size)
+        if rest or accum == 0:
+            raise UserError(
+                f"DeepSpeed config {where}: train_batch_size {total} is not a multiple of micro-batch {micro} x "
+                f"{world_size} ranks; remove train_batch_size (it then follows the world size) or change it")
+    elif total != micro * accum * world_size:
+        raise UserError(
+            f"DeepSpeed config {where}: train_batch_size {total} != micro-batch {micro} x accumulation {accum} x "
+            f"{world_size} ranks = {micro * accum * world_size}; remove train_batch_size so it follows the world size")
+    config["train_micro_batch_size_per_gpu"] = micro
+    config["gradient_accumulation_steps"] = accum
+    config["train_batch_size"] = micro * accum * world_size
+
+    fp16 = config.get("fp16", {}).get("enabled", False) is True
+    bf16 = config.get("bf16", {}).get("enabled", False) is True
+    if fp16 and bf16:
+        raise UserError(f"DeepSpeed config {where}: fp16 and bf16 are both enabled; enable one")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"DeepSpeed config {where}: zero_optimization.stage must be 0..3 (got {stage!r})")
+    optimizer = config.get("optimizer")
+    if not isinstance(optimizer, dict) or "type" not in optimizer:
+        raise UserError(f"DeepSpeed config {where}: needs an \"optimizer\" section with a \"type\" (e.g. AdamW)")
+    if "scheduler" in config:
+        raise UserError(f"DeepSpeed config {where}: remove the \"scheduler\" section; the learning-rate schedule "
+                        "is set by --lr/--min-lr/--warmup-steps/--lr-decay-steps so that resumes follow it exactly")
+    return config
+
+
+def precision_of(ds_config: dict[str, Any]) -> str:
+    """"bf16", "fp16" or "fp32": the training precision the DeepSpeed config selects."""
+    if ds_config.get("bf16", {}).get("enabled", False) is True:
+        return "bf16"
+    if ds_config.get("fp16", {}).get("enabled", False) is True:
+        return "fp16"
+    return "fp32"
+
+
+def peak_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:
+    if settings.lr is not None:
+        return settings.lr
+    lr = ds_config["optimizer"].get("params", {}).get("lr")
+    if not isinstance(lr, (int, float)):
+        raise UserError("no learning rate: pass --lr or set optimizer.params.lr in the DeepSpeed config")
+    return float(lr)
+
+
+def floor_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:
+    return settings.min_lr if settings.min_lr is not None else peak_lr(settings, ds_config) / 10
+
+
+def weight_decay_of(ds_config: dict[str, Any]) -> float:
+    return float(ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0))
