@@ -1,0 +1,72 @@
+"""The command line of data preparation: `python -m data_prep` (console script gpt-ds-prepare)."""
+
+from __future__ import annotations
+
+import argparse
+
+from data_prep.pipeline import run
+from data_prep.settings import (
+    DEFAULT_SEED,
+    DEFAULT_SHARD_TOKENS,
+    DEFAULT_VAL_FRACTION,
+    PrepareSettings,
+    available_cores,
+)
+from gpt_ds.errors import run_cli
+from gpt_ds.tokenizer import DEFAULT_ENCODING
+
+PROG = "python -m data_prep"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Tokenize a text corpus (GPT-2 BPE, EOT before every document) into llm.c-format uint16 "
+        "shards DIR/train_NNNNNN.bin, DIR/val_NNNNNN.bin and DIR/manifest.json.",
+    )
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="files, folders (searched recursively) or globs: plain text of any extension (a file is "
+                        "a document), .jsonl (a line is a document), and .gz versions of both")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
+                        help=f"fraction of documents for validation, chosen by seed (default {DEFAULT_VAL_FRACTION}; "
+                        "with 2+ documents at least one; 0: no val split)")
+    parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                        help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
+    parser.add_argument("--workers", type=int, default=available_cores(), metavar="N",
+                        help=f"tokenizing processes (default: all cores, here {available_cores()}); "
+                        "the output is the same for any value")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the val split (default {DEFAULT_SEED})")
+    parser.add_argument("--encoding", default=DEFAULT_ENCODING,
+                        help=f"tiktoken encoding; its vocabulary must fit uint16 (default {DEFAULT_ENCODING}, GPT-2)")
+    parser.add_argument("--jsonl-field", default="text", metavar="NAME", help="the text field of .jsonl records (default text)")
+    parser.add_argument("--force", action="store_true", help="replace a different (or redo the same) preparation in DIR")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on binary files and invalid UTF-8 instead of skipping / replacing them")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> PrepareSettings:
+    args = build_parser().parse_args(argv)
+    return PrepareSettings(
+        inputs=tuple(args.input),
+        out=args.out,
+        val_fraction=args.val_fraction,
+        shard_tokens=args.shard_tokens,
+        workers=args.workers,
+        seed=args.seed,
+        encoding=args.encoding,
+        jsonl_field=args.jsonl_field,
+        force=args.force,
+        strict=args.strict,
+        verbose=not args.quiet,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(lambda: run(settings_from_args(argv)) and 0, PROG)
+
+
+if __name__ == "__main__":
+    main()

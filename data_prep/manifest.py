@@ -1,0 +1,148 @@
+"""The output folder's bookkeeping: `manifest.json` (written last, it says the folder is complete),
+the in-progress marker (written first, it says a preparation was started with these settings), and
+the decision, before any work, whether a folder is up to date, to be finished, or to be refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, open_split, temp_path
+from gpt_ds.errors import UserError
+
+# What a preparation writes into its folder, and so what --force may remove there (nothing else).
+OWN_PATTERNS = ("train_*.bin", "val_*.bin", ".*.tmp", ".spool*")
+
+
+def identity(encoding: str, output_settings: dict, inputs_fingerprint: str) -> dict:
+    """What a preparation's bytes depend on: two runs with equal identities write equal folders."""
+    return {"encoding": encoding, "settings": output_settings, "inputs": {"fingerprint": inputs_fingerprint}}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prepare_output(out: Path, wanted: dict, force: bool, strict: bool, say: Callable[[str], None]) -> dict | None:
+    """Check the output folder against the preparation `wanted` (an `identity`).
+
+    Returns the existing manifest when the folder already holds exactly this preparation (and not
+    `force`). Otherwise makes the folder ready to write (created, previous shards removed, the
+    in-progress marker written) and returns None. Raises UserError for a folder that holds something
+    else, unless `force`.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path (it is created if missing)")
+    if out.is_dir() and not force:
+        manifest, marker = _read_json(out / MANIFEST_NAME), _read_json(out / IN_PROGRESS_NAME)
+        if manifest is not None:
+            changes = _differences(manifest, wanted)
+            if changes:
+                raise UserError(
+                    f"--out {out} already holds a different preparation ({changes}); "
+                    "pass --force to replace it, or choose another --out"
+                )
+            problem = _shard_problem(out, manifest)
+            if problem is None:
+                _refuse_lax_for_strict(out, manifest, strict)
+                return manifest
+            say(f"{out}: {problem}; preparing it again")
+        elif marker is not None:
+            changes = _differences(marker, wanted)
+            if changes:
+                raise UserError(
+                    f"--out {out} holds an unfinished preparation with other inputs or settings ({changes}); "
+                    "pass --force to replace it, or choose another --out"
+                )
+            say(f"{out}: finishing an interrupted preparation")
+        elif _own_files(out):
+            raise UserError(
+                f"--out {out} holds shard files but no {MANIFEST_NAME}; pass --force to replace them, or choose another --out"
+            )
+    _clear(out)
+    write_json_atomic(out / IN_PROGRESS_NAME, wanted)
+    return None
+
+
+def finish_output(out: Path, manifest: dict) -> None:
+    """Write the manifest (the folder is now complete), then drop the in-progress marker."""
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    (out / IN_PROGRESS_NAME).unlink(missing_ok=True)
+
+
+def abandon_output(out: Path) -> None:
+    """After a failed run: remove the marker when no shard was published (the folder is as before)."""
+    if not _own_files(out):
+        (out / IN_PROGRESS_NAME).unlink(missing_ok=True)
+
+
+def _clear(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot create --out {out}: a part of that path is a file; choose another folder") from None
+    except PermissionError:
+        raise UserError(f"cannot create --out {out}: permission denied; choose a folder you can write") from None
+    # The manifest goes first, so that no moment exists where it describes shards that are gone.
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for path in _own_files(out):
+        path.unlink(missing_ok=True)
+
+
+def _own_files(out: Path) -> list[Path]:
+    return [path for pattern in OWN_PATTERNS for path in out.glob(pattern)]
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object at `path`; {} when it is there but unreadable; None when absent."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _differences(found: dict, wanted: dict) -> str:
+    """'' when `found` (a manifest or marker) was made with `wanted`'s identity, else what differs."""
+    changes = []
+    if found.get("encoding") != wanted["encoding"]:
+        changes.append(f"encoding {found.get('encoding')} -> {wanted['encoding']}")
+    old_settings = found.get("settings") or {}
+    for key, value in wanted["settings"].items():
+        if old_settings.get(key) != value:
+            changes.append(f"{key.replace('_', '-')} {old_settings.get(key)} -> {value}")
+    if (found.get("inputs") or {}).get("fingerprint") != wanted["inputs"]["fingerprint"]:
+        changes.append("the input files (paths, sizes or modification times)")
+    return ", ".join(changes)
+
+
+def _shard_problem(out: Path, manifest: dict) -> str | None:
+    """Why the shards do not match the manifest (missing, truncated, other counts), or None."""
+    try:
+        for split, entry in manifest["splits"].items():
+            if entry.get("shards"):
+                open_split(out, split)
+    except ShardError as err:
+        return str(err)
+    except (KeyError, AttributeError, TypeError):
+        return f"{MANIFEST_NAME} is not a complete manifest"
+    return None
+
+
+def _refuse_lax_for_strict(out: Path, manifest: dict, strict: bool) -> None:
+    binary = (manifest.get("skipped") or {}).get("binary_files", 0)
+    replaced = (manifest.get("replaced") or {}).get("sequences", 0)
+    if strict and (binary or replaced):
+        raise UserError(
+            f"--out {out} was prepared without --strict and has {binary} binary files skipped and {replaced} "
+            "invalid UTF-8 sequences replaced; drop --strict to use it, or add --force to prepare it again strictly"
+        )

@@ -1,0 +1,186 @@
+"""The preparation run: inputs -> reader -> tokenizing workers (in order) -> split router -> shards
+-> manifest. `prepare` is the Python API behind `python -m data_prep`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+import gpt_ds
+from data_prep.inputs import CorpusReader, Piece, TEXT_CONTINUED, JSONL_RECORD, fingerprint, resolve_inputs
+from data_prep.manifest import abandon_output, finish_output, identity, prepare_output
+from data_prep.parallel import OrderedPool
+from data_prep.settings import PrepareSettings
+from data_prep.split import SPLITS, DocumentRouter
+from data_prep.tokenize import check_fits_uint16, encode_batch, init_worker
+from data_prep.writer import ShardWriter
+from gpt_ds.data import MAGIC, VERSION, HEADER_BYTES
+from gpt_ds.errors import UserError
+from gpt_ds.tokenizer import get_encoding
+
+BATCH_BYTES = 1 << 20  # text per worker task: large enough that pickling is noise, small for memory
+BATCH_PIECES = 4096  # and at most this many documents (short jsonl records) per task
+
+
+def prepare(inputs: list[str], out: str | Path, **options) -> dict:
+    """Tokenize the corpus `inputs` into shards in `out`; return the manifest.
+
+    `options` are the fields of `PrepareSettings`: val_fraction, shard_tokens, workers, seed,
+    encoding, jsonl_field, force, strict, verbose. Raises UserError on bad input.
+    """
+    return run(PrepareSettings(inputs=tuple(inputs), out=Path(out), **options))
+
+
+def run(settings: PrepareSettings) -> dict:
+    say = print if settings.verbose else (lambda _message: None)
+    encoding = get_encoding(settings.encoding)
+    check_fits_uint16(encoding)
+    files = resolve_inputs(settings.inputs, exclude=settings.out)
+    if not files:
+        raise UserError(f"the inputs {' '.join(settings.inputs)} hold no files; give text or .jsonl files or folders of them")
+    digest, total_bytes = fingerprint(files)
+    wanted = identity(encoding.name, settings.output_settings(), digest)
+    existing = prepare_output(settings.out, wanted, settings.force, settings.strict, say)
+    if existing is not None:
+        say(f"{settings.out} is up to date: {_describe(existing)}")
+        return existing
+    started = time.perf_counter()
+    try:
+        counts, shards = _tokenize(settings, files, total_bytes)
+    except BaseException:
+        abandon_output(settings.out)
+        raise
+    manifest = {
+        "format": {"magic": MAGIC, "version": VERSION, "header_bytes": HEADER_BYTES, "token_bytes": 2},
+        "encoding": encoding.name,
+        "vocab_size": encoding.n_vocab,
+        "eot_token": encoding.eot_token,
+        "dtype": "uint16",
+        "splits": {
+            split: {
+                "shards": shards[split],
+                "tokens": sum(s["tokens"] for s in shards[split]),
+                "documents": counts["documents"][split],
+            }
+            for split in SPLITS
+        },
+        "total_tokens": sum(s["tokens"] for split in SPLITS for s in shards[split]),
+        "total_documents": sum(counts["documents"].values()),
+        "inputs": {"paths": list(settings.inputs), "files": len(files), "bytes": total_bytes, "fingerprint": digest},
+        "replaced": {"sequences": counts["replaced_sequences"], "documents": counts["replaced_documents"]},
+        "skipped": {"binary_files": len(counts["binary_files"]), "empty_documents": counts["empty_documents"]},
+        "settings": {**settings.output_settings(), "strict": settings.strict},
+        "created_by": f"gpt-ds {gpt_ds.__version__} data_prep",
+    }
+    finish_output(settings.out, manifest)
+    elapsed = time.perf_counter() - started
+    if counts["binary_files"]:
+        names = ", ".join(str(p) for p in counts["binary_files"][:3])
+        more = f" and {len(counts['binary_files']) - 3} more" if len(counts["binary_files"]) > 3 else ""
+        say(f"skipped {len(counts['binary_files'])} binary files: {names}{more}")
+    say(
+        f"prepared {settings.out}: {_describe(manifest)}; "
+        f"{elapsed:.1f} s, {manifest['total_tokens'] / max(elapsed, 1e-9) / 1e6:.2f} M tokens/s with {settings.workers} workers"
+    )
+    return manifest
+
+
+def _describe(manifest: dict) -> str:
+    parts = []
+    for split in SPLITS:
+        entry = manifest["splits"][split]
+        parts.append(f"{split} {entry['tokens']:,} tokens / {entry['documents']:,} documents / {len(entry['shards'])} shards")
+    skipped, replaced = manifest["skipped"], manifest["replaced"]
+    parts.append(
+        f"{manifest['inputs']['files']:,} files, {manifest['inputs']['bytes'] / 1e6:.1f} MB; "
+        f"skipped {skipped['binary_files']} binary files and {skipped['empty_documents']} empty documents; "
+        f"replaced {replaced['sequences']} invalid UTF-8 sequences"
+    )
+    return ", ".join(parts)
+
+
+def _batches(pieces: Iterable[Piece]) -> Iterator[tuple[tuple[bytes, list[bytes]], tuple[list[Piece], int]]]:
+    """Group pieces into worker tasks: (payload for the worker, what the main process keeps)."""
+    kinds, datas, kept, size, disk = bytearray(), [], [], 0, 0
+    for piece in pieces:
+        kinds.append(piece.kind)
+        datas.append(piece.data)
+        kept.append(piece._replace(data=b""))
+        size += len(piece.data)
+        disk += piece.disk_bytes
+        if size >= BATCH_BYTES or len(datas) >= BATCH_PIECES:
+            yield (bytes(kinds), datas), (kept, disk)
+            kinds, datas, kept, size, disk = bytearray(), [], [], 0, 0
+    if datas:
+        yield (bytes(kinds), datas), (kept, disk)
+
+
+def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) -> tuple[dict, dict]:
+    reader = CorpusReader(files, strict=settings.strict)
+    writers = {split: ShardWriter(settings.out, split, settings.shard_tokens) for split in SPLITS}
+    router = DocumentRouter(writers, settings.val_fraction, settings.seed, settings.out / f".spool.{os.getpid()}.tmp")
+    replaced_sequences = replaced_documents = empty_texts = tokens = 0
+    document_replaced = False
+    progress = tqdm(
+        total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=None if settings.verbose else True
+    )
+    started = last_postfix = time.perf_counter()
+    pool = OrderedPool(settings.workers, encode_batch, init_worker, (settings.encoding, settings.jsonl_field, settings.strict))
+    try:
+        with pool, progress:
+            for (pieces, disk), result in pool.map(_batches(reader.pieces())):
+                if result.error is not None:
+                    raise UserError(_locate(files, pieces[result.error[0]], result.error))
+                ends = np.cumsum(result.counts)
+                starts = ends - result.counts
+                for piece, start, end, replaced in zip(pieces, starts.tolist(), ends.tolist(), result.replaced.tolist()):
+                    if piece.kind != TEXT_CONTINUED:
+                        if start == end:
+                            empty_texts += 1
+                            continue
+                        router.start_document()
+                        document_replaced = False
+                    router.write(result.tokens[start:end])
+                    if replaced:
+                        replaced_sequences += replaced
+                        replaced_documents += not document_replaced
+                        document_replaced = True
+                tokens += len(result.tokens)
+                progress.update(disk)
+                now = time.perf_counter()
+                if now - last_postfix > 0.5:
+                    last_postfix, elapsed = now, now - started
+                    progress.set_postfix_str(
+                        f"{router.total_documents / elapsed:,.0f} docs/s, {tokens / elapsed / 1e6:.2f} M tokens/s", refresh=False
+                    )
+            if router.total_documents == 0:
+                raise UserError(
+                    f"the inputs hold no documents: {len(files)} files, {len(reader.binary_files)} of them binary "
+                    f"(skipped), {reader.empty_documents + empty_texts} empty documents; give files with text"
+                )
+            router.finish()
+    except BaseException:
+        router.abort()
+        raise
+    counts = {
+        "documents": router.documents,
+        "replaced_sequences": replaced_sequences,
+        "replaced_documents": replaced_documents,
+        "binary_files": reader.binary_files,
+        "empty_documents": reader.empty_documents + empty_texts,
+    }
+    return counts, {split: writer.shards for split, writer in writers.items()}
+
+
+def _locate(files: list[Path], piece: Piece, error: tuple[int, str, int | None]) -> str:
+    """'FILE:LINE: problem' for a jsonl record, 'FILE (byte N): problem' for text."""
+    _index, problem, offset = error
+    path = files[piece.file_index]
+    if piece.kind == JSONL_RECORD:
+        return f"{path}:{piece.position}: {problem}"
+    return f"{path} (byte {piece.position + (offset or 0)}): {problem}"

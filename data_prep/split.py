@@ -1,0 +1,93 @@
+"""The validation split: which documents go to val, decided per document and deterministic in the seed.
+
+Document i goes to val when `val_score(seed, i) < val_fraction` (a hash, so the choice of one
+document does not depend on any other and the stream never has to be held in memory). With two or
+more documents each split must get at least one: until both splits have been drawn, documents
+wait in an on-disk spool; if the corpus ends first, the document with the lowest score moves to
+val (or the one with the highest to train). A single document always goes to train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.writer import ShardWriter, Spool
+
+SPLITS = ("train", "val")
+
+
+def val_score(seed: int, index: int) -> float:
+    """A number in [0, 1), uniform over documents, fixed by (seed, document index)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+class DocumentRouter:
+    """Sends each document's tokens to the train or val `ShardWriter`."""
+
+    def __init__(self, writers: dict[str, ShardWriter], val_fraction: float, seed: int, spool_path: Path):
+        self.writers = writers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.documents = dict.fromkeys(SPLITS, 0)
+        self._index = 0
+        self._scores: list[float] = []  # of the spooled documents
+        self._spool = Spool(spool_path) if val_fraction > 0 else None
+        self._target = None
+
+    @property
+    def total_documents(self) -> int:
+        return self._index
+
+    def start_document(self) -> None:
+        score = val_score(self.seed, self._index)
+        self._index += 1
+        if self._spool is not None and {self._split(s) for s in self._scores} == set(SPLITS):
+            self._release([self._split(s) for s in self._scores])
+        if self._spool is not None:
+            self._scores.append(score)
+            self._spool.start_document()
+            self._target = self._spool
+        else:
+            split = self._split(score)
+            self.documents[split] += 1
+            self._target = self.writers[split]
+
+    def write(self, tokens: np.ndarray) -> None:
+        self._target.write(tokens)
+
+    def finish(self) -> None:
+        """Settle the spooled documents, if any, and close the last shards."""
+        if self._spool is not None:
+            splits = [self._split(s) for s in self._scores]
+            if len(splits) == 1:
+                splits = ["train"]
+            elif len(splits) > 1 and "val" not in splits:
+                splits[int(np.argmin(self._scores))] = "val"
+            elif len(splits) > 1 and "train" not in splits:
+                splits[int(np.argmax(self._scores))] = "train"
+            self._release(splits)
+        for writer in self.writers.values():
+            writer.close()
+
+    def abort(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+        for writer in self.writers.values():
+            writer.abort()
+
+    def _split(self, score: float) -> str:
+        return "val" if score < self.val_fraction else "train"
+
+    def _release(self, splits: list[str]) -> None:
+        """Write the spooled documents to their splits, in order, and write directly from now on."""
+        for split, blocks in zip(splits, self._spool.documents()):
+            self.documents[split] += 1
+            for block in blocks:
+                self.writers[split].write(block)
+        self._spool.close()
+        self._spool = None
+        self._scores = []

@@ -1,0 +1,183 @@
+"""Token shards on disk: the llm.c shard format, its reader and a prepared folder's manifest.
+
+A shard is a 1024-byte header of 256 little-endian int32 (magic 20240520, version 1, the token
+count at index 2, the rest zero) followed by the tokens as little-endian uint16: the format of
+llm.c and modded-nanogpt, so shards prepared there (e.g. FineWeb for llm.c) train here and the
+other way round. `read_shard` memory-maps one without copying it into RAM; `open_split` opens a
+split of a folder prepared by `python -m data_prep`, checked against its `manifest.json`.
+The batch sampler that draws training windows from these arrays lives in gpt_ds.sampler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gpt_ds.errors import UserError
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_BYTES = 1024
+HEADER_INTS = HEADER_BYTES // 4
+TOKEN_DTYPE = np.dtype("<u2")
+MANIFEST_NAME = "manifest.json"
+# Written by data_prep when it starts and removed when the manifest is in place: a folder that holds
+# it was interrupted mid-preparation and its shards must not be trained on.
+IN_PROGRESS_NAME = ".prepare-in-progress.json"
+
+PREPARE_HINT = "python -m data_prep --input CORPUS --out {folder}"
+
+
+class ShardError(UserError):
+    """A shard or prepared data folder that is missing, truncated, foreign or inconsistent."""
+
+
+def shard_header(num_tokens: int) -> bytes:
+    """The 1024-byte header of a shard holding `num_tokens` tokens."""
+    if not 0 <= num_tokens < 2**31:
+        raise ValueError(f"a shard holds 0 to 2**31-1 tokens, not {num_tokens}")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, num_tokens
+    return header.tobytes()
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of shard `index` of `split`: train_000000.bin, val_000003.bin, ..."""
+    return f"{split}_{index:06d}.bin"
+
+
+def temp_path(path: str | Path) -> Path:
+    """Where a file is written before it is renamed to `path`: hidden, and never a shard name."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def read_shard(path: str | Path) -> np.memmap:
+    """Memory-map the tokens of the shard at `path` (uint16, read-only, no copy).
+
+    Raises ShardError naming the file when it is missing, shorter than its header says (truncated),
+    longer (trailing bytes), or not a shard of this format at all.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ShardError(f"{path} is a folder, not a shard file; give a shard file or use open_split")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardError(f"shard {path} does not exist; re-prepare the data folder") from None
+    if size < HEADER_BYTES:
+        raise ShardError(
+            f"shard {path} is truncated or not a shard: {size} bytes, shorter than the "
+            f"{HEADER_BYTES}-byte header; re-prepare it"
+        )
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    magic, version, num_tokens = (int(v) for v in header[:3])
+    if magic != MAGIC:
+        raise ShardError(
+            f"{path} is not a token shard: magic number {magic}, expected {MAGIC} (the llm.c format); "
+            "give shards written by python -m data_prep or llm.c"
+        )
+    if version != VERSION:
+        extra = " (version 2 holds uint32 tokens, e.g. llm.c's Llama 3 shards)" if version == 2 else ""
+        raise ShardError(
+            f"shard {path} has format version {version}{extra}; only version {VERSION} "
+            "(uint16 GPT-2 tokens) is supported: re-prepare the corpus with python -m data_prep"
+        )
+    expected = HEADER_BYTES + num_tokens * TOKEN_DTYPE.itemsize
+    if num_tokens <= 0 or size != expected:
+        what = "truncated" if size < expected else ("empty" if num_tokens <= 0 else "longer than its header says")
+        raise ShardError(
+            f"shard {path} is {what}: the header says {num_tokens} tokens ({expected} bytes) but the file "
+            f"has {size} bytes; re-prepare it"
+        )
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
+    """Write `tokens` as a shard at `path`, atomically (temp name, then rename). Returns the path."""
+    path = Path(path)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"a shard holds a non-empty 1-D token array, not shape {tokens.shape}")
+    if tokens.dtype != TOKEN_DTYPE:
+        if tokens.min() < 0 or tokens.max() > np.iinfo(np.uint16).max:
+            raise ValueError("token ids must fit in uint16 (0..65535)")
+        tokens = tokens.astype(TOKEN_DTYPE)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(shard_header(tokens.size))
+            f.write(tokens.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_manifest(data_dir: str | Path) -> dict:
+    """Read `data_dir/manifest.json`; ShardError naming the folder and the fix when it is absent or bad."""
+    data_dir = Path(data_dir)
+    hint = PREPARE_HINT.format(folder=data_dir)
+    if not data_dir.exists():
+        raise ShardError(f"data folder {data_dir} does not exist; prepare one with: {hint}")
+    if not data_dir.is_dir():
+        raise ShardError(f"data folder {data_dir} is a file, not a folder; give the folder made by: {hint}")
+    path = data_dir / MANIFEST_NAME
+    if not path.is_file():
+        if (data_dir / IN_PROGRESS_NAME).exists():
+            raise ShardError(
+                f"data folder {data_dir} holds an unfinished preparation (it was interrupted); "
+                "rerun the same python -m data_prep command to finish it"
+            )
+        raise ShardError(f"data folder {data_dir} has no {MANIFEST_NAME}; prepare it with: {hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{path} is not valid JSON ({err}); re-prepare the folder with: {hint}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise ShardError(f"{path} is not a data_prep manifest (no 'splits'); re-prepare the folder with: {hint}")
+    if manifest.get("dtype", "uint16") != "uint16":
+        raise ShardError(f"{path} describes {manifest['dtype']} tokens; only uint16 shards are supported")
+    return manifest
+
+
+def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
+    """Memory-map every shard of `split` ("train" or "val") in a prepared folder, in order.
+
+    With a manifest, each shard is checked against it (presence, token count); a folder of shards
+    made elsewhere (llm.c's `*_train_*.bin` naming, no manifest) is opened by file name instead.
+    Raises ShardError naming the file or folder and the fix on any problem.
+    """
+    data_dir = Path(data_dir)
+    if data_dir.is_dir() and not (data_dir / MANIFEST_NAME).exists() and not (data_dir / IN_PROGRESS_NAME).exists():
+        found = _foreign_shards(data_dir, split)
+        if found:
+            return [read_shard(path) for path in found]
+    manifest = load_manifest(data_dir)
+    entry = manifest["splits"].get(split)
+    if not entry or not entry.get("shards"):
+        known = ", ".join(name for name, s in manifest["splits"].items() if s and s.get("shards")) or "none"
+        raise ShardError(
+            f"data folder {data_dir} has no {split!r} split (splits with shards: {known}); "
+            + ("re-prepare with --val-fraction above 0 and at least two documents" if split == "val"
+               else "re-prepare the folder")
+        )
+    shards = []
+    for shard in entry["shards"]:
+        tokens = read_shard(data_dir / shard["name"])
+        if len(tokens) != shard["tokens"]:
+            raise ShardError(
+                f"shard {data_dir / shard['name']} holds {len(tokens)} tokens but {MANIFEST_NAME} says "
+                f"{shard['tokens']}: the folder was changed after preparation; re-prepare it with --force"
+            )
+        shards.append(tokens)
+    return shards
+
+
+def _foreign_shards(data_dir: Path, split: str) -> list[Path]:
+    """Shards named by llm.c's convention (`<name>_<split>_NNNNNN.bin` or `<split>_NNNNNN.bin`), sorted."""
+    paths = set(data_dir.glob(f"{split}_*.bin")) | set(data_dir.glob(f"*_{split}_*.bin"))
+    return sorted(paths)
