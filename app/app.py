@@ -71,23 +71,29 @@ def generation_controls(context: int) -> support.GenerationControls:
     return support.GenerationControls(int(max_new), float(temperature), int(top_k), float(top_p), int(seed) if fixed_seed else None)
 
 
-def show_model_card(card: support.ModelCard) -> None:
+def show_model_card(card: support.ModelCard, curves: support.RunCurves | None) -> None:
+    """Two rows of figures; the loss figures carry a sparkline of their curve when the run logged one."""
+
+    def sparkline(tag: str) -> list[float] | None:
+        return [value for _, value in curves.series[tag]] if curves is not None and curves.has(tag) else None
+
     with st.container(border=True):
-        title = f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "")
-        st.markdown(title)
-        cols = st.columns(7)
-        cols[0].metric("Parameters", support.format_count(card.parameters))
-        cols[1].metric("Context", f"{card.context} tokens")
-        cols[2].metric("Layers × heads × width", f"{card.n_layer}×{card.n_head}×{card.n_embd}")
-        cols[3].metric("Tokens trained", support.format_count(card.tokens))
-        cols[4].metric("Steps", support.format_count(card.steps))
-        cols[5].metric("Train / val loss", f"{support.format_loss(card.train_loss)} / {support.format_loss(card.val_loss)}")
+        st.markdown(f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "") + f" · tokenizer `{card.tokenizer}`")
+        shape, training = st.columns(4), st.columns(4)
+        shape[0].metric("Parameters", support.format_count(card.parameters), help=f"{card.parameters:,} parameters")
+        shape[1].metric("Context", f"{card.context} tokens")
+        shape[2].metric("Layers · heads · width", f"{card.n_layer} · {card.n_head} · {card.n_embd}")
+        shape[3].metric("Tokens trained", support.format_count(card.tokens), help=None if card.tokens is None else f"{card.tokens:,} tokens")
+        training[0].metric("Steps", support.format_count(card.steps))
+        training[1].metric("Final train loss", support.format_loss(card.train_loss), chart_data=sparkline(support.TRAIN_LOSS_TAG))
+        training[2].metric("Final val loss", support.format_loss(card.val_loss), chart_data=sparkline(support.VAL_LOSS_TAG))
         if card.target_reached is None:
-            cols[6].metric("Loss target", support.format_loss(card.target_loss))
+            training[3].metric("Loss target", support.format_loss(card.target_loss))
         else:
             at_step = f" at step {card.target_step}" if card.target_step is not None else ""
-            verdict = f"reached{at_step} ✅" if card.target_reached else "not reached ❌"
-            cols[6].metric("Loss target", support.format_loss(card.target_loss), verdict, delta_color="normal" if card.target_reached else "inverse")
+            verdict = f"reached{at_step}" if card.target_reached else "not reached"
+            training[3].metric("Loss target", support.format_loss(card.target_loss), verdict,
+                               delta_color="green" if card.target_reached else "red", delta_arrow="off")
 
 
 def generated_html(prompt: str, continuation: str) -> str:
@@ -111,30 +117,41 @@ def generate_tab(model, info, folder: str, controls: support.GenerationControls)
         update = None
         for update in support.stream_continuation(model, info.tokenizer, prompt_ids, controls):
             output.markdown(generated_html(prompt, update.text), unsafe_allow_html=True)
-            speed.caption(f"{update.tokens} tokens · {update.tokens_per_sec:.1f} tokens/s")
+            speed.caption(f"Generating… {update.tokens} tokens · {update.tokens_per_sec:.1f} tokens/s")
         if update is None:
             output.info("The model ended the text at once (it chose the end-of-text token): try another seed or prompt.")
-        st.session_state["last_generation"] = {
+        last = {
             "folder": folder,
             "prompt": prompt,
             "text": update.text if update else "",
             "tokens": update.tokens if update else 0,
+            "seconds": update.seconds if update else 0.0,
             "tokens_per_sec": update.tokens_per_sec if update else 0.0,
         }
-        return
-    last = st.session_state.get("last_generation")
-    if last and last["folder"] == folder:  # keep the last result on screen while other controls change
+        st.session_state["last_generation"] = last
+    else:
+        last = st.session_state.get("last_generation")
+        if not (last and last["folder"] == folder):
+            return
+        # Keep the last result on screen while other controls change.
         output.markdown(generated_html(last["prompt"], last["text"]), unsafe_allow_html=True)
-        speed.caption(f"{last['tokens']} tokens · {last['tokens_per_sec']:.1f} tokens/s")
+    speed.caption(f"Done: {last['tokens']} tokens in {last['seconds']:.2f} s · {last['tokens_per_sec']:.1f} tokens/s")
 
 
-def curves_tab(folder: str, card: support.ModelCard) -> None:
-    run_dir = support.run_dir_of(Path(folder))
+def run_curves(folder: Path) -> support.RunCurves | None:
+    """The curves of the run the model folder belongs to; None when it belongs to none."""
+    run_dir = support.run_dir_of(folder)
     if run_dir is None:
+        return None
+    tb_dir = run_dir / "tb"
+    return cached_curves(str(tb_dir), support.files_fingerprint(tb_dir))
+
+
+def curves_tab(folder: Path, card: support.ModelCard, curves: support.RunCurves | None) -> None:
+    if curves is None:
         st.info("This model folder is not part of a training run (no tb/ folder beside it), so there are no curves to show.")
         return
-    tb_dir = run_dir / "tb"
-    curves = cached_curves(str(tb_dir), support.files_fingerprint(tb_dir))
+    tb_dir = support.run_dir_of(folder) / "tb"
     if not (curves.has(support.TRAIN_LOSS_TAG) or curves.has(support.VAL_LOSS_TAG)):
         st.info(f"The run's TensorBoard logs ({support.display_name(tb_dir)}) hold no loss curves yet.")
         return
@@ -155,7 +172,7 @@ def attention_tab(model, info, folder: str) -> None:
     can_extend = bool(last and last["folder"] == folder and last["prompt"] == st.session_state.get("prompt") and last["text"])
     with third:
         st.write("")
-        extend = st.checkbox("Include the generated continuation", value=can_extend, disabled=not can_extend, key="attn_extend")
+        extend = st.checkbox("Include the generated continuation", value=False, disabled=not can_extend, key="attn_extend")
     text = st.session_state.get("prompt", "")
     if extend and can_extend:
         text += last["text"]
@@ -190,16 +207,20 @@ def page() -> None:
         st.error(f"**Cannot use this model.** {err}")
         return
     card = support.model_card(model, info)
-    show_model_card(card)
+    try:
+        curves, curves_problem = run_curves(folder), None
+    except UserError as err:  # damaged logs must not hide a model that loads fine
+        curves, curves_problem = None, str(err)
+    show_model_card(card, curves)
     controls = generation_controls(info.config.block_size)
-    generate, curves, attention = st.tabs(["Generate", "Training curves", "Attention"])
+    generate, curves_area, attention = st.tabs(["Generate", "Training curves", "Attention"])
     with generate:
         generate_tab(model, info, str(folder), controls)
-    with curves:
-        try:
-            curves_tab(str(folder), card)
-        except UserError as err:
-            st.warning(str(err))
+    with curves_area:
+        if curves_problem:
+            st.warning(curves_problem)
+        else:
+            curves_tab(folder, card, curves)
     with attention:
         attention_tab(model, info, str(folder))
 

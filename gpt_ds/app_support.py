@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from gpt_ds.errors import UserError
-from gpt_ds.generate import stream
+from gpt_ds.generate import detokenize_stream, stream
 from gpt_ds.model import GPT
 from gpt_ds.metrics import read_scalars
 from gpt_ds.model_io import CONFIG_FILE, WEIGHTS_FILE, ModelInfo, load_model
@@ -312,15 +312,23 @@ class StreamUpdate:
 def stream_continuation(
     model: GPT, tokenizer: str, prompt_ids: list[int], controls: GenerationControls
 ) -> Iterator[StreamUpdate]:
-    """Yield the growing continuation after each new token (the timing includes the prompt pass)."""
-    encoding = get_encoding(tokenizer)
-    new_ids: list[int] = []
+    """Yield the growing continuation as its text grows (the timing includes the prompt pass)."""
+    produced = 0
+
+    def counted_tokens() -> Iterator[int]:
+        nonlocal produced
+        for token in stream(model, prompt_ids, controls.max_new_tokens, **controls.sampling_kwargs()):
+            produced += 1
+            yield token
+
+    text, shown = "", 0
     start = time.perf_counter()
-    for token in stream(model, prompt_ids, controls.max_new_tokens, **controls.sampling_kwargs()):
-        new_ids.append(int(token))
-        # Decoding the whole list (not token by token) lets multi-byte characters split across
-        # tokens come out right once their last byte arrives.
-        yield StreamUpdate(encoding.decode(new_ids), len(new_ids), time.perf_counter() - start)
+    for piece in detokenize_stream(get_encoding(tokenizer), counted_tokens()):
+        text += piece
+        shown = produced
+        yield StreamUpdate(text, produced, time.perf_counter() - start)
+    if produced != shown:  # the last tokens completed no character: still report their count
+        yield StreamUpdate(text, produced, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from app_fixtures import STEPS, TARGET_LOSS, TARGET_STEP, TRAIN_TOKENS, lr_at, m
 
 from gpt_ds import app_support as support
 from gpt_ds.errors import UserError
+from gpt_ds.generate import generate
+from gpt_ds.tokenizer import get_encoding
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +103,22 @@ def test_encode_prompt_rejects_empty_and_too_long():
     assert support.encode_prompt("Hello world", "r50k_base", 64) == [15496, 995]
 
 
-def test_stream_is_reproducible_with_a_seed_and_counts_tokens(loaded):
+def test_stream_is_reproducible_with_a_seed_and_matches_generate(loaded):
     model, info = loaded
     prompt = support.encode_prompt("ROMEO:", info.tokenizer, info.config.block_size)
+    controls = support.GenerationControls(12, 1.0, 0, 1.0, 7)
 
     def final(seed):
-        updates = list(support.stream_continuation(model, info.tokenizer, prompt, support.GenerationControls(12, 1.0, 0, 1.0, seed)))
-        assert [u.tokens for u in updates] == list(range(1, len(updates) + 1))
+        updates = list(support.stream_continuation(model, info.tokenizer, prompt, replace(controls, seed=seed)))
+        counts = [u.tokens for u in updates]
+        assert counts == sorted(counts) and updates[-1].tokens_per_sec > 0
         return updates[-1]
 
     first, again, other = final(7), final(7), final(8)
-    assert first.tokens <= 12 and first.tokens_per_sec > 0
-    assert first.text == again.text
-    assert first.text != other.text  # a random 50k-way model: two seeds agree with odds ~0
+    expected = generate(model, [prompt], 12, **controls.sampling_kwargs())[0]
+    assert (first.text, first.tokens) == (get_encoding().decode(expected), len(expected))
+    assert (again.text, again.tokens) == (first.text, first.tokens)
+    assert other.text != first.text  # a random 50k-way model: two seeds agree with odds ~0
 
 
 def test_controls_map_to_generate_arguments():
