@@ -37,12 +37,14 @@ def _evaluating(model: GPT):
     """Eval mode (no dropout) and no autograd for one step, restoring the caller's mode afterwards.
     Scoped per step, not around the generator, so nothing leaks into the consumer between tokens."""
     was_training = model.training
-    model.eval()
+    if was_training:  # switching walks every module: skip it when the caller is already in eval mode
+        model.eval()
     try:
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def _unwrap(model: torch.nn.Module) -> GPT:
@@ -126,7 +128,7 @@ def _decode(
         tokens = torch.cat([tokens, next_tokens.unsqueeze(1).to(tokens.dtype)], dim=1)[:, -context:]
 
 
-def _prompt_tensor(model: GPT, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+def _check_prompts(model: GPT, prompts: Sequence[Sequence[int]]) -> None:
     vocab = model.config.vocab_size
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
@@ -137,6 +139,9 @@ def _prompt_tensor(model: GPT, prompts: Sequence[Sequence[int]]) -> torch.Tensor
         bad = [t for t in prompt if not 0 <= int(t) < vocab]
         if bad:
             raise UserError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab}); encode it with the model's tokenizer")
+
+
+def _prompt_tensor(model: GPT, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
     device = next(model.parameters()).device
     return torch.tensor([list(p) for p in prompts], dtype=torch.long, device=device)
 
@@ -167,6 +172,7 @@ def generate(
     (the reference that benchmarks and tests compare the cache against)."""
     model = _unwrap(model)
     sampling = _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model)
+    _check_prompts(model, prompts)
     results: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
@@ -205,6 +211,7 @@ def stream(
     model = _unwrap(model)
     # Checked here, not inside the generator, so bad settings fail at the call, not at the first token.
     sampling = _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model)
+    _check_prompts(model, [prompt])
     batch = _prompt_tensor(model, [prompt])
     return _stream_tokens(model, batch, max_new_tokens, use_cache, stop_token, sampling)
 
