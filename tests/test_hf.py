@@ -1,0 +1,156 @@
+"""Tests of gpt_ds.hf against real transformers GPT-2 models (randomly initialised, no download):
+import and export both give the same logits in fp32 (1e-5), the same greedy tokens and attention
+weights; non-GPT-2 folders are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gpt_ds.errors import UserError
+from gpt_ds.generate import generate
+from gpt_ds.hf import export_hf, import_hf, run
+from gpt_ds.model import GPT, GPTConfig
+from gpt_ds.model_io import load_model, read_model_info, save_model
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 300
+TOLERANCE = dict(rtol=0, atol=1e-5)
+
+
+def hf_gpt2(**overrides):
+    """A small random transformers GPT-2; weights 0.1 (not 0.02) so logits are far from uniform."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=VOCAB, initializer_range=0.1,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, **overrides,
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "gpt2-random"
+    hf_gpt2().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    torch.manual_seed(1)
+    return torch.randint(0, VOCAB, (2, 32))
+
+
+def hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def ours_logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens)[0]
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_imported_model_gives_transformers_logits_and_greedy_tokens(hf_dir, tokens, tmp_path, attn_implementation):
+    reference = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, attn_implementation=attn_implementation).eval()
+    ours, info = load_model(import_hf(hf_dir, tmp_path / "model"))
+    assert info.config == GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=VOCAB)
+    assert info.metadata["source"] == "huggingface"
+    torch.testing.assert_close(ours_logits(ours, tokens), hf_logits(reference, tokens), **TOLERANCE)
+
+    prompt = tokens[:1, :5]
+    with torch.no_grad():
+        hf_tokens = reference.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 5:]
+    assert generate(ours, [prompt[0].tolist()], 20, greedy=True, stop_token=None)[0] == hf_tokens.tolist()
+
+
+def test_attention_weights_match_transformers(hf_dir, tokens, tmp_path):
+    reference = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    ours, _ = load_model(import_hf(hf_dir, tmp_path / "model"))
+    with torch.no_grad():
+        hf_attentions = reference(tokens[:1], output_attentions=True).attentions
+    torch.testing.assert_close(ours.attention_weights(tokens[0]), torch.stack(hf_attentions)[:, 0], **TOLERANCE)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_exported_model_loads_in_transformers_with_our_logits(tmp_path, tokens, bias):
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=VOCAB, bias=bias)
+    ours = GPT(config).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # also make LayerNorm gains and biases non-trivial
+    model_dir = save_model(tmp_path / "model", ours, config)
+    assert run(["export", str(model_dir), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(hf_logits(hf, tokens), ours_logits(ours, tokens), **TOLERANCE)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_positions"] == 32
+
+    # And back: import of the export is the model we started from.
+    assert run(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    back, _ = load_model(tmp_path / "back")
+    torch.testing.assert_close(ours_logits(back, tokens), ours_logits(ours, tokens), **TOLERANCE)
+
+
+def test_original_gpt2_checkpoint_naming_imports(hf_dir, tmp_path, tokens):
+    # The GPT-2 checkpoints on the Hub name tensors without `transformer.` and carry the causal-mask
+    # buffers `attn.bias` / `attn.masked_bias`.
+    reference = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    state = {k.removeprefix("transformer."): v for k, v in reference.state_dict().items() if k != "lm_head.weight"}
+    for layer in range(2):
+        state[f"h.{layer}.attn.bias"] = torch.ones(1, 1, 32, 32).tril()
+        state[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(legacy / "model.safetensors"))
+    (legacy / "config.json").write_text((hf_dir / "config.json").read_text())
+    ours, _ = load_model(import_hf(legacy, tmp_path / "model"))
+    torch.testing.assert_close(ours_logits(ours, tokens), hf_logits(reference, tokens), **TOLERANCE)
+
+
+def test_non_gpt2_folders_are_refused(tmp_path, hf_dir):
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(UserError, match="holds a llama model.*not GPT-2; only GPT-2 models"):
+        import_hf(llama, tmp_path / "out")
+
+    variant = tmp_path / "variant"
+    variant.mkdir()
+    config = json.loads((hf_dir / "config.json").read_text())
+    (variant / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
+    with pytest.raises(UserError, match="GPT-2 variant.*activation_function 'relu'"):
+        import_hf(variant, tmp_path / "out")
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((hf_dir / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not opened")
+    with pytest.raises(UserError, match="safetensors only.*save_pretrained"):
+        import_hf(pickled, tmp_path / "out")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="has no config.json"):
+        import_hf(empty, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written by any of the refusals
+
+
+def test_cli_reports_a_bad_folder_in_one_line(tmp_path, repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt_ds.hf", "import", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=repo_root, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"gpt-ds-hf: error: Hugging Face folder {tmp_path / 'missing'} does not exist; pass a folder saved by save_pretrained"
+    ]
+    with pytest.raises(UserError, match="does not exist"):
+        read_model_info(tmp_path / "out")
