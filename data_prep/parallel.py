@@ -5,6 +5,7 @@ the batch size however large the input stream is (a reorder buffer of a few batc
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -20,6 +21,13 @@ def _context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload(["data_prep.tokenize"])
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _init_pool_worker(initializer: Callable[..., None], *args) -> None:
+    # Ctrl-C reaches the whole process group: only the main process handles it (it stops the pool
+    # and cleans up); workers would otherwise each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    initializer(*args)
 
 
 class OrderedPool:
@@ -38,7 +46,7 @@ class OrderedPool:
 
     def __enter__(self) -> "OrderedPool":
         if self.workers > 1:
-            self._pool = _context().Pool(self.workers, self.initializer, self.init_args)
+            self._pool = _context().Pool(self.workers, _init_pool_worker, (self.initializer, *self.init_args))
         else:
             self.initializer(*self.init_args)
         return self

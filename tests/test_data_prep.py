@@ -342,3 +342,21 @@ def test_refuses_an_encoding_too_large_for_uint16(encoding):
 def test_default_corpus_exists_offline():
     corpus = default_corpus()
     assert corpus and all(Path(p).exists() for p in corpus)
+
+
+def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, shakespeare_dir):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep", "--input", str(shakespeare_dir), "--out", str(out), "--workers", "2",
+         "--val-fraction", "0.1", "--shard-tokens", "40000"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "train_000000.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)  # the workers are mid-batch now
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr == "python -m data_prep: interrupted\n"
+    assert not (out / "manifest.json").exists() and not list(out.glob(".*.tmp"))
