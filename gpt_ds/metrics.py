@@ -85,7 +85,7 @@ def steps_to_target(steps: list[int], losses: list[float], target: float) -> flo
     a straight line in log-step over a window, and the fit has two parameters, so it stays stable
     on noisy points. None when the curve does not fall (b >= 0) or there are too few points.
     """
-    if len(steps) < 4 or min(steps) <= 0:
+    if len(steps) < 3 or min(steps) <= 0:
         return None
     if losses[-1] <= target:
         return 0.0
@@ -111,7 +111,8 @@ class LossCurve:
     def eta_steps(self, target: float | None) -> float | None:
         if target is None or not self.points:
             return None
-        recent = list(self.points)[len(self.points) // 2 :]  # the latter half: the curve as it is now
+        # the curve as it is now: the latter half of the points, but at least 4 (evals are few)
+        recent = list(self.points)[-max(4, len(self.points) // 2) :]
         return steps_to_target([s for s, _ in recent], [l for _, l in recent], target)
 
 
@@ -143,8 +144,8 @@ class Throughput:
 class TensorBoard:
     """The run's TensorBoard log, written by rank 0 only (other ranks get a writer that does nothing).
 
-    purge_step: on resume, events at or after the resumed step left by the interrupted run are
-    dropped by TensorBoard, so the curve has no duplicated steps.
+    purge_step: on resume, events at or after purge_step (the first step the resumed run logs)
+    left by the interrupted run are dropped by TensorBoard, so the curve has no duplicated steps.
     """
 
     def __init__(self, log_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
@@ -199,6 +200,8 @@ def read_texts(log_dir: str | Path, tag: str) -> list[tuple[int, str]]:
 
     accumulator = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
     accumulator.Reload()
-    if tag not in accumulator.Tags().get("tensors", []):
+    tags = accumulator.Tags().get("tensors", [])
+    tag = tag if tag in tags else f"{tag}/text_summary"  # SummaryWriter.add_text's own suffix
+    if tag not in tags:
         return []
     return [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(tag)]

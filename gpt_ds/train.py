@@ -289,9 +289,11 @@ def run(settings: RunSettings) -> TrainResult:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     peak_flops, peak_source = metrics.device_peak_flops(dtype)
     throughput = metrics.Throughput(engine.module.flops_per_token(plan.model_config.block_size), peak_flops)
-    curve = metrics.LossCurve(ema=state.train_loss)
+    curve = metrics.LossCurve(ema=state.train_loss)  # train loss: its EMA, and the ETA fit without a val split
+    target_curve = curve if plan.val is None else metrics.LossCurve()  # the ETA fits the metric the target uses
     tokens_per_step = plan.ds_config["train_batch_size"] * plan.model_config.block_size
-    tb = metrics.TensorBoard(settings.run_dir / "tb", enabled=is_main, purge_step=state.step or None)
+    # Drop what an interrupted run logged after its checkpoint: the resumed run logs from step + 1.
+    tb = metrics.TensorBoard(settings.run_dir / "tb", enabled=is_main, purge_step=state.step + 1 if state.step else None)
     if state.step == 0:
         tb.hparams({**settings.to_dict(), "world_size": world, "precision": precision, "peak_flops_source": peak_source,
                     "train_batch_size": plan.ds_config["train_batch_size"]},
@@ -351,7 +353,7 @@ def run(settings: RunSettings) -> TrainResult:
                 state.train_loss = curve.ema
 
             # -- metrics
-            eta_steps = curve.eta_steps(settings.target_loss)
+            eta_steps = target_curve.eta_steps(settings.target_loss)
             eta_seconds = eta_steps * throughput.seconds_per_step if eta_steps is not None else None
             if state.step % settings.log_interval == 0 or state.step == 1:
                 grad_norm = engine.get_global_grad_norm()
@@ -379,6 +381,7 @@ def run(settings: RunSettings) -> TrainResult:
             last_step = state.step == settings.max_steps
             if plan.val is not None and (state.step % settings.eval_interval == 0 or last_step):
                 state.val_loss = evaluate(engine, plan, rank)
+                target_curve.add(state.step, state.val_loss)
                 tb.scalars(state.step, {"val/loss": state.val_loss})
                 if is_main:
                     sample = text_sample(engine, plan, state.step)

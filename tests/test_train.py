@@ -1,0 +1,321 @@
+"""gpt_ds.train: real DeepSpeed engines on 2 CPU ranks (ZeRO-2, bf16, gloo) through the deepspeed
+launcher, plus the bad-input checks that must fail before any work.
+
+The multi-rank runs are few and each checks several things:
+- a run to a --target-loss: it stops there, logs TensorBoard (tags, falling loss, samples), keeps
+  half of the fp32 optimizer state per rank, and exports weights equal to the engine's own;
+- exact resume: a kill -9 at a random step, auto-resume to N, then a resume to 2N: bit-identical
+  to 2N steps straight;
+- preemption (one process): SIGUSR1 -> checkpoint at a step boundary -> exit code 75.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_ds import checkpoint, metrics
+from gpt_ds.errors import UserError
+from gpt_ds.train import PREEMPTED_EXIT_CODE, lr_at, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+ZERO2 = REPO / "ds_configs" / "zero2.json"
+RUN_TIMEOUT = 240
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def shakespeare_data(tmp_path_factory, shakespeare_dir, encoding) -> Path:
+    """Four plays prepared by data_prep: ~136k train tokens, one play (~41k tokens) for val."""
+    import data_prep
+
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    files = sorted(shakespeare_dir.glob("*.txt"))[:4]
+    data_prep.prepare([str(f) for f in files], out, val_fraction=0.25, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_ds_config(tmp_path_factory) -> Path:
+    """zero2.json with a smaller micro-batch, so that the CPU steps are quick."""
+    config = json.loads(ZERO2.read_text())
+    config["train_micro_batch_size_per_gpu"] = 4
+    path = tmp_path_factory.mktemp("ds") / "zero2_mb4.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_args(data: Path, out: Path, ds_config: Path, **flags) -> list[str]:
+    args = ["--deepspeed_config", str(ds_config), "--data", str(data), "--out", str(out), "--block-size", "32",
+            "--warmup-steps", "2", "--lr", "1e-2", "--eval-tokens", "1024", "--log-interval", "1"]
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def deepspeed_command(args: list[str], ranks: int = 2) -> list[str]:
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+            "--master_port", str(free_port()), "launch/train.py", *args]
+
+
+def run_ok(command: list[str]) -> str:
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"tensors differ: {different}"
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-rank runs
+
+
+@pytest.mark.slow
+def test_two_ranks_reach_target_loss(shakespeare_data, small_ds_config, tmp_path):
+    run_dir = tmp_path / "run"
+    target = 7.6
+    output = run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, max_steps=80,
+                                                 eval_interval=5, save_interval=1000, target_loss=target,
+                                                 sample_tokens=12)))
+    # It stopped at the target, well before --max-steps, and says so.
+    assert "target reached at step" in output
+    info = json.loads((run_dir / "model" / "config.json").read_text())["metadata"]
+    assert info["target_reached"] is True and info["val_loss"] <= target
+    assert info["step"] == info["target_step"] < 80 and info["world_size"] == 2 and info["precision"] == "bf16"
+    assert info["tokens"] == info["step"] * 2 * 4 * 32  # ranks x micro-batch x block
+
+    # TensorBoard, read back: the tags are there, the loss falls, samples are logged.
+    scalars = metrics.read_scalars(run_dir / "tb")
+    for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu",
+                "train/step_time", "train/memory_gib", "eta/steps_to_target"):
+        assert tag in scalars, tag
+    train_loss = [v for _, v in scalars["train/loss"]]
+    assert train_loss[0] > 10 and sum(train_loss[-5:]) / 5 < train_loss[0] - 2
+    assert scalars["val/loss"][-1][1] <= target < scalars["val/loss"][0][1]
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, info["step"] + 1))
+    assert len(metrics.read_texts(run_dir / "tb", "sample")) == len(scalars["val/loss"])
+
+    # ZeRO-2: each rank holds half of the fp32 master weights (and of Adam's moments).
+    tag_dir = checkpoint.latest_tag_dir(run_dir / "checkpoints")
+    weights = load_weights(run_dir / "model")
+    engine_state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    total = sum(t.numel() for t in engine_state["module"].values())
+    partitions = []
+    for rank in range(2):
+        optim = torch.load(tag_dir / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu",
+                           weights_only=False)["optimizer_state_dict"]
+        fp32 = optim["single_partition_of_fp32_groups"]
+        partitions.append(sum(t.numel() for t in fp32))
+        assert all(t.dtype == torch.float32 for t in fp32)
+        moments = optim["base_optimizer_state"]["state"]
+        assert sum(s["exp_avg"].numel() for s in moments.values()) == partitions[-1]
+    assert sum(partitions) >= total and all(abs(p - total / 2) <= 0.01 * total for p in partitions), (partitions, total)
+
+    # The consolidated fp32 weights are the engine's own (its bf16 module is their rounding).
+    module = {k.removeprefix("module."): v for k, v in engine_state["module"].items()}
+    vocab = json.loads((run_dir / "model" / "config.json").read_text())["model"]["vocab_size"]
+    module["transformer.wte.weight"] = module["transformer.wte.weight"][:vocab]
+    assert module.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor.to(torch.bfloat16), module[name]), name
+
+
+@pytest.mark.slow
+def test_exact_resume_and_kill9(shakespeare_data, small_ds_config, tmp_path):
+    """2N steps straight == kill -9 at a random step, auto-resume to N, resume to 2N: bit for bit."""
+    n = 8
+    common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=4, save_interval=2, sample_tokens=0)
+    straight = tmp_path / "straight"
+    run_ok(deepspeed_command(train_args(shakespeare_data, straight, small_ds_config, **common)))
+
+    # kill -9 of the launcher and its ranks (a crashed node) at a random step after the first checkpoint
+    run_dir = tmp_path / "resumed"
+    proc = subprocess.Popen(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, **common)),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while not (run_dir / "checkpoints" / "latest").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.8))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))["step"]
+    assert killed_at < n and not (run_dir / "model").exists(), "the kill came too late; the test needs more steps"
+
+    # auto-resume, stopping at N (same --lr-decay-steps), then a resumed run from N to 2N
+    run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, **{**common, "max_steps": n})))
+    assert checkpoint.latest_tag_dir(run_dir / "checkpoints").name == checkpoint.tag_for(n)
+    output = run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, **common)))
+    assert f"done: step {2 * n}" in output
+    assert_same_weights(load_weights(straight / "model"), load_weights(run_dir / "model"))
+
+    # TensorBoard continues from each resumed step: every step once, in order (purge_step).
+    steps = [s for s, _ in metrics.read_scalars(run_dir / "tb")["train/loss"]]
+    assert steps == list(range(1, 2 * n + 1)), (killed_at, steps)
+    # keep-last-K (default 2), and no part-written tag left behind
+    tags = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert tags == [checkpoint.tag_for(2 * n - 2), checkpoint.tag_for(2 * n)]
+
+
+@pytest.mark.slow
+def test_preemption_signal_saves_and_exits_75(shakespeare_data, small_ds_config, tmp_path):
+    """One process (python launch/train.py, the same code path): SIGUSR1 mid-run -> checkpoint -> exit 75."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "launch/train.py",
+               *train_args(shakespeare_data, run_dir, small_ds_config, max_steps=10_000, eval_interval=10_000,
+                           save_interval=10_000, sample_tokens=0)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + RUN_TIMEOUT
+    while not (run_dir / "tb").exists():  # the loop has started
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output[-3000:]
+    assert "preempted: checkpoint" in output
+    state = checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))
+    assert 0 < state["step"] < 10_000
+    assert not (run_dir / "model").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: refused before any work (no DeepSpeed engine, no file written)
+
+
+def test_lr_schedule_is_warmup_then_cosine_to_floor():
+    lrs = [lr_at(step, 1.0, 0.1, warmup=10, decay_steps=110) for step in range(200)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) and lrs[199] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """A hand-written prepared folder (train + val shards and manifest) for the fast checks."""
+    import numpy as np
+
+    from gpt_ds.data import write_shard
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    splits = {}
+    for split, size in (("train", 5000), ("val", 1000)):
+        name = f"{split}_000000.bin"
+        write_shard(folder / name, np.arange(size, dtype=np.uint16) % 50257)
+        splits[split] = {"shards": [{"name": name, "tokens": size, "sha256": ""}], "tokens": size, "documents": 1}
+    manifest = {"encoding": "r50k_base", "vocab_size": 50257, "eot_token": 50256, "dtype": "uint16", "splits": splits}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def write_ds_config(tmp_path: Path, **changes) -> Path:
+    config = json.loads(ZERO2.read_text())
+    config.update(changes)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def check_refused(argv: list[str], *words: str, world_size: int = 1) -> None:
+    with pytest.raises(UserError) as err:
+        parse_args(argv, world_size=world_size)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_bad_inputs_are_refused_before_any_work(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    base = ["--deepspeed_config", str(ZERO2), "--data", str(tiny_data), "--out", str(out)]
+    assert parse_args(base).model == "tiny"  # the good case passes
+
+    check_refused(["--deepspeed_config", str(ZERO2), "--data", str(tmp_path / "nope"), "--out", str(out)],
+                  "does not exist", "data_prep")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_refused(["--deepspeed_config", str(ZERO2), "--data", str(empty), "--out", str(out)], "manifest.json")
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    del manifest["splits"]["train"]
+    no_train = tmp_path / "no_train"
+    no_train.mkdir()
+    (no_train / "manifest.json").write_text(json.dumps(manifest))
+    check_refused(["--deepspeed_config", str(ZERO2), "--data", str(no_train), "--out", str(out)], "'train'")
+    (tiny_data / "train_000000.bin").write_bytes(b"not a shard" * 200)
+    check_refused(base, "train_000000.bin")
+
+
+def test_bad_model_and_ds_config_are_refused(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    base = ["--data", str(tiny_data), "--out", str(out)]
+    check_refused(["--deepspeed_config", str(ZERO2), *base, "--model", "gpt5"], "gpt5", "tiny")
+    check_refused(["--deepspeed_config", str(ZERO2), *base, "--block-size", "100000"], "--block-size", "context")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{ not json")
+    check_refused(["--deepspeed_config", str(bad_json), *base], "not valid JSON")
+    check_refused(["--deepspeed_config", str(tmp_path / "missing.json"), *base], "not found")
+    # train_batch_size that no whole number of accumulation steps fits for 3 ranks
+    inconsistent = write_ds_config(tmp_path, train_batch_size=16)
+    check_refused(["--deepspeed_config", str(inconsistent), *base], "train_batch_size 16", "3 ranks", world_size=3)
+    parse_args(["--deepspeed_config", str(inconsistent), *base], world_size=2)  # 16 = 8 x 1 x 2: fine
+    fp16 = REPO / "ds_configs" / "zero2_fp16.json"
+    if not torch.cuda.is_available():
+        check_refused(["--deepspeed_config", str(fp16), *base], "fp16", "GPU")
+    assert not out.exists()
+
+
+def test_checkpoint_of_another_model_is_refused_and_kept(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    tag_dir = out / "checkpoints" / checkpoint.tag_for(5)
+    tag_dir.mkdir(parents=True)
+    other = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 50257, "dropout": 0.0, "bias": True}
+    (tag_dir / checkpoint.CLIENT_STATE).write_text(json.dumps({"step": 5, "model": other, "world_size": 1}))
+    (out / "checkpoints" / "latest").write_text(tag_dir.name)
+    before = sorted(p.name for p in tag_dir.iterdir())
+    base = ["--deepspeed_config", str(ZERO2), "--data", str(tiny_data), "--out", str(out)]
+    check_refused(base, "different model config", "n_embd")
+    check_refused([*base, "--resume", "never"], "already holds checkpoints")
+    assert sorted(p.name for p in tag_dir.iterdir()) == before
+
+
+def test_cli_error_is_one_line_and_nonzero(tmp_path):
+    proc = subprocess.run([sys.executable, "launch/train.py", "--deepspeed_config", str(ZERO2), "--data",
+                           str(tmp_path / "nope"), "--out", str(tmp_path / "run")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("launch/train.py: error: data folder") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
