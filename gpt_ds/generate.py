@@ -82,20 +82,22 @@ def choose_next(
     if greedy or temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
+    # Restricting to candidates first makes the softmax and the draw run over k entries, not 50k.
+    candidates = None  # vocabulary ids of the columns of `logits`, once they are restricted and sorted
     if top_k is not None and top_k < logits.size(-1):
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        logits, candidates = torch.topk(logits, top_k, dim=-1)  # sorted, most likely first
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(dim=-1)
+        if candidates is None:
+            logits, candidates = torch.sort(logits, dim=-1, descending=True)
+        probs = logits.softmax(dim=-1)
         # Drop a token when the tokens ranked before it already hold top_p of the mass; the most
         # likely token is therefore always kept.
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        logits = logits.masked_fill(mass_before >= top_p, float("-inf"))
+    choice = torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
+    if candidates is not None:
+        choice = candidates.gather(-1, choice)
+    return choice.squeeze(-1)
 
 
 def _decode(
