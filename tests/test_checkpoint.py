@@ -1,0 +1,81 @@
+"""gpt_ds.checkpoint: which tag is the latest complete one, keep-last-K, resume resolution, model check.
+
+The DeepSpeed side (save/load through a real engine, kill -9 while saving) is exercised by the
+multi-rank runs in test_train.py; these are the file-level rules, fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpt_ds import checkpoint
+from gpt_ds.errors import UserError
+
+MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 8, "block_size": 16, "vocab_size": 50257, "dropout": 0.0, "bias": True}
+
+
+def make_tag(checkpoints, step, complete=True):
+    tag_dir = checkpoints / checkpoint.tag_for(step)
+    tag_dir.mkdir(parents=True)
+    (tag_dir / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+    if complete:
+        (tag_dir / checkpoint.CLIENT_STATE).write_text(json.dumps({"step": step, "model": MODEL, "world_size": 1}))
+    return tag_dir
+
+
+def test_latest_is_only_a_complete_checkpoint(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    assert checkpoint.latest_tag_dir(checkpoints) is None
+    assert checkpoint.resolve_resume("auto", tmp_path) is None
+    done = make_tag(checkpoints, 10)
+    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, done.name)
+    make_tag(checkpoints, 12, complete=False)  # cut off while written: no client_state.json, not latest
+    assert checkpoint.latest_tag_dir(checkpoints) == done
+    assert checkpoint.resolve_resume("auto", tmp_path) == done
+    assert checkpoint.resolve_resume(str(checkpoints), tmp_path) == done
+    assert checkpoint.resolve_resume(str(done), tmp_path) == done
+    assert checkpoint.resolve_resume("never", tmp_path) is None
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        checkpoint.resolve_resume(str(checkpoints / checkpoint.tag_for(12)), tmp_path)
+    # a `latest` pointing at an incomplete folder is reported, not trusted
+    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, checkpoint.tag_for(12))
+    with pytest.raises(UserError, match="incomplete"):
+        checkpoint.latest_tag_dir(checkpoints)
+
+
+def test_prune_keeps_the_newest_k_and_drops_partial_ones(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for step in (2, 4, 6, 8):
+        make_tag(checkpoints, step)
+    make_tag(checkpoints, 9, complete=False)
+    (checkpoints / "zero_to_fp32.py").write_text("# DeepSpeed's script, not a tag")
+    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, checkpoint.tag_for(8))
+    checkpoint.prune(checkpoints, keep=2)
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "latest", checkpoint.tag_for(6), checkpoint.tag_for(8), "zero_to_fp32.py"]
+    checkpoint.prune(checkpoints, keep=1)
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == [checkpoint.tag_for(8)]
+
+
+def test_write_atomic_replaces_whole_content(tmp_path):
+    path = tmp_path / "latest"
+    checkpoint.write_atomic(path, "step_00000001")
+    checkpoint.write_atomic(path, "step_00000002")
+    assert path.read_text() == "step_00000002" and [p.name for p in tmp_path.iterdir()] == ["latest"]
+
+
+def test_a_different_model_config_is_refused_with_the_difference(tmp_path):
+    checkpoint.check_same_model({"model": MODEL}, dict(MODEL), tmp_path)
+    with pytest.raises(UserError, match=r"n_embd: checkpoint 8 vs now 16"):
+        checkpoint.check_same_model({"model": MODEL}, {**MODEL, "n_embd": 16}, tmp_path)
+
+
+def test_resume_never_refuses_a_run_dir_with_checkpoints(tmp_path):
+    checkpoint.check_fresh_run_dir(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    make_tag(checkpoints, 2)
+    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, checkpoint.tag_for(2))
+    with pytest.raises(UserError, match="--resume never"):
+        checkpoint.check_fresh_run_dir(tmp_path)
