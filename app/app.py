@@ -96,10 +96,16 @@ def show_model_card(card: support.ModelCard, curves: support.RunCurves | None) -
                                delta_color="green" if card.target_reached else "red", delta_arrow="off")
 
 
+def as_html_line(text: str) -> str:
+    """Text as HTML on one line: st.markdown passes an HTML block through untouched only up to the
+    first blank line, after which model output would be parsed as Markdown (code blocks, headings)."""
+    return html.escape(text).replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+
+
 def generated_html(prompt: str, continuation: str) -> str:
     return (
-        f'<div class="gen-box"><span class="gen-prompt">{html.escape(prompt)}</span>'
-        f'<span class="gen-continuation">{html.escape(continuation)}</span></div>'
+        f'<div class="gen-box"><span class="gen-prompt">{as_html_line(prompt)}</span>'
+        f'<span class="gen-continuation">{as_html_line(continuation)}</span></div>'
     )
 
 

@@ -469,13 +469,13 @@ def attention_chart(attention: AttentionMap) -> alt.Chart:
         for q, q_label in enumerate(attention.labels)
         for k in range(q + 1)  # causal: a token never attends to later ones
     ]
-    size = max(260, min(720, 22 * len(attention.labels)))
+    size = max(420, min(820, 34 * len(attention.labels)))  # the axis labels take part of it
     return (
         alt.Chart(pd.DataFrame(rows))
         .mark_rect()
         .encode(
-            x=alt.X("key:O", sort=attention.labels, title="attended-to token (key)", axis=alt.Axis(labelAngle=-55, labelLimit=90)),
-            y=alt.Y("query:O", sort=attention.labels, title="attending token (query)", axis=alt.Axis(labelLimit=90)),
+            x=alt.X("key:O", sort=attention.labels, title="attended-to token (key)", axis=alt.Axis(labelAngle=-55, labelLimit=90, labelOverlap=False)),
+            y=alt.Y("query:O", sort=attention.labels, title="attending token (query)", axis=alt.Axis(labelLimit=90, labelOverlap=False)),
             color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis"), title="weight"),
             tooltip=["query:N", "key:N", alt.Tooltip("weight:Q", format=".3f")],
         )

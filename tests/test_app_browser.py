@@ -111,12 +111,14 @@ def test_prompt_generate_and_charts_in_a_real_browser(browser, served_app, tmp_p
     page.get_by_text("gpt-ds playground").wait_for(timeout=STEP_TIMEOUT_MS)
     page.get_by_text("Tokens trained").wait_for(timeout=STEP_TIMEOUT_MS)  # the model card: weights loaded
 
-    page.get_by_label("Prompt").fill("ROMEO:\nWhat light through yonder window breaks?\n")
+    # A blank line then an indented line: Markdown would turn what follows into a code block.
+    page.get_by_label("Prompt").fill("ROMEO:\n\n    What light through yonder window breaks?\n")
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Done: ").wait_for(timeout=STEP_TIMEOUT_MS)  # streaming finished
     continuation = page.locator(".gen-continuation")
     assert continuation.inner_text().strip()
     assert "yonder window" in page.locator(".gen-prompt").inner_text()
+    assert not page.locator(".gen-box code").count() and not page.get_by_text("</span>").count()
     page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
 
     page.get_by_role("tab", name="Training curves").click()
