@@ -360,8 +360,9 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
-def follow(job: submitit.Job, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def follow(job: submitit.Job, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Follow the job to its end, showing rank 0's output and the job's state changes; 0 on success."""
+    out, err = out or sys.stdout, err or sys.stderr
     follower = LogFollower(job, out, err)
     last_state = ""
     while True:
@@ -397,8 +398,9 @@ def report_outcome(job: submitit.Job, err: TextIO) -> int:
 
 
 def launch(spec: JobSpec, train_argv: list[str], dry_run: bool = False, wait: bool = False,
-           out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+           out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The whole of launch/submit.py: validate, then print the script, submit, or submit and follow."""
+    out, err = out or sys.stdout, err or sys.stderr
     spec.check()
     settings = check_training_args(train_argv, spec)
     folder = settings.run_dir.resolve() / "slurm"
