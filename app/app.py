@@ -40,12 +40,18 @@ def cached_curves(tb_dir: str, fingerprint: tuple) -> support.RunCurves:
     return support.read_run_curves(Path(tb_dir))
 
 
+@st.cache_data(show_spinner=False, ttl=5)  # every widget change reruns the page: walk runs/ at most every 5 s
+def found_model_folders() -> list[str]:
+    return [str(folder) for folder in support.discover_model_folders(support.default_run_roots())]
+
+
 def choose_model_folder(args: support.AppArgs) -> str:
     """The sidebar's model choice: found folders (and --model), or a typed path."""
     st.sidebar.header("Model")
-    options = [str(folder) for folder in support.discover_model_folders(support.default_run_roots())]
-    if args.model is not None and str(args.model) not in options:
-        options.insert(0, str(args.model))
+    options = found_model_folders()
+    if args.model is not None:
+        given = str(args.model.resolve()) if args.model.exists() else str(args.model)
+        options = [given] + [option for option in options if option != given]
     options.append(OTHER_FOLDER)
     choice = st.sidebar.selectbox(
         "Model folder",

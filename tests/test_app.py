@@ -96,6 +96,9 @@ def test_seed_reproduces_text_and_controls_change_it(monkeypatch, good_model):
     greedy = generate(app)
     app.number_input(key="seed").set_value(3)
     assert generate(app) == greedy
+    app.slider(key="temperature").set_value(0.8)
+    app.number_input(key="top_k").set_value(1)  # only the most likely token is left: greedy again
+    assert generate(app) == greedy
     shown = next(c.value for c in app.caption if c.value.startswith("Done: "))
     assert 1 <= int(shown.removeprefix("Done: ").split(" tokens")[0]) <= 8  # the max new tokens control is obeyed
 
@@ -165,3 +168,14 @@ def test_training_curves_and_attention_heatmap(monkeypatch, good_model):
     n = len(support.encode_prompt("To be, or not to be", "r50k_base"))
     assert len(cells) == n * (n + 1) // 2 and "1·␣be" in set(cells["query"])
     assert "Layer 1, head 1" in texts(app.caption)
+
+
+def test_model_given_on_the_command_line_is_chosen_and_listed_once(monkeypatch, tmp_path):
+    make_run(tmp_path / "runs" / "other", with_tb=False)
+    given = make_run(tmp_path / "runs" / "given", with_tb=False)
+    monkeypatch.chdir(tmp_path)
+    app = open_app(monkeypatch, "--model", "runs/given/model")  # relative, as people type it
+    choice = app.selectbox(key="model_choice")
+    assert choice.value == str(given.resolve())
+    assert len(choice.options) == 3  # given, other, "Type a folder path…"
+    assert "runs/given/model" in texts(app.markdown)  # the card names it relative to the working directory

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,6 +187,7 @@ def test_attention_map_keeps_the_last_tokens_of_long_text(loaded):
 
 
 def test_streamlit_config_binds_to_localhost(repo_root):
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     config = tomllib.loads((repo_root / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "127.0.0.1"
     assert config["browser"]["gatherUsageStats"] is False
