@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import submitit
 from submitit.core.job_environment import SignalHandler
 from submitit.helpers import Checkpointable, DelayedSubmission
+from submitit.slurm.slurm import SlurmJobEnvironment
 
 from gpt_ds.errors import UserError
 
@@ -206,6 +207,17 @@ class TrainingJob(Checkpointable):
             raise RequeueRefused(
                 f"preempted at step {step} after {self.requeues} requeue(s), the limit (--max-requeues "
                 f"{self.max_requeues}); the checkpoint is saved: submit the same command again to resume")
+        if isinstance(job_env, SlurmJobEnvironment):
+            # `scontrol requeue` would also bring back a job the user cancelled (scancel sends the
+            # same SIGTERM): requeue only a job that is still running, i.e. one signalled to checkpoint.
+            state = slurm_job_state(job_env.job_id)
+            if state != "RUNNING":
+                raise RequeueRefused(
+                    f"stopped at step {step} with its checkpoint saved; the job is {state} (cancelled, or "
+                    "preempted and requeued by Slurm itself), so it is not requeued here; submit the same "
+                    "command again to resume")
+        print(f"gpt-ds: preempted at step {step}, checkpoint saved; requeueing the job (requeue "
+              f"{self.requeues + 1} of at most {self.max_requeues}), it resumes from that step", flush=True)
         paths = job_env.paths
         submission = DelayedSubmission.load(paths.submitted_pickle)
         try:
@@ -216,6 +228,17 @@ class TrainingJob(Checkpointable):
                 f"preempted at step {step} and checkpointed, but Slurm refused the requeue ({err}); a "
                 "cancelled job stays cancelled: submit the same command again to resume") from err
         raise AssertionError("submitit's requeue returned instead of exiting")  # pragma: no cover
+
+
+def slurm_job_state(job_id: str) -> str:
+    """The job's state as slurmctld sees it now (RUNNING, COMPLETING, ...), or UNKNOWN."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                              timeout=SLURM_QUERY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    found = re.search(r"\bJobState=(\S+)", proc.stdout)
+    return found.group(1) if found else "UNKNOWN"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +368,20 @@ def job_state(job: submitit.Job) -> str:
     return job.state
 
 
+def pending_reason(job_id: str) -> str:
+    """Why Slurm keeps a job pending (squeue's reason), explained where it looks like a hang."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%r"], capture_output=True, text=True,
+                              timeout=SLURM_QUERY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    reason = proc.stdout.strip()
+    if reason == "BeginTime":
+        return ("BeginTime: Slurm holds a requeued job for a while before it may start; "
+                f"`scontrol update JobId={job_id} StartTime=now` releases it")
+    return "" if reason == "None" else reason
+
+
 def _job_finished(job: submitit.Job) -> bool:
     """Whether the job has ended; for Slurm, from the state `job_state` has just queried."""
     if isinstance(job, submitit.SlurmJob):
@@ -365,15 +402,21 @@ def follow(job: submitit.Job, out: TextIO | None = None, err: TextIO | None = No
     out, err = out or sys.stdout, err or sys.stderr
     follower = LogFollower(job, out, err)
     last_state = ""
-    while True:
-        follower.pump()
-        state = job_state(job)
-        if state != last_state and state != "UNKNOWN":  # UNKNOWN: sacct has not seen the job yet
-            print(f"[gpt-ds-submit] job {job.job_id}: {state}", file=err, flush=True)
-            last_state = state
-        if _job_finished(job):
-            break
-        time.sleep(FOLLOW_POLL_S)
+    try:
+        while True:
+            follower.pump()
+            state = job_state(job)
+            if state == "PENDING" and isinstance(job, submitit.SlurmJob):
+                state = f"PENDING ({pending_reason(job.job_id) or 'queued'})"
+            if state != last_state and state != "UNKNOWN":  # UNKNOWN: sacct has not seen the job yet
+                print(f"[gpt-ds-submit] job {job.job_id}: {state}", file=err, flush=True)
+                last_state = state
+            if _job_finished(job):
+                break
+            time.sleep(FOLLOW_POLL_S)
+    except KeyboardInterrupt:
+        print(f"[gpt-ds-submit] stopped following; job {job.job_id} keeps running", file=err, flush=True)
+        return 130
     follower.pump()
     return report_outcome(job, err)
 
@@ -429,6 +472,8 @@ def launch(spec: JobSpec, train_argv: list[str], dry_run: bool = False, wait: bo
           f"{folder}/{job.job_id}_<rank>_log.*)", file=out, flush=True)
     if spec.cluster == "slurm":
         print(f"  state: squeue -j {job.job_id}   cancel: scancel {job.job_id}", file=out, flush=True)
+    else:
+        print(f"  stop: kill -INT {job.job_id} (the local job's controller process)", file=out, flush=True)
     if not wait:
         return 0
     return follow(job, out=out, err=err)

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import NoReturn
 
-from gpt_ds.errors import UserError, run_cli
-from gpt_ds.slurm import CLUSTERS, JobSpec, launch
+if __package__ in (None, ""):  # run as a script: make the repository importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpt_ds.errors import UserError, run_cli  # noqa: E402
+from gpt_ds.slurm import CLUSTERS, JobSpec, launch  # noqa: E402
 
 PROG = "gpt-ds-submit"
 
@@ -76,7 +81,7 @@ def parse(argv: list[str]) -> tuple[JobSpec, list[str], argparse.Namespace]:
     return spec, train_argv, ns
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     def run() -> int:
         spec, train_argv, ns = parse(sys.argv[1:] if argv is None else argv)
         return launch(spec, train_argv, dry_run=ns.dry_run, wait=ns.wait)

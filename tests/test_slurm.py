@@ -10,7 +10,6 @@ Tests that need the cluster skip, with the reason, when `sinfo` does not answer;
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from submitit.local.local import LocalJobEnvironment
 from submitit.slurm.slurm import SlurmJobEnvironment
 
 from gpt_ds import slurm
-from gpt_ds.errors import UserError
 from launch import submit
 
 REPO = Path(__file__).resolve().parents[1]
