@@ -212,11 +212,19 @@ def page() -> None:
     st.title("gpt-ds playground")
     st.caption("A GPT trained from scratch with DeepSpeed: write a prompt, watch it continue, look inside its attention heads.")
     st.markdown(PAGE_CSS, unsafe_allow_html=True)
+    if not folder_text.strip():
+        st.info(
+            "No model chosen yet. Choose a model folder in the sidebar or type the path of one "
+            "(a folder holding config.json and model.safetensors, e.g. RUN_DIR/model after training). "
+            "Model folders under runs/ are listed automatically."
+        )
+        return
     try:
         folder = support.resolve_model_folder(folder_text)
         model, info = cached_model(str(folder.resolve()), support.files_fingerprint(folder), device)
     except UserError as err:
         st.error(f"**Cannot use this model.** {err}")
+        st.caption("Choose another model folder in the sidebar, or fix this one and rerun the page (R).")
         return
     card = support.model_card(model, info)
     try:

@@ -139,6 +139,7 @@ def test_bad_model_folders_are_messages_and_another_model_can_be_chosen(monkeypa
     app.selectbox(key="model_choice").set_value(str(mismatched.resolve())).run()
     assert not app.exception and "transformer.h.2" in texts(app.error)
     app.selectbox(key="model_choice").set_value("Type a folder path…").run()
+    assert not app.exception and not app.error and "No model chosen yet" in texts(app.info)
     app.text_input(key="typed_folder").input(str(tmp_path / "no-such-model")).run()
     assert not app.exception and "does not exist" in texts(app.error)
 
