@@ -225,8 +225,8 @@ class TrainingJob(Checkpointable):
             SignalHandler(job_env, paths, submission).checkpoint_and_try_requeue(job_env._usr_sig())
         except subprocess.CalledProcessError as err:
             raise RequeueRefused(
-                f"preempted at step {step} and checkpointed, but Slurm refused the requeue ({err}); a "
-                "cancelled job stays cancelled: submit the same command again to resume") from err
+                f"preempted at step {step} and checkpointed, but Slurm refused the requeue ({err}); "
+                "submit the same command again to resume") from err
         raise AssertionError("submitit's requeue returned instead of exiting")  # pragma: no cover
 
 
@@ -422,16 +422,23 @@ def follow(job: submitit.Job, out: TextIO | None = None, err: TextIO | None = No
 
 
 def report_outcome(job: submitit.Job, err: TextIO) -> int:
-    """Print the job's outcome: rank 0's summary, or the failing rank's log tail and where the log is."""
-    for rank in range(job.num_tasks):
-        task = job.task(rank)
-        failure = task.exception()
-        if failure is not None:
-            paths = task.paths
-            print(f"[gpt-ds-submit] job {job.job_id} failed on rank {rank} (state {job_state(job)}); "
-                  f"the end of its log:\n{tail(paths.stderr)}\n"
-                  f"[gpt-ds-submit] full logs: {paths.stderr} and {paths.stdout}", file=err, flush=True)
-            return 1
+    """Print the job's outcome: rank 0's summary, or the failing rank's log tail and where the log is.
+
+    When several ranks failed, the one that failed first is shown: the others usually only report
+    that it went away (a broken collective), which says nothing about the cause.
+    """
+    failed = [job.task(rank) for rank in range(job.num_tasks) if job.task(rank).exception() is not None]
+    if failed:
+        def failed_at(task: submitit.Job) -> float:
+            pickle = task.paths.result_pickle
+            return pickle.stat().st_mtime if pickle.exists() else float("inf")
+
+        first = min(failed, key=failed_at)
+        paths = first.paths
+        print(f"[gpt-ds-submit] job {job.job_id} failed on rank {first.task_id} (state {job_state(job)}); "
+              f"the end of its log:\n{tail(paths.stderr)}\n"
+              f"[gpt-ds-submit] full logs: {paths.stderr} and {paths.stdout}", file=err, flush=True)
+        return 1
     report: TaskReport = job.task(0).result()
     target = "reached" if report.target_reached else "not reached"
     print(f"[gpt-ds-submit] job {job.job_id} done: step {report.step} on {report.world_size} rank(s), target "

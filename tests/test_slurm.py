@@ -301,6 +301,53 @@ def _squeue(job_id: str, fmt: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job_id, "-o", fmt], capture_output=True, text=True).stdout.strip()
 
 
+class ClusterRun:
+    """`launch/submit.py --wait` of a 2 nodes x 1 task training job, run in the background."""
+
+    def __init__(self, tmp_path: Path, ds_config: Path, data_dir: Path, *options: str) -> None:
+        self.out = tmp_path / "run"
+        self.console = tmp_path / "submit.log"
+        with open(self.console, "w") as fh:
+            self.proc = subprocess.Popen(
+                submit_command("--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "10",
+                               "--signal-delay", "60", *options, "--wait",
+                               "--", *train_args(ds_config, data_dir, self.out)),
+                stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        self.job_id = ""
+
+    def __enter__(self) -> "ClusterRun":
+        try:
+            self.job_id = _wait_for(
+                lambda: (re.findall(r"submitted job (\d+) to Slurm", self.console.read_text())
+                         or [None if self.proc.poll() is None else "exited"])[0], "the job id", timeout_s=60)
+            assert self.job_id != "exited", self.output[-3000:]
+            rank0 = self.rank0_log
+            _wait_for(lambda: _progress_step(rank0) >= PREEMPT_AT_STEP or self.proc.poll() is not None,
+                      "training to start")
+            assert self.proc.poll() is None, self.output[-3000:]
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            if self.job_id:
+                subprocess.run(["scancel", self.job_id])
+
+    @property
+    def rank0_log(self) -> Path:
+        return self.out / "slurm" / f"{self.job_id}_0_log.err"
+
+    @property
+    def output(self) -> str:
+        return self.console.read_text()
+
+    def wait(self) -> int:
+        return self.proc.wait(timeout=JOB_TIMEOUT_S)
+
+
 @pytest.mark.slow
 @needs_cluster
 def test_two_nodes_train_through_a_preemption(tmp_path, ds_config, data_dir, local_run):
@@ -308,33 +355,16 @@ def test_two_nodes_train_through_a_preemption(tmp_path, ds_config, data_dir, loc
     resume; the TensorBoard log has every step once, and the weights equal the uninterrupted run's."""
     from gpt_ds.metrics import read_scalars
 
-    out = tmp_path / "run"
-    console = tmp_path / "submit.log"
-    with open(console, "w") as fh:
-        proc = subprocess.Popen(
-            submit_command("--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "10",
-                           "--signal-delay", "60", "--max-requeues", "2", "--wait",
-                           "--", *train_args(ds_config, data_dir, out)),
-            stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    try:
-        job_id = _wait_for(lambda: (re.findall(r"submitted job (\d+) to Slurm", console.read_text()) or [None])[0],
-                           "the job id", timeout_s=60)
-        rank0_log = out / "slurm" / f"{job_id}_0_log.err"
-        _wait_for(lambda: _progress_step(rank0_log) >= PREEMPT_AT_STEP or proc.poll() is not None,
-                  "training to start")
-        assert proc.poll() is None, console.read_text()[-3000:]
+    with ClusterRun(tmp_path, ds_config, data_dir, "--max-requeues", "2") as run:
+        job_id, out, rank0_log = run.job_id, run.out, run.rank0_log
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         # Slurm holds a requeued job ~2 minutes (BeginTime); release it at once
         _wait_for(lambda: _squeue(job_id, "%r") == "BeginTime", "the requeue", timeout_s=60)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
-        code = proc.wait(timeout=JOB_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["scancel", job_id] if "job_id" in locals() and job_id else ["true"])
-    output = console.read_text()
+        code = run.wait()
+    output = run.output
     assert code == 0, output[-4000:]
-    assert f"requeued 1 time(s)" in output
+    assert "requeued 1 time(s)" in output
 
     reports = read_reports(out, job_id, 2, "slurm")
     assert sorted(r.node for r in reports) == ["node1", "node2"]  # one rank per node
@@ -354,3 +384,22 @@ def test_two_nodes_train_through_a_preemption(tmp_path, ds_config, data_dir, loc
     assert resumed.keys() == reference.keys()
     for name, tensor in reference.items():
         assert np.array_equal(resumed[name].numpy(), tensor.numpy()), name
+
+
+@pytest.mark.slow
+@needs_cluster
+def test_a_cancelled_job_checkpoints_and_stays_cancelled(tmp_path, ds_config, data_dir):
+    """`scancel JOB` sends the same SIGTERM as a preemption: the job saves, and is NOT requeued
+    (`scontrol requeue` would revive a cancelled job)."""
+    with ClusterRun(tmp_path, ds_config, data_dir) as run:
+        subprocess.run(["scancel", run.job_id], check=True)
+        code = run.wait()
+    assert code == 1, run.output[-4000:]
+    assert "it is not requeued here; submit the same command again to resume" in run.output
+    assert "full logs:" in run.output
+    # leaves the queue once completing, instead of coming back as PENDING
+    _wait_for(lambda: _squeue(run.job_id, "%T") == "", "the job to leave the queue", timeout_s=60)
+    assert "CANCELLED" in subprocess.run(["sacct", "-n", "-X", "-j", run.job_id, "-o", "State"],
+                                         capture_output=True, text=True).stdout
+    saved = (run.out / "checkpoints" / "latest").read_text().strip()
+    assert PREEMPT_AT_STEP <= int(saved.removeprefix("step_")) < MAX_STEPS
