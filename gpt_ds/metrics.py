@@ -205,3 +205,81 @@ def read_texts(log_dir: str | Path, tag: str) -> list[tuple[int, str]]:
     if tag not in tags:
         return []
     return [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(tag)]
+
+
+class Monitor:
+    """Everything a run reports: TensorBoard scalars and texts (rank 0), the tqdm bar (rank 0) with
+    loss, tokens/s and ETA, throughput and MFU, the smoothed loss and the ETA-to-target fit."""
+
+    def __init__(self, log_dir: Path, *, is_main: bool, world_size: int, flops_per_token: float, peak_flops: float,
+                 target_loss: float | None, target_on_val: bool, start_step: int, max_steps: int,
+                 log_interval: int, smoothed_loss: float | None = None) -> None:
+        self.world_size = world_size
+        self.target_loss = target_loss
+        self.log_interval = log_interval
+        self.throughput = Throughput(flops_per_token, peak_flops)
+        self.train_curve = LossCurve(ema=smoothed_loss)
+        # The ETA fits the curve of the metric the target is checked on.
+        self.target_curve = LossCurve() if target_on_val else self.train_curve
+        # A resumed run logs from start_step + 1; what an interrupted run logged after its checkpoint is dropped.
+        self.tb = TensorBoard(log_dir, enabled=is_main, purge_step=start_step + 1 if start_step else None)
+        self.progress = None
+        if is_main:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    @property
+    def smoothed_loss(self) -> float | None:
+        return self.train_curve.ema
+
+    def eta(self) -> tuple[float | None, float | None]:
+        """Steps and seconds still needed to reach the target, from the recent curve (None: unknown)."""
+        steps = self.target_curve.eta_steps(self.target_loss)
+        return steps, (steps * self.throughput.seconds_per_step if steps is not None else None)
+
+    def step(self, step: int, loss: float | None, tokens: int, seconds: float, total_tokens: int,
+             extra: dict[str, float | None]) -> None:
+        """Account one optimizer step (`loss` None when it was not finite); `extra`: lr, grad norm, ..."""
+        self.throughput.add(tokens, seconds)
+        if loss is not None:
+            self.train_curve.add(step, loss)
+        eta_steps, eta_seconds = self.eta()
+        if step % self.log_interval == 0 or step == 1:
+            self.tb.scalars(step, {
+                "train/loss": loss,
+                "train/loss_smoothed": self.train_curve.ema,
+                "train/tokens_per_sec": self.throughput.tokens_per_sec,
+                "train/mfu": self.throughput.mfu(self.world_size),
+                "train/step_time": self.throughput.seconds_per_step,
+                "train/memory_gib": memory_gib(),
+                "train/tokens": total_tokens,
+                "eta/steps_to_target": eta_steps,
+                "eta/seconds_to_target": eta_seconds,
+                **extra,
+            })
+        if self.progress is not None:
+            ema = self.train_curve.ema
+            self.progress.update(1)
+            self.progress.set_postfix(loss="nan" if ema is None else f"{ema:.3f}",
+                                      tok_s=f"{self.throughput.tokens_per_sec:,.0f}",
+                                      eta=_duration(eta_seconds), refresh=False)
+
+    def evaluation(self, step: int, val_loss: float, sample: str | None) -> None:
+        if self.target_curve is not self.train_curve:
+            self.target_curve.add(step, val_loss)
+        self.tb.scalars(step, {"val/loss": val_loss})
+        if sample is not None:
+            self.tb.text("sample", sample, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.tb.close()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f}d"

@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,167 +267,125 @@ def write_settings(plan: Plan) -> None:
     checkpoint.write_atomic(run_dir / "settings.json", json.dumps(resolved, indent=2))
 
 
-def run(settings: RunSettings) -> TrainResult:
-    """Train in this process (one rank of WORLD_SIZE), from RUN_DIR's checkpoint when resuming."""
+def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, TrainState]:
+    """Check everything, start the ranks, build the engine, resume; write RUN_DIR/settings.json."""
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
     plan = plan_run(settings, dist_env.world_size)
-    rank, world, is_main = dist_env.rank, dist_env.world_size, dist_env.is_main
-    preemption = PreemptionFlag()  # early: a signal during start-up is honoured at the first step
     distributed.init(dist_env)
-
     engine = build_engine(plan)
     state = TrainState()
     if plan.resume_from is not None:
         saved = checkpoint.load(engine, plan.resume_from)
         state = TrainState(**{k: saved[k] for k in vars(state)})
-    if is_main:
+    if dist_env.is_main:
         write_settings(plan)
+    return dist_env, plan, engine, state
 
-    precision = run_settings.precision_of(plan.ds_config)
+
+def open_monitor(plan: Plan, engine: Any, state: TrainState, dist_env: distributed.DistEnv) -> metrics.Monitor:
+    settings, precision = plan.settings, run_settings.precision_of(plan.ds_config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     peak_flops, peak_source = metrics.device_peak_flops(dtype)
-    throughput = metrics.Throughput(engine.module.flops_per_token(plan.model_config.block_size), peak_flops)
-    curve = metrics.LossCurve(ema=state.train_loss)  # train loss: its EMA, and the ETA fit without a val split
-    target_curve = curve if plan.val is None else metrics.LossCurve()  # the ETA fits the metric the target uses
-    tokens_per_step = plan.ds_config["train_batch_size"] * plan.model_config.block_size
-    # Drop what an interrupted run logged after its checkpoint: the resumed run logs from step + 1.
-    tb = metrics.TensorBoard(settings.run_dir / "tb", enabled=is_main, purge_step=state.step + 1 if state.step else None)
+    monitor = metrics.Monitor(
+        settings.run_dir / "tb", is_main=dist_env.is_main, world_size=plan.world_size,
+        flops_per_token=engine.module.flops_per_token(plan.model_config.block_size), peak_flops=peak_flops,
+        target_loss=settings.target_loss, target_on_val=plan.val is not None, start_step=state.step,
+        max_steps=settings.max_steps, log_interval=settings.log_interval, smoothed_loss=state.train_loss)
     if state.step == 0:
-        tb.hparams({**settings.to_dict(), "world_size": world, "precision": precision, "peak_flops_source": peak_source,
-                    "train_batch_size": plan.ds_config["train_batch_size"]},
-                   {"val/loss": float("nan"), "train/loss": float("nan")})
-        tb.text("run/settings", "```\n" + json.dumps(client_state(plan, state), indent=2) + "\n```", 0)
-        if settings.target_loss is not None:
-            tb.scalars(0, {"target/loss": settings.target_loss})
+        monitor.tb.hparams({**settings.to_dict(), "world_size": plan.world_size, "precision": precision,
+                            "peak_flops_source": peak_source, "train_batch_size": plan.ds_config["train_batch_size"]},
+                           {"val/loss": float("nan"), "train/loss": float("nan")})
+        monitor.tb.text("run/settings", "```\n" + json.dumps(client_state(plan, state), indent=2) + "\n```", 0)
+        monitor.tb.scalars(0, {"target/loss": settings.target_loss})
+    return monitor
 
-    progress = None
-    if is_main:
-        from tqdm import tqdm
 
-        progress = tqdm(total=settings.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-
-    last_saved_step = state.step if plan.resume_from is not None else None
-    nonfinite_streak = 0
-    preempted = False
+def run(settings: RunSettings) -> TrainResult:
+    """Train in this process (one rank of WORLD_SIZE), from RUN_DIR's checkpoint when resuming."""
+    preemption = PreemptionFlag()  # first: a signal during start-up is honoured at the first step
+    dist_env, plan, engine, state = start(settings)
+    rank, world = dist_env.rank, dist_env.world_size
+    monitor = open_monitor(plan, engine, state, dist_env)
+    tokens_per_step = plan.ds_config["train_batch_size"] * plan.model_config.block_size
     lr_peak, lr_floor = run_settings.peak_lr(settings, plan.ds_config), run_settings.floor_lr(settings, plan.ds_config)
+    fp16 = run_settings.precision_of(plan.ds_config) == "fp16"
+    last_saved_step = state.step if plan.resume_from is not None else None
+    nonfinite_streak, preempted = 0, False
 
-    def save() -> Path:
+    def save() -> None:
         nonlocal last_saved_step
         last_saved_step = state.step
-        return checkpoint.save(engine, settings.run_dir, state.step, client_state(plan, state), settings.keep_checkpoints)
+        checkpoint.save(engine, settings.run_dir, state.step, client_state(plan, state), settings.keep_checkpoints)
 
     try:
         while state.step < settings.max_steps and not state.target_reached:
-            # -- one optimizer step
+            # -- one optimizer step: the schedule and the randomness are functions of the step
             lr = lr_at(state.step, lr_peak, lr_floor, settings.warmup_steps, settings.decay_steps)
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(sampler.step_seed(settings.seed, state.step, rank))
             started = time.perf_counter()
             local_loss = train_step(engine, plan, state.step, rank)
-            # One collective per step carries the loss and the preemption flag of every rank.
-            loss_sum, nonfinite_ranks, flagged_ranks = distributed.all_reduce_sum(
-                [local_loss if math.isfinite(local_loss) else 0.0, float(not math.isfinite(local_loss)),
-                 float(preemption.raised)])
+            finite = math.isfinite(local_loss)
+            # One collective per step carries every rank's loss, non-finite flag and preemption flag.
+            loss_sum, nonfinite_ranks, preempted_ranks = distributed.all_reduce_sum(
+                [local_loss if finite else 0.0, float(not finite), float(preemption.raised)])
             seconds = time.perf_counter() - started
             state.step += 1
             state.tokens += tokens_per_step
             state.train_seconds += seconds
-            throughput.add(tokens_per_step, seconds)
 
-            # -- non-finite loss: fp16's scaler skips such steps; if it persists, stop, keeping the last good checkpoint
-            if nonfinite_ranks:
-                nonfinite_streak += 1
-                if nonfinite_streak >= NONFINITE_PATIENCE:
-                    latest = checkpoint.latest_tag_dir(settings.run_dir / checkpoint.CHECKPOINTS)
-                    raise TrainingDiverged(
-                        f"the loss was not finite for {nonfinite_streak} steps in a row (step {state.step}); "
-                        f"the last good checkpoint {latest or '(none)'} is kept. Lower --lr, raise --warmup-steps, "
-                        "or use bf16 (ds_configs/zero2.json) instead of fp16, then resume")
-            else:
-                nonfinite_streak = 0
-                loss = loss_sum / world
-                curve.add(state.step, loss)
-                state.train_loss = curve.ema
+            # -- non-finite loss (fp16's scaler skips those steps): if it persists, stop; the last good checkpoint stays
+            nonfinite_streak = nonfinite_streak + 1 if nonfinite_ranks else 0
+            if nonfinite_streak >= NONFINITE_PATIENCE:
+                latest = checkpoint.latest_tag_dir(settings.run_dir / checkpoint.CHECKPOINTS)
+                raise TrainingDiverged(
+                    f"the loss was not finite for {nonfinite_streak} steps in a row (step {state.step}); the last good "
+                    f"checkpoint {latest or '(none)'} is kept. Lower --lr or raise --warmup-steps (or use bf16, "
+                    "ds_configs/zero2.json, instead of fp16), then rerun to resume")
+            grad_norm = engine.get_global_grad_norm()
+            monitor.step(state.step, None if nonfinite_ranks else loss_sum / world, tokens_per_step, seconds,
+                         state.tokens, {"train/lr": lr,
+                                        "train/grad_norm": None if grad_norm is None else float(grad_norm),
+                                        "train/loss_scale": getattr(engine.optimizer, "cur_scale", None) if fp16 else None})
+            state.train_loss = monitor.smoothed_loss
 
-            # -- metrics
-            eta_steps = target_curve.eta_steps(settings.target_loss)
-            eta_seconds = eta_steps * throughput.seconds_per_step if eta_steps is not None else None
-            if state.step % settings.log_interval == 0 or state.step == 1:
-                grad_norm = engine.get_global_grad_norm()
-                tb.scalars(state.step, {
-                    "train/loss": None if nonfinite_ranks else loss,
-                    "train/loss_smoothed": state.train_loss,
-                    "train/lr": lr,
-                    "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "train/loss_scale": getattr(engine.optimizer, "cur_scale", None) if precision == "fp16" else None,
-                    "train/tokens_per_sec": throughput.tokens_per_sec,
-                    "train/mfu": throughput.mfu(world),
-                    "train/step_time": throughput.seconds_per_step,
-                    "train/memory_gib": metrics.memory_gib(),
-                    "train/tokens": state.tokens,
-                    "eta/steps_to_target": eta_steps,
-                    "eta/seconds_to_target": eta_seconds,
-                })
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{state.train_loss:.3f}" if state.train_loss else "nan",
-                                     tok_s=f"{throughput.tokens_per_sec:,.0f}",
-                                     eta=_eta_text(eta_seconds), refresh=False)
-
-            # -- evaluation and the loss target
-            last_step = state.step == settings.max_steps
-            if plan.val is not None and (state.step % settings.eval_interval == 0 or last_step):
+            # -- evaluation and the loss target (on val loss; on the smoothed train loss without a val split)
+            if plan.val is not None and (state.step % settings.eval_interval == 0 or state.step == settings.max_steps):
                 state.val_loss = evaluate(engine, plan, rank)
-                target_curve.add(state.step, state.val_loss)
-                tb.scalars(state.step, {"val/loss": state.val_loss})
-                if is_main:
-                    sample = text_sample(engine, plan, state.step)
-                    if sample is not None:
-                        tb.text("sample", sample, state.step)
-                tb.flush()
+                monitor.evaluation(state.step, state.val_loss, text_sample(engine, plan, state.step) if rank == 0 else None)
             target_metric = state.val_loss if plan.val is not None else state.train_loss
-            if (settings.target_loss is not None and not nonfinite_streak and target_metric is not None
-                    and target_metric <= settings.target_loss):
+            if settings.target_loss is not None and not nonfinite_streak and target_metric is not None \
+                    and target_metric <= settings.target_loss:
                 state.target_step, state.target_tokens, state.target_seconds = state.step, state.tokens, state.train_seconds
-                tb.scalars(state.step, {"target/step": state.step, "target/tokens": state.tokens})
+                monitor.tb.scalars(state.step, {"target/step": state.step, "target/tokens": state.tokens})
 
-            # -- checkpoints and preemption
-            if flagged_ranks:
+            # -- checkpoints, and preemption: all ranks agreed above, so all save and stop at this same step
+            if preempted_ranks:
                 save()
                 preempted = True
                 break
             if state.step % settings.save_interval == 0 and not nonfinite_streak:
                 save()
+        if last_saved_step != state.step:
+            save()
     finally:
         preemption.restore()
-        if progress is not None:
-            progress.close()
+        monitor.close()
 
-    final_tag = checkpoint.tag_for(state.step)
-    if last_saved_step != state.step:
-        save()
-    tb.scalars(state.step, {"train/loss_smoothed": state.train_loss})
-    tb.close()
     result = TrainResult(step=state.step, tokens=state.tokens, train_loss=state.train_loss, val_loss=state.val_loss,
                          target_reached=state.target_reached, target_step=state.target_step,
                          target_tokens=state.target_tokens, target_seconds=state.target_seconds,
                          train_seconds=state.train_seconds, preempted=preempted, run_dir=settings.run_dir,
-                         checkpoint=settings.run_dir / checkpoint.CHECKPOINTS / final_tag)
-    if is_main and not preempted:
+                         checkpoint=settings.run_dir / checkpoint.CHECKPOINTS / checkpoint.tag_for(state.step))
+    if dist_env.is_main and not preempted:
         from gpt_ds.export import export_run
 
-        result.model_dir = export_run(settings.run_dir, tag=final_tag)
-    if is_main:
-        print(summary_line(result, throughput, world), flush=True)
+        result.model_dir = export_run(settings.run_dir, tag=checkpoint.tag_for(state.step))
+    if dist_env.is_main:
+        print(summary_line(result, monitor.throughput, world), flush=True)
     return result
-
-
-def _eta_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f}d"
 
 
 def summary_line(result: TrainResult, throughput: metrics.Throughput, world: int) -> str:
