@@ -39,6 +39,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import SlurmJobEnvironment
 
 from gpt_ds.errors import UserError
+from gpt_ds.settings import RunSettings
 
 CLUSTERS = ("slurm", "local")
 # Ports derived from the job id stay below Linux's ephemeral range (32768+) so they never collide
@@ -319,7 +320,7 @@ def check_with_slurm(script: str) -> str:
     return said
 
 
-def check_training_args(train_argv: list[str], spec: JobSpec):
+def check_training_args(train_argv: list[str], spec: JobSpec) -> RunSettings:
     """Validate the training arguments for this job's world size (DeepSpeed batch sizes, data, resume)
     before anything is submitted: a typo must not cost a queue wait."""
     from gpt_ds import train
