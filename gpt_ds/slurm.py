@@ -49,6 +49,7 @@ PORT_SPAN = 10000
 SLURM_QUERY_TIMEOUT_S = 15
 LOG_TAIL_LINES = 25
 FOLLOW_POLL_S = 2.0
+RESULTS_GRACE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -428,7 +429,13 @@ def report_outcome(job: submitit.Job, err: TextIO) -> int:
     When several ranks failed, the one that failed first is shown: the others usually only report
     that it went away (a broken collective), which says nothing about the cause.
     """
-    failed = [job.task(rank) for rank in range(job.num_tasks) if job.task(rank).exception() is not None]
+    tasks = [job.task(rank) for rank in range(job.num_tasks)]
+    # Result files can trail the job's final state on a shared file system: wait for them once, for
+    # all tasks together (submitit would wait per task, minutes for a large job that died without them).
+    deadline = time.monotonic() + RESULTS_GRACE_S
+    while not all(task.paths.result_pickle.exists() for task in tasks) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    failed = [task for task in tasks if not task.paths.result_pickle.exists() or task.exception() is not None]
     if failed:
         def failed_at(task: submitit.Job) -> float:
             pickle = task.paths.result_pickle
@@ -436,7 +443,9 @@ def report_outcome(job: submitit.Job, err: TextIO) -> int:
 
         first = min(failed, key=failed_at)
         paths = first.paths
-        print(f"[gpt-ds-submit] job {job.job_id} failed on rank {first.task_id} (state {job_state(job)}); "
+        what = (f"failed on rank {first.task_id}" if paths.result_pickle.exists()
+                else f"ended before rank {first.task_id} reported a result")
+        print(f"[gpt-ds-submit] job {job.job_id} {what} (state {job_state(job)}); "
               f"the end of its log:\n{tail(paths.stderr)}\n"
               f"[gpt-ds-submit] full logs: {paths.stderr} and {paths.stdout}", file=err, flush=True)
         return 1
