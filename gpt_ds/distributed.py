@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +31,18 @@ class DistEnv:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (for MASTER_PORT of a local run)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def launcher_command(ranks: int, script: str, args: list[str]) -> list[str]:
+    """The `deepspeed --num_gpus RANKS --master_port PORT script args` command line, run with this
+    interpreter (so it works without the `deepspeed` script on PATH), on a free port."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+            "--master_port", str(free_port()), script, *args]
 
 
 def _int_env(name: str) -> int:
@@ -56,7 +65,7 @@ def fill_env() -> DistEnv:
     if "RANK" not in env:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_port()))
     env.setdefault("LOCAL_RANK", "0")
     world = _int_env("WORLD_SIZE") if "WORLD_SIZE" in env else 1
     if world > 1 and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):

@@ -1,24 +1,44 @@
-"""The quickstart: the whole path that exists, on the embedded default corpus, offline, in minutes
-on a laptop CPU. `python -m gpt_ds.quickstart [--out DIR]` (console script gpt-ds-quickstart).
+"""The quickstart: the whole path, on the embedded default corpus, offline, in minutes on a laptop
+CPU. `python -m gpt_ds.quickstart [--out DIR]` (console script gpt-ds-quickstart).
 
-Step 1 prepares `data_prep.default_corpus()` (Shakespeare from ../shared when present, else the
-Python standard library's sources) into DIR/data. Rerunning it reports the data as up to date.
+1. prepares `data_prep.default_corpus()` (Shakespeare from ../shared when present, else the Python
+   standard library's sources) into DIR/data (rerunning reports the data as up to date);
+2. trains the `tiny` preset with the `deepspeed` launcher on 2 ranks (CPU: gloo; GPUs where present),
+   ZeRO-2 bf16 (ds_configs/zero2.json), until the validation loss reaches --target-loss, into DIR/run
+   (rerunning resumes, or finds the run done);
+3. the run consolidates its ZeRO-2 checkpoint into DIR/run/model (gpt_ds.export);
+4. prints how to open TensorBoard, sample from the model and open the app.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 from pathlib import Path
 
-from gpt_ds.errors import run_cli
+from gpt_ds.errors import UserError, run_cli
 
 PROG = "python -m gpt_ds.quickstart"
 DEFAULT_OUT = Path("runs") / "quickstart"
+REPO = Path(__file__).resolve().parents[1]
+# The tiny preset on Shakespeare, 2 CPU ranks, 1024 tokens a step: the validation loss passes 6.5
+# (unigram statistics alone give ~7.1) after ~175 steps, 2-3 minutes on 2 cores; --max-steps
+# bounds a run that does not get there.
+DEFAULT_TARGET = 6.5
+DEFAULT_MAX_STEPS = 400
+TRAIN_FLAGS = ["--model", "tiny", "--block-size", "64", "--lr", "1e-2", "--warmup-steps", "10",
+               "--eval-interval", "25", "--eval-tokens", "8192", "--save-interval", "100"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run folder (default {DEFAULT_OUT})")
+    parser.add_argument("--ranks", type=int, default=2, help="training processes (default 2)")
+    parser.add_argument("--target-loss", type=float, default=DEFAULT_TARGET,
+                        help=f"validation loss at which training stops (default {DEFAULT_TARGET})")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                        help=f"upper bound on the training steps (default {DEFAULT_MAX_STEPS})")
     return parser.parse_args(argv)
 
 
@@ -34,10 +54,41 @@ def prepare_data(out: Path) -> Path:
     return data_dir
 
 
+def train(data_dir: Path, run_dir: Path, ranks: int, target_loss: float, max_steps: int) -> Path:
+    """Steps 2 and 3: the deepspeed launcher runs launch/train.py on `ranks` ranks; the run ends by
+    consolidating its checkpoint into run_dir/model, which is returned."""
+    train_args = ["--deepspeed_config", str(REPO / "ds_configs" / "zero2.json"), "--data", str(data_dir),
+                  "--out", str(run_dir), "--target-loss", str(target_loss), "--max-steps", str(max_steps),
+                  *TRAIN_FLAGS]
+    from gpt_ds.distributed import launcher_command
+    from gpt_ds.train import parse_args as check_train_args
+
+    check_train_args(train_args, world_size=ranks)  # bad input fails here, before any process starts
+    command = launcher_command(ranks, str(REPO / "launch" / "train.py"), train_args)
+    print(f"[2] training the tiny preset on {ranks} ranks (ZeRO-2, bf16) to val loss {target_loss} in {run_dir}:\n"
+          f"    deepspeed --num_gpus {ranks} launch/train.py {' '.join(train_args)}", flush=True)
+    code = subprocess.call(command, cwd=REPO)
+    if code != 0:
+        raise UserError(f"training stopped with exit code {code} (see its output above); "
+                        f"rerun the quickstart to resume from the last checkpoint in {run_dir}/checkpoints")
+    return run_dir / "model"
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = prepare_data(args.out)
-    print(f"done: shards and manifest.json in {data_dir}")
+    print(f"    shards and manifest.json in {data_dir}")
+    run_dir = args.out / "run"
+    model_dir = train(data_dir, run_dir, args.ranks, args.target_loss, args.max_steps)
+    info = json.loads((model_dir / "config.json").read_text())["metadata"]
+    reached = (f"reached val loss {args.target_loss} at step {info['target_step']} ({info['target_tokens']:,} tokens, "
+               f"{info['target_seconds']:.0f}s of training)" if info.get("target_reached")
+               else f"did not reach val loss {args.target_loss} in {info['step']} steps (val loss {info['val_loss']:.3f})")
+    print(f"[3] {reached}; consolidated model in {model_dir} (python -m gpt_ds.export {run_dir} redoes it)")
+    print("[4] next:\n"
+          f"    tensorboard --logdir {run_dir / 'tb'}            # loss curves, lr, tokens/s, MFU, samples\n"
+          f"    python launch/sample.py --model {model_dir} --prompt 'ROMEO:'\n"
+          f"    streamlit run app/app.py -- --model {model_dir}")
     return 0
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,8 @@ def build_engine(plan: Plan) -> Any:
     from gpt_ds.model import GPT
 
     ds_logger.setLevel(logging.WARNING)  # our progress bar is the console; DeepSpeed's INFO lines drown it
+    # DeepSpeed calls torch.distributed APIs that torch marks deprecated, once per rank: noise to users
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     torch.manual_seed(plan.settings.seed)  # same initial weights on every rank and every fresh run
     model = GPT(plan.model_config)
     model.set_activation_checkpointing(plan.settings.activation_checkpointing)

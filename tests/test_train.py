@@ -6,7 +6,8 @@ The multi-rank runs are few and each checks several things:
   half of the fp32 optimizer state per rank, and exports weights equal to the engine's own;
 - exact resume: a kill -9 at a random step, auto-resume to N, then a resume to 2N: bit-identical
   to 2N steps straight;
-- preemption (one process): SIGUSR1 -> checkpoint at a step boundary -> exit code 75.
+- preemption (one process): SIGUSR1 -> checkpoint at a step boundary -> exit code 75;
+- divergence (one process): a non-finite loss for 3 steps -> exit 3, the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from gpt_ds import checkpoint, metrics
+from gpt_ds.distributed import launcher_command
 from gpt_ds.errors import UserError
 from gpt_ds.train import PREEMPTED_EXIT_CODE, lr_at, parse_args
 
@@ -58,12 +59,6 @@ def small_ds_config(tmp_path_factory) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train_args(data: Path, out: Path, ds_config: Path, **flags) -> list[str]:
     args = ["--deepspeed_config", str(ds_config), "--data", str(data), "--out", str(out), "--block-size", "32",
             "--warmup-steps", "2", "--lr", "1e-2", "--eval-tokens", "1024", "--log-interval", "1"]
@@ -73,8 +68,7 @@ def train_args(data: Path, out: Path, ds_config: Path, **flags) -> list[str]:
 
 
 def deepspeed_command(args: list[str], ranks: int = 2) -> list[str]:
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-            "--master_port", str(free_port()), "launch/train.py", *args]
+    return launcher_command(ranks, "launch/train.py", args)
 
 
 def run_ok(command: list[str]) -> str:
@@ -209,6 +203,24 @@ def test_preemption_signal_saves_and_exits_75(shakespeare_data, small_ds_config,
     assert "preempted: checkpoint" in output
     state = checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))
     assert 0 < state["step"] < 10_000
+    assert not (run_dir / "model").exists()
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(shakespeare_data,
+                                                                                  small_ds_config, tmp_path):
+    """An absurd learning rate: the loss goes non-finite after step 1 and stays so -> exit 3, checkpoint 1 kept."""
+    run_dir = tmp_path / "run"
+    args = train_args(shakespeare_data, run_dir, small_ds_config, max_steps=20, save_interval=1, eval_interval=1000,
+                      sample_tokens=0)
+    args[args.index("--lr") + 1] = "1e30"
+    proc = subprocess.run([sys.executable, "launch/train.py", *args, "--warmup-steps", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("launch/train.py: error: the loss was not finite for 3 steps"), last_line
+    assert checkpoint.tag_for(1) in last_line and "--lr" in last_line
+    assert checkpoint.latest_tag_dir(run_dir / "checkpoints").name == checkpoint.tag_for(1)
     assert not (run_dir / "model").exists()
 
 
