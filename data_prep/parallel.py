@@ -10,7 +10,10 @@ import signal
 import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from gpt_ds.errors import UserError
 
 Meta = TypeVar("Meta")
 
@@ -77,7 +80,7 @@ class OrderedPool:
 
     With one worker everything runs in this process (no pickling, no start-up cost); the results
     are the same either way, which is what makes the output independent of --workers. A worker
-    that dies (killed for memory, say) raises BrokenProcessPool instead of hanging the run.
+    that dies (killed for memory, say) ends the run with a UserError instead of hanging it.
     """
 
     def __init__(self, workers: int, func: Callable[[Any], Any], initializer: Callable[..., None], init_args: tuple):
@@ -121,12 +124,18 @@ class OrderedPool:
             self._ctrl_c.check()
             in_flight.append((meta, self._executor.submit(self.func, payload)))
             if len(in_flight) >= limit:
-                meta, future = in_flight.popleft()
-                result = future.result()
-                self._ctrl_c.check()
-                yield meta, result
+                yield self._next(in_flight)
         while in_flight:
-            meta, future = in_flight.popleft()
+            yield self._next(in_flight)
+
+    def _next(self, in_flight: deque) -> tuple[Meta, Any]:
+        meta, future = in_flight.popleft()
+        try:
             result = future.result()
-            self._ctrl_c.check()
-            yield meta, result
+        except BrokenProcessPool:
+            raise UserError(
+                "a worker process died (killed by the system, most likely for lack of memory); "
+                "rerun with fewer --workers"
+            ) from None
+        self._ctrl_c.check()
+        return meta, result
