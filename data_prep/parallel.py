@@ -120,22 +120,22 @@ class OrderedPool:
             return
         limit = max_in_flight or 2 * self.workers + 2
         in_flight: deque = deque()
-        for payload, meta in items:
-            self._ctrl_c.check()
-            in_flight.append((meta, self._executor.submit(self.func, payload)))
-            if len(in_flight) >= limit:
-                yield self._next(in_flight)
-        while in_flight:
-            yield self._next(in_flight)
-
-    def _next(self, in_flight: deque) -> tuple[Meta, Any]:
-        meta, future = in_flight.popleft()
         try:
-            result = future.result()
+            for payload, meta in items:
+                self._ctrl_c.check()
+                in_flight.append((meta, self._executor.submit(self.func, payload)))
+                if len(in_flight) >= limit:
+                    yield self._next(in_flight)
+            while in_flight:
+                yield self._next(in_flight)
         except BrokenProcessPool:
             raise UserError(
                 "a worker process died (killed by the system, most likely for lack of memory); "
                 "rerun with fewer --workers"
             ) from None
+
+    def _next(self, in_flight: deque) -> tuple[Meta, Any]:
+        meta, future = in_flight.popleft()
+        result = future.result()
         self._ctrl_c.check()
         return meta, result

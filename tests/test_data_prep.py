@@ -360,3 +360,26 @@ def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, shakespeare_dir):
     assert proc.returncode == 130, stderr
     assert stderr == "python -m data_prep: interrupted\n"
     assert not (out / "manifest.json").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_a_dead_worker_is_a_one_line_error(tmp_path, shakespeare_dir):
+    import psutil
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep", "--input", str(shakespeare_dir), "--out", str(out), "--workers", "2"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    main = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    workers = []
+    while not workers and proc.poll() is None and time.monotonic() < deadline:
+        # The workers are the forkserver's children, so the main process's grandchildren.
+        workers = [p for p in main.children(recursive=True) if p.ppid() != main.pid]
+        time.sleep(0.01)
+    assert workers, "no worker process appeared"
+    workers[0].kill()  # as the kernel's out-of-memory killer would
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert stderr.startswith("python -m data_prep: error: a worker process died") and stderr.count("\n") == 1
+    assert not (out / "manifest.json").exists()
