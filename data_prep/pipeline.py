@@ -105,12 +105,13 @@ def _describe(manifest: dict) -> str:
 
 
 def _batches(pieces: Iterable[Piece]) -> Iterator[tuple[tuple[bytes, list[bytes]], tuple[list[Piece], int]]]:
-    """Group pieces into worker tasks: (payload for the worker, what the main process keeps)."""
+    """Group pieces into worker tasks: (payload for the worker, what the main process keeps: the
+    pieces, for their kinds and error locations, and the disk bytes they took, for progress)."""
     kinds, datas, kept, size, disk = bytearray(), [], [], 0, 0
     for piece in pieces:
         kinds.append(piece.kind)
         datas.append(piece.data)
-        kept.append(piece._replace(data=b""))
+        kept.append(piece)
         size += len(piece.data)
         disk += piece.disk_bytes
         if size >= BATCH_BYTES or len(datas) >= BATCH_PIECES:

@@ -15,6 +15,7 @@ import numpy as np
 from gpt_ds.data import TOKEN_DTYPE, shard_header, shard_name, temp_path
 
 COPY_TOKENS = 1 << 22  # tokens per read when copying documents back out of the spool
+WRITE_TOKENS = 1 << 20  # small writes (short documents) are gathered up to this many tokens
 
 
 def file_sha256(path: Path) -> str:
@@ -34,13 +35,26 @@ class ShardWriter:
         self.split = split
         self.shard_tokens = shard_tokens
         self.shards: list[dict] = []
-        self.tokens = 0
         self._file = None
         self._temp: Path | None = None
         self._count = 0
         self._digest = None
+        self._gathered: list[np.ndarray] = []
+        self._gathered_tokens = 0
 
     def write(self, tokens: np.ndarray) -> None:
+        # One file write and hash update per ~2 MB rather than per document: corpora of short
+        # documents (jsonl) would otherwise spend much of the main process's time here.
+        self._gathered.append(tokens)
+        self._gathered_tokens += len(tokens)
+        if self._gathered_tokens >= WRITE_TOKENS:
+            self._write_gathered()
+
+    def _write_gathered(self) -> None:
+        if not self._gathered:
+            return
+        tokens = self._gathered[0] if len(self._gathered) == 1 else np.concatenate(self._gathered)
+        self._gathered, self._gathered_tokens = [], 0
         while len(tokens):
             if self._file is None:
                 self._open()
@@ -48,19 +62,20 @@ class ShardWriter:
             self._file.write(part)
             self._digest.update(part)
             self._count += len(part)
-            self.tokens += len(part)
             tokens = tokens[len(part):]
             if self._count == self.shard_tokens:
                 self._finish()
 
     def close(self) -> list[dict]:
         """Finish the last, partial shard; return the list of shards."""
+        self._write_gathered()
         if self._file is not None:
             self._finish()
         return self.shards
 
     def abort(self) -> None:
         """Drop the shard being written (an interrupted run must leave nothing that looks complete)."""
+        self._gathered, self._gathered_tokens = [], 0
         if self._file is not None:
             self._file.close()
             self._temp.unlink(missing_ok=True)
