@@ -4,9 +4,9 @@ Same model, batches, precision (bf16 with fp32 master weights), optimizer (AdamW
 matrices) and gradient clipping; one process. The DeepSpeed side is gpt_ds.train's own engine and
 step (ZeRO-2 from the given config); the baseline is the textbook loop: torch.autocast(bf16) over
 fp32 weights, loss.backward(), clip_grad_norm_, AdamW.step(). Both run in this process, alternating
-in rounds so that a machine whose load changes affects both alike; the ratio is the figure.
+step by step so that a machine whose load changes affects both alike; the ratio is the figure.
 
-    python bench/train.py [--model tiny] [--block-size 128] [--steps 20] [--rounds 3] [--deepspeed_config ds_configs/zero2.json]
+    python bench/train.py [--model tiny] [--block-size 128] [--steps 40] [--deepspeed_config ds_configs/zero2.json]
 """
 
 from __future__ import annotations
@@ -53,10 +53,9 @@ def plain_loop(plan: Plan):
     return model, step
 
 
-def timed(step, first: int, count: int) -> float:
+def timed(step, index: int) -> float:
     started = time.perf_counter()
-    for i in range(first, first + count):
-        step(i)
+    step(index)
     return time.perf_counter() - started
 
 
@@ -65,8 +64,7 @@ def main() -> None:
     parser.add_argument("--deepspeed_config", default=str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"))
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--block-size", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per side per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per side")
     args = parser.parse_args()
 
     from gpt_ds.model import config_from_preset
@@ -98,12 +96,12 @@ def main() -> None:
     for warm in range(3):  # first steps allocate buffers and pick kernels
         ds_step(warm)
         plain_step(warm)
+    # Alternate step by step: a change of machine load hits both sides alike.
+    steps = args.steps
     ds_seconds = plain_seconds = 0.0
-    for r in range(args.rounds):
-        first = 3 + r * args.steps
-        ds_seconds += timed(ds_step, first, args.steps)
-        plain_seconds += timed(plain_step, first, args.steps)
-    steps = args.rounds * args.steps
+    for i in range(3, 3 + steps):
+        ds_seconds += timed(ds_step, i)
+        plain_seconds += timed(plain_step, i)
     ds_tps, plain_tps = tokens_per_step * steps / ds_seconds, tokens_per_step * steps / plain_seconds
     print(f"model {args.model} (block {model_config.block_size}), batch {plan.ds_config['train_batch_size']} x "
           f"{model_config.block_size} tokens, {precision}, ZeRO stage {plan.ds_config['zero_optimization']['stage']}, "
