@@ -281,9 +281,25 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, TrainS
     if plan.resume_from is not None:
         saved = checkpoint.load(engine, plan.resume_from)
         state = TrainState(**{k: saved[k] for k in vars(state)})
+        if dist_env.is_main:
+            print(f"resumed from {plan.resume_from} at step {state.step}{changed_settings(saved['settings'], settings)}",
+                  flush=True)
     if dist_env.is_main:
         write_settings(plan)
     return dist_env, plan, engine, state
+
+
+def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
+    """'; changed: x 1 -> 2' for settings that differ from the checkpoint's (a changed seed, schedule
+    length or config means the run no longer matches one made in one go)."""
+    routine = {"max_steps", "resume"}  # expected to change between a run and its resume
+    changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.to_dict().items()
+               if k not in routine and saved.get(k) != v]
+    saved_decay = saved.get("lr_decay_steps") or saved.get("max_steps")
+    if saved_decay != now.decay_steps:
+        changes.append(f"learning-rate schedule length {saved_decay} -> {now.decay_steps} "
+                       f"(pass --lr-decay-steps {saved_decay} to keep the original schedule)")
+    return f"; changed: {', '.join(changes)}" if changes else ""
 
 
 def open_monitor(plan: Plan, engine: Any, state: TrainState, dist_env: distributed.DistEnv) -> metrics.Monitor:
