@@ -98,8 +98,10 @@ PRESETS: dict[str, GPTConfig] = {
     # CPU sizes. With GPT-2's 50k vocabulary the embedding/output head dominates small models
     # (50304 x n_embd), so `tiny` keeps n_embd small: it trains visibly within a minute on 2 cores.
     "tiny": GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=128),
-    # A few million non-embedding parameters; context 512 so 256 new tokens fit after a prompt.
-    "small": GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=512),
+    # A few million (6.3M) non-embedding parameters, GPT-2's head size of 64; depth rather than width,
+    # since the 50k-row embedding already costs 50304 x n_embd. Context 512 so that 256 new tokens fit
+    # after a prompt (bench/generate.py compares with transformers, which cannot go past the context).
+    "small": GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=512),
 }
 
 

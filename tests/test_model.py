@@ -134,11 +134,13 @@ def test_init_depends_only_on_the_seed_and_follows_gpt2():
     assert not torch.equal(a["transformer.h.0.attn.c_attn.weight"], c["transformer.h.0.attn.c_attn.weight"])
 
     torch.manual_seed(0)
-    model = GPT(config_from_preset("small", block_size=64))
+    config = config_from_preset("small", n_layer=4, block_size=64)
+    model = GPT(config)
     block = model.transformer.h[0]
+    residual_std = 0.02 / math.sqrt(2 * config.n_layer)
     assert abs(block.mlp.c_fc.weight.std().item() - 0.02) < 0.001
-    assert abs(block.attn.c_proj.weight.std().item() - 0.02 / math.sqrt(2 * 4)) < 0.001
-    assert abs(block.mlp.c_proj.weight.std().item() - 0.02 / math.sqrt(2 * 4)) < 0.001
+    assert abs(block.attn.c_proj.weight.std().item() - residual_std) < 0.001
+    assert abs(block.mlp.c_proj.weight.std().item() - residual_std) < 0.001
     assert torch.count_nonzero(block.attn.c_attn.bias) == 0
     assert torch.equal(block.ln_1.weight, torch.ones(256))
 
