@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 from gpt_ds.errors import UserError
 
 DEFAULT_ENCODING = "r50k_base"
+# A development checkout sits beside the project's read-only `shared/` folder, which holds a
+# ready tiktoken cache; using it when no cache is configured makes every command work offline there.
+_SIBLING_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
 EOT_TOKEN = 50256  # <|endoftext|> in the GPT-2 BPE: the document delimiter in every shard
 
 
@@ -28,6 +32,8 @@ def get_encoding(name: str = DEFAULT_ENCODING):
         raise UserError(
             f"unknown tiktoken encoding {name!r}; known: {', '.join(sorted(tiktoken.list_encoding_names()))}"
         )
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and _SIBLING_CACHE.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(_SIBLING_CACHE)
     try:
         return tiktoken.get_encoding(name)
     except Exception as err:  # network errors come as many different types
