@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self.raised = False
         self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; a run in a thread cannot be preempted
         for sig in PREEMPTION_SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
 
@@ -289,6 +292,14 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, TrainS
     return dist_env, plan, engine, state
 
 
+def model_flops_per_token(plan: Plan) -> int:
+    """From a shape-only (meta) model: under ZeRO-3 the engine's own parameters are partitioned."""
+    from gpt_ds.model import GPT
+
+    with torch.device("meta"):
+        return GPT(plan.model_config).flops_per_token(plan.model_config.block_size)
+
+
 def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
     """'; changed: x 1 -> 2' for settings that differ from the checkpoint's (a changed seed, schedule
     length or config means the run no longer matches one made in one go)."""
@@ -308,7 +319,7 @@ def open_monitor(plan: Plan, engine: Any, state: TrainState, dist_env: distribut
     peak_flops, peak_source = metrics.device_peak_flops(dtype)
     monitor = metrics.Monitor(
         settings.run_dir / "tb", is_main=dist_env.is_main, world_size=plan.world_size,
-        flops_per_token=engine.module.flops_per_token(plan.model_config.block_size), peak_flops=peak_flops,
+        flops_per_token=model_flops_per_token(plan), peak_flops=peak_flops,
         target_loss=settings.target_loss, target_on_val=plan.val is not None, start_step=state.step,
         max_steps=settings.max_steps, log_interval=settings.log_interval, smoothed_loss=state.train_loss)
     if state.step == 0:
