@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 # bounds a run that does not get there.
 DEFAULT_TARGET = 6.5
 DEFAULT_MAX_STEPS = 400
-TRAIN_FLAGS = ["--model", "tiny", "--block-size", "64", "--lr", "1e-2", "--warmup-steps", "10",
-               "--eval-interval", "25", "--eval-tokens", "8192", "--save-interval", "100"]
+TRAIN_FLAGS = ["--model", "tiny", "--block-size", "64", "--lr", "1e-2", "--eval-interval", "25",
+               "--eval-tokens", "8192", "--save-interval", "100"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def train(data_dir: Path, run_dir: Path, ranks: int, target_loss: float, max_ste
     consolidating its checkpoint into run_dir/model, which is returned."""
     train_args = ["--deepspeed_config", str(REPO / "ds_configs" / "zero2.json"), "--data", str(data_dir),
                   "--out", str(run_dir), "--target-loss", str(target_loss), "--max-steps", str(max_steps),
-                  *TRAIN_FLAGS]
+                  "--warmup-steps", str(min(10, max_steps // 4)), *TRAIN_FLAGS]
     from gpt_ds.distributed import launcher_command
     from gpt_ds.train import parse_args as check_train_args
 
