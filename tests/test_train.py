@@ -135,6 +135,13 @@ def test_two_ranks_reach_target_loss(shakespeare_data, small_ds_config, tmp_path
         assert sum(s["exp_avg"].numel() for s in moments.values()) == partitions[-1]
     assert sum(partitions) >= total and all(abs(p - total / 2) <= 0.01 * total for p in partitions), (partitions, total)
 
+    # `python -m gpt_ds.export` of the same tag in bf16 gives the engine's bf16 weights themselves.
+    exported = subprocess.run([sys.executable, "-m", "gpt_ds.export", str(run_dir), "--tag", tag_dir.name,
+                               "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    assert exported.returncode == 0 and "exported" in exported.stdout, exported.stderr[-2000:]
+    bf16_weights = load_weights(tmp_path / "bf16")
+
     # The consolidated fp32 weights are the engine's own (its bf16 module is their rounding).
     module = {k.removeprefix("module."): v for k, v in engine_state["module"].items()}
     vocab = json.loads((run_dir / "model" / "config.json").read_text())["model"]["vocab_size"]
@@ -143,6 +150,7 @@ def test_two_ranks_reach_target_loss(shakespeare_data, small_ds_config, tmp_path
     for name, tensor in weights.items():
         assert tensor.dtype == torch.float32
         assert torch.equal(tensor.to(torch.bfloat16), module[name]), name
+        assert torch.equal(bf16_weights[name], module[name]), name
 
 
 @pytest.mark.slow
@@ -304,6 +312,12 @@ def test_bad_model_and_ds_config_are_refused(tiny_data, tmp_path):
     inconsistent = write_ds_config(tmp_path, train_batch_size=16)
     check_refused(["--deepspeed_config", str(inconsistent), *base], "train_batch_size 16", "3 ranks", world_size=3)
     parse_args(["--deepspeed_config", str(inconsistent), *base], world_size=2)  # 16 = 8 x 1 x 2: fine
+    zero3 = json.loads(ZERO2.read_text())
+    zero3["zero_optimization"]["stage"] = 3
+    (tmp_path / "zero3.json").write_text(json.dumps(zero3))
+    check_refused(["--deepspeed_config", str(tmp_path / "zero3.json"), *base], "stage must be 0, 1 or 2")
+    scheduler = write_ds_config(tmp_path, scheduler={"type": "WarmupLR"})
+    check_refused(["--deepspeed_config", str(scheduler), *base], "scheduler", "--lr-decay-steps")
     fp16 = REPO / "ds_configs" / "zero2_fp16.json"
     if not torch.cuda.is_available():
         check_refused(["--deepspeed_config", str(fp16), *base], "fp16", "GPU")
