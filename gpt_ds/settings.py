@@ -119,6 +119,8 @@ def check_values(s: RunSettings) -> None:
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer (got {value})")
+    if s.target_loss is not None and s.target_loss <= 0:
+        raise UserError(f"--target-loss must be positive (got {s.target_loss}); a cross-entropy is never below 0")
     if s.warmup_steps < 0 or s.sample_tokens < 0:
         raise UserError("--warmup-steps and --sample-tokens must be >= 0")
     if s.warmup_steps >= s.decay_steps:

@@ -99,15 +99,21 @@ def lr_at(step: int, peak: float, floor: float, warmup: int, decay_steps: int) -
 
 def plan_run(settings: RunSettings, world_size: int) -> Plan:
     """Every check that can fail on bad input, before any rank starts or any file is written."""
-    from gpt_ds import data
-    from gpt_ds.model import PRESETS, config_from_preset
-
     ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size)
-    precision = run_settings.precision_of(ds_config)
-    if precision == "fp16" and not torch.cuda.is_available():
+    if run_settings.precision_of(ds_config) == "fp16" and not torch.cuda.is_available():
         raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
                         "ds_configs/zero2.json (bf16)")
     run_settings.peak_lr(settings, ds_config)
+    model_config = resolve_model(settings)
+    train, val = open_data(settings.data, model_config)
+    resume_from = resolve_resume(settings, model_config, world_size)
+    return Plan(settings, ds_config, model_config, train, val, resume_from, world_size)
+
+
+def resolve_model(settings: RunSettings) -> Any:
+    """The preset's GPTConfig with --block-size, which may not exceed the preset's context."""
+    from gpt_ds.model import PRESETS, config_from_preset
+
     if settings.model not in PRESETS:
         config_from_preset(settings.model)  # raises the UserError listing the presets
     context = PRESETS[settings.model].block_size
@@ -115,22 +121,29 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
     if block_size > context:
         raise UserError(f"--block-size {block_size} exceeds the context of the {settings.model!r} preset "
                         f"({context} positions); use --block-size <= {context}")
-    model_config = config_from_preset(settings.model, block_size=block_size)
+    return config_from_preset(settings.model, block_size=block_size)
 
-    train = sampler.TokenWindows(data.open_split(settings.data, "train"), block_size, "train")
-    val = None
-    if (Path(settings.data) / data.MANIFEST_NAME).is_file():
-        manifest = data.load_manifest(settings.data)
+
+def open_data(data_dir: str, model_config: Any) -> tuple[sampler.TokenWindows, sampler.TokenWindows | None]:
+    """Training windows, and validation windows where the folder has a val split."""
+    from gpt_ds import data
+
+    block_size = model_config.block_size
+    train = sampler.TokenWindows(data.open_split(data_dir, "train"), block_size, "train")
+    if (Path(data_dir) / data.MANIFEST_NAME).is_file():
+        manifest = data.load_manifest(data_dir)
         if int(manifest.get("vocab_size", 0)) > model_config.vocab_size:
-            raise UserError(f"{settings.data} was tokenized with a vocabulary of {manifest['vocab_size']} tokens, "
+            raise UserError(f"{data_dir} was tokenized with a vocabulary of {manifest['vocab_size']} tokens, "
                             f"more than the model's {model_config.vocab_size}; prepare it with r50k_base")
-        if (manifest["splits"].get("val") or {}).get("shards"):
-            val = sampler.TokenWindows(data.open_split(settings.data, "val"), block_size, "val")
-    elif list(Path(settings.data).glob("*val_*.bin")):  # llm.c-style shards without a manifest
-        val = sampler.TokenWindows(data.open_split(settings.data, "val"), block_size, "val")
-    if settings.target_loss is not None and val is None and settings.target_loss <= 0:
-        raise UserError("--target-loss must be positive")
+        has_val = bool((manifest["splits"].get("val") or {}).get("shards"))
+    else:  # llm.c-style shards without a manifest
+        has_val = bool(list(Path(data_dir).glob("*val_*.bin")))
+    val = sampler.TokenWindows(data.open_split(data_dir, "val"), block_size, "val") if has_val else None
+    return train, val
 
+
+def resolve_resume(settings: RunSettings, model_config: Any, world_size: int) -> Path | None:
+    """The checkpoint to resume from, checked against this run; nothing in RUN_DIR is touched."""
     run_dir = settings.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a folder; choose another path")
@@ -143,7 +156,7 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
         if saved.get("world_size") != world_size:
             raise UserError(f"{resume_from} was written by {saved.get('world_size')} ranks, this run has "
                             f"{world_size}; resume with the same number of ranks, or --resume never with a new --out")
-    return Plan(settings, ds_config, model_config, train, val, resume_from, world_size)
+    return resume_from
 
 
 def parse_args(argv: list[str], world_size: int | None = None) -> RunSettings:
