@@ -49,14 +49,25 @@ def shakespeare_data(tmp_path_factory, shakespeare_dir, encoding) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def small_ds_config(tmp_path_factory) -> Path:
-    """zero2.json with a smaller micro-batch, so that the CPU steps are quick."""
+def ds_config_variant(folder: Path, micro_batch: int, accumulation: int) -> Path:
+    """zero2.json with a smaller micro-batch (quick CPU steps) and the given gradient accumulation."""
     config = json.loads(ZERO2.read_text())
-    config["train_micro_batch_size_per_gpu"] = 4
-    path = tmp_path_factory.mktemp("ds") / "zero2_mb4.json"
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config["gradient_accumulation_steps"] = accumulation
+    path = folder / f"zero2_mb{micro_batch}_ga{accumulation}.json"
     path.write_text(json.dumps(config))
     return path
+
+
+@pytest.fixture(scope="module")
+def small_ds_config(tmp_path_factory) -> Path:
+    return ds_config_variant(tmp_path_factory.mktemp("ds"), micro_batch=4, accumulation=1)
+
+
+@pytest.fixture(scope="module")
+def accumulating_ds_config(tmp_path_factory) -> Path:
+    """Two micro-batches of 2 per step: the same tokens per step, through DeepSpeed's accumulation."""
+    return ds_config_variant(tmp_path_factory.mktemp("ds"), micro_batch=2, accumulation=2)
 
 
 def train_args(data: Path, out: Path, ds_config: Path, **flags) -> list[str]:
@@ -154,16 +165,17 @@ def test_two_ranks_reach_target_loss(shakespeare_data, small_ds_config, tmp_path
 
 
 @pytest.mark.slow
-def test_exact_resume_and_kill9(shakespeare_data, small_ds_config, tmp_path):
-    """2N steps straight == kill -9 at a random step, auto-resume to N, resume to 2N: bit for bit."""
+def test_exact_resume_and_kill9(shakespeare_data, accumulating_ds_config, tmp_path):
+    """2N steps straight == kill -9 at a random step, auto-resume to N, resume to 2N: bit for bit
+    (with gradient accumulation, so micro-steps are part of what must line up)."""
     n = 8
     common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=4, save_interval=2, sample_tokens=0)
     straight = tmp_path / "straight"
-    run_ok(deepspeed_command(train_args(shakespeare_data, straight, small_ds_config, **common)))
+    run_ok(deepspeed_command(train_args(shakespeare_data, straight, accumulating_ds_config, **common)))
 
     # kill -9 of the launcher and its ranks (a crashed node) at a random step after the first checkpoint
     run_dir = tmp_path / "resumed"
-    proc = subprocess.Popen(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, **common)),
+    proc = subprocess.Popen(deepspeed_command(train_args(shakespeare_data, run_dir, accumulating_ds_config, **common)),
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + RUN_TIMEOUT
@@ -178,9 +190,9 @@ def test_exact_resume_and_kill9(shakespeare_data, small_ds_config, tmp_path):
     assert killed_at < n and not (run_dir / "model").exists(), "the kill came too late; the test needs more steps"
 
     # auto-resume, stopping at N (same --lr-decay-steps), then a resumed run from N to 2N
-    run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, **{**common, "max_steps": n})))
+    run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, accumulating_ds_config, **{**common, "max_steps": n})))
     assert checkpoint.latest_tag_dir(run_dir / "checkpoints").name == checkpoint.tag_for(n)
-    output = run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, small_ds_config, **common)))
+    output = run_ok(deepspeed_command(train_args(shakespeare_data, run_dir, accumulating_ds_config, **common)))
     assert f"done: step {2 * n}" in output
     assert_same_weights(load_weights(straight / "model"), load_weights(run_dir / "model"))
 
