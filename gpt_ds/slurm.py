@@ -39,7 +39,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import SlurmJobEnvironment
 
 from gpt_ds.errors import UserError
-from gpt_ds.settings import RunSettings
+from gpt_ds.settings import RunSettings, settings_from_args
 
 CLUSTERS = ("slurm", "local")
 # Ports derived from the job id stay below Linux's ephemeral range (32768+) so they never collide
@@ -185,7 +185,7 @@ class TrainingJob(Checkpointable):
         # torch and DeepSpeed load only inside the task, after the environment above is set
         from gpt_ds import train
 
-        settings = train.parse_args(list(self.train_argv))
+        settings = settings_from_args(list(self.train_argv))  # `run` checks the rest before any work
         result = train.run(settings)
         report = TaskReport(
             rank=job_env.global_rank, world_size=job_env.num_tasks, local_rank=job_env.local_rank,

@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train in this process; 0 when done, PREEMPTED_EXIT_CODE when stopped by a signal after saving."""
     import sys
 
-    settings = parse_args(sys.argv[1:] if argv is None else argv)
+    # Only the values here: `run` makes the full plan (data, resume, DeepSpeed JSON) itself, before any work.
+    settings = run_settings.settings_from_args(sys.argv[1:] if argv is None else argv)
     result = run(settings)
     return PREEMPTED_EXIT_CODE if result.preempted else 0
