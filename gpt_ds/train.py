@@ -261,7 +261,7 @@ def text_sample(engine: Any, plan: Plan, step: int) -> str | None:
 def client_state(plan: Plan, state: TrainState) -> dict[str, Any]:
     s = plan.settings
     return {
-        **{k: v for k, v in vars(state).items()},
+        **vars(state),
         "target_reached": state.target_reached,
         "target_loss": s.target_loss,
         "model": plan.model_config.to_dict(),
@@ -417,10 +417,8 @@ def run(settings: RunSettings) -> TrainResult:
         preemption.restore()
         monitor.close()
 
-    result = TrainResult(step=state.step, tokens=state.tokens, train_loss=state.train_loss, val_loss=state.val_loss,
-                         target_reached=state.target_reached, target_step=state.target_step,
-                         target_tokens=state.target_tokens, target_seconds=state.target_seconds,
-                         train_seconds=state.train_seconds, preempted=preempted, run_dir=settings.run_dir,
+    result = TrainResult(**vars(state), target_reached=state.target_reached, preempted=preempted,
+                         run_dir=settings.run_dir,
                          checkpoint=settings.run_dir / checkpoint.CHECKPOINTS / checkpoint.tag_for(state.step))
     if dist_env.is_main and not preempted:
         from gpt_ds.export import export_run
