@@ -240,10 +240,7 @@ def text_sample(engine: Any, plan: Plan, step: int) -> str | None:
     """A short generated text (rank 0), to watch the model learn in TensorBoard."""
     if plan.settings.sample_tokens == 0:
         return None
-    try:
-        from gpt_ds.generate import generate
-    except ImportError:
-        return None
+    from gpt_ds.generate import generate
     from gpt_ds.tokenizer import EOT_TOKEN, get_encoding
 
     try:
