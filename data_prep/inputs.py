@@ -64,7 +64,7 @@ def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Pa
     Hidden files and folders (names starting with '.') inside folders are left out, and so is
     anything under `exclude` (the output folder, which may lie inside an input folder).
     """
-    excluded = exclude.resolve() if exclude is not None else None
+    excluded = exclude.resolve() if exclude is not None and exclude.is_dir() else None
     found: set[Path] = set()
     for spec in specs:
         path = Path(spec).expanduser()
@@ -77,6 +77,8 @@ def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Pa
         else:
             raise UserError(f"input {spec} does not exist; give existing files, folders or globs to --input")
         for match in matches:
+            if _is_within(match, excluded):
+                continue  # a glob such as corpus/* also names the output folder once it exists
             if match.is_dir():
                 found.update(_walk(match, excluded))
             elif match.is_file():
@@ -86,10 +88,18 @@ def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Pa
     return sorted(found, key=str)
 
 
+def _is_within(path: Path, folder: Path | None) -> bool:
+    """Whether `path` is the (resolved) `folder` or lies below it; False when there is no folder."""
+    if folder is None:
+        return False
+    resolved = path.resolve()
+    return resolved == folder or folder in resolved.parents
+
+
 def _walk(folder: Path, excluded: Path | None) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (root_path / d).resolve() != excluded]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_within(root_path / d, excluded)]
         for name in files:
             path = root_path / name
             if not name.startswith(".") and path.is_file():

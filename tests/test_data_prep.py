@@ -241,6 +241,19 @@ def test_rerun_is_up_to_date_and_other_settings_are_refused_without_force(tmp_pa
     read_shard(out / "train_000000.bin")
 
 
+def test_an_input_glob_that_also_names_the_output_folder_leaves_it_out(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text")
+    (corpus / "b.txt").write_text("more text")
+    out = corpus / "prepared"
+    first = prepare([str(corpus / "*")], out, **QUIET)
+    # Now corpus/* matches corpus/prepared too: its shards and manifest are not inputs.
+    assert prepare([str(corpus / "*")], out, **QUIET) == first
+    assert prepare([str(corpus / "**")], out, **QUIET) == first
+    assert first["inputs"]["files"] == 2
+
+
 def test_binary_files_are_skipped_and_counted_or_refused_when_strict(tmp_path):
     corpus = tmp_path / "in"
     corpus.mkdir()
