@@ -45,7 +45,9 @@ class DocumentRouter:
     def start_document(self) -> None:
         score = val_score(self.seed, self._index)
         self._index += 1
-        if self._spool is not None and {self._split(s) for s in self._scores} == set(SPLITS):
+        if self._scores and self._split(self._scores[0]) != self._split(self._scores[-1]):
+            # Both splits are drawn. Checking the last score suffices: until it, every spooled
+            # document had the first one's split (else they would have been released already).
             self._release([self._split(s) for s in self._scores])
         if self._spool is not None:
             self._scores.append(score)
