@@ -136,8 +136,8 @@ def open_data(data_dir: str, model_config: Any) -> tuple[sampler.TokenWindows, s
             raise UserError(f"{data_dir} was tokenized with a vocabulary of {manifest['vocab_size']} tokens, "
                             f"more than the model's {model_config.vocab_size}; prepare it with r50k_base")
         has_val = bool((manifest["splits"].get("val") or {}).get("shards"))
-    else:  # llm.c-style shards without a manifest
-        has_val = bool(list(Path(data_dir).glob("*val_*.bin")))
+    else:  # llm.c-style shards without a manifest: found by the very names open_split looks for
+        has_val = bool(data._foreign_shards(Path(data_dir), "val"))
     val = sampler.TokenWindows(data.open_split(data_dir, "val"), block_size, "val") if has_val else None
     return train, val
 
