@@ -13,7 +13,6 @@ CPU. `python -m gpt_ds.quickstart [--out DIR]` (console script gpt-ds-quickstart
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 from pathlib import Path
 
@@ -80,7 +79,9 @@ def run(argv: list[str] | None = None) -> int:
     print(f"    shards and manifest.json in {data_dir}")
     run_dir = args.out / "run"
     model_dir = train(data_dir, run_dir, args.ranks, args.target_loss, args.max_steps)
-    info = json.loads((model_dir / "config.json").read_text())["metadata"]
+    from gpt_ds.model_io import read_model_info
+
+    info = read_model_info(model_dir).metadata
     reached = (f"reached val loss {args.target_loss} at step {info['target_step']} ({info['target_tokens']:,} tokens, "
                f"{info['target_seconds']:.0f}s of training)" if info.get("target_reached")
                else f"did not reach val loss {args.target_loss} in {info['step']} steps (val loss {info['val_loss']:.3f})")
