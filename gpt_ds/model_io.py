@@ -214,10 +214,11 @@ def load_model(
 
     # Build on the meta device and materialise uninitialised memory: the weights are about to be
     # overwritten, so running the random initialisation (seconds for gpt2-xl) would be wasted.
+    # The dtype is set while still on meta, so memory is allocated once, already in that dtype.
     with torch.device("meta"):
         model = GPT(info.config)
-    model.to_empty(device=device)
     model.to(dtype)
+    model.to_empty(device=device)
     with torch.no_grad():
         for name, target in model.state_dict().items():
             source = tensors[name]
