@@ -110,16 +110,6 @@ def init(dist_env: DistEnv) -> None:
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False)
 
 
-def all_reduce_max(value: float) -> float:
-    """The maximum of `value` over all ranks (a flag or a count); `value` itself without ranks."""
-    import deepspeed.comm as dist
-    from deepspeed.accelerator import get_accelerator
-
-    tensor = torch.tensor([float(value)], device=get_accelerator().current_device_name())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
-
-
 def all_reduce_sum(values: list[float]) -> list[float]:
     import deepspeed.comm as dist
     from deepspeed.accelerator import get_accelerator
