@@ -193,9 +193,7 @@ def resolve_ds_config(path: str | Path, world_size: int) -> dict[str, Any]:
     config["gradient_accumulation_steps"] = accum
     config["train_batch_size"] = micro * accum * world_size
 
-    fp16 = config.get("fp16", {}).get("enabled", False) is True
-    bf16 = config.get("bf16", {}).get("enabled", False) is True
-    if fp16 and bf16:
+    if _enabled(config, "fp16") and _enabled(config, "bf16"):
         raise UserError(f"DeepSpeed config {where}: fp16 and bf16 are both enabled; enable one")
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
@@ -214,11 +212,16 @@ def resolve_ds_config(path: str | Path, world_size: int) -> dict[str, Any]:
 
 def precision_of(ds_config: dict[str, Any]) -> str:
     """"bf16", "fp16" or "fp32": the training precision the DeepSpeed config selects."""
-    if ds_config.get("bf16", {}).get("enabled", False) is True:
+    if _enabled(ds_config, "bf16"):
         return "bf16"
-    if ds_config.get("fp16", {}).get("enabled", False) is True:
+    if _enabled(ds_config, "fp16"):
         return "fp16"
     return "fp32"
+
+
+def _enabled(ds_config: dict[str, Any], section: str) -> bool:
+    """Whether the DeepSpeed config's `section` (fp16, bf16) says "enabled": true."""
+    return ds_config.get(section, {}).get("enabled", False) is True
 
 
 def peak_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:
