@@ -31,6 +31,7 @@ from gpt_ds.model_io import (
     atomic_folder,
     check_tensors,
     expected_shapes,
+    folder_state_dict,
     load_model,
     parse_dtype,
     read_safetensors,
@@ -94,13 +95,11 @@ def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype =
     dtype = parse_dtype(dtype)
     model, info = load_model(model_dir, dtype=dtype)
     config = info.config
-    tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if name == TOKEN_EMBEDDING:
-            tensor = tensor[: config.vocab_size]  # drop the padding rows
-        elif _is_conv1d(name):
-            tensor = tensor.t()
-        tensors[name] = tensor.contiguous()
+    # The model folder's tensors (no padding rows), with Hugging Face's Conv1D layout where it differs.
+    tensors = {
+        name: tensor.t().contiguous() if _is_conv1d(name) else tensor
+        for name, tensor in folder_state_dict(model, config).items()
+    }
     if not config.bias:
         # GPT-2 always has biases; a model trained without them equals one whose biases are zero.
         for name, shape in _hf_bias_shapes(config).items():
