@@ -171,8 +171,7 @@ def load_model_for_app(folder: Path, device: str) -> tuple[GPT, ModelInfo]:
             f"could not load the model in {folder} ({type(err).__name__}: {err}); "
             "export it again (python -m gpt_ds.export RUN_DIR) or choose another folder"
         ) from err
-    model.eval()
-    return model, info
+    return model, info  # in eval mode: load_model leaves it so
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +434,6 @@ def token_label(tokenizer: str, token: int, position: int) -> str:
     return f"{position}·{text}"
 
 
-@torch.no_grad()
 def attention_map(
     model: GPT, tokenizer: str, token_ids: list[int], layer: int, head: int, max_shown: int = ATTENTION_MAX_SHOWN
 ) -> AttentionMap:
@@ -447,7 +445,7 @@ def attention_map(
         raise UserError("the prompt is empty: type some text to see what the heads attend to")
     device = next(model.parameters()).device
     idx = torch.tensor([token_ids[-config.block_size :]], dtype=torch.long, device=device)
-    weights = model.attention_weights(idx)[layer, head].float().cpu()
+    weights = model.attention_weights(idx)[layer, head].cpu()  # float32, computed without autograd
     first = max(0, idx.shape[1] - max_shown)
     shown = weights[first:, first:]
     offset = len(token_ids) - idx.shape[1]
