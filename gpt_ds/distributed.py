@@ -67,13 +67,13 @@ def fill_env() -> DistEnv:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", str(free_port()))
     env.setdefault("LOCAL_RANK", "0")
-    world = _int_env("WORLD_SIZE") if "WORLD_SIZE" in env else 1
-    if world > 1 and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
-        raise UserError(f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are not set; launch with "
+    dist_env = current()
+    if dist_env.world_size > 1 and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
+        raise UserError(f"WORLD_SIZE={dist_env.world_size} but MASTER_ADDR/MASTER_PORT are not set; launch with "
                         "`deepspeed`, torchrun or launch/submit.py, which set them")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env.setdefault("MASTER_PORT", "29500")
-    return current()
+    return dist_env
 
 
 def current() -> DistEnv:
