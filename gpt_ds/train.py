@@ -323,7 +323,7 @@ def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
     return f"; changed: {', '.join(changes)}" if changes else ""
 
 
-def open_monitor(plan: Plan, engine: Any, state: TrainState, dist_env: distributed.DistEnv) -> metrics.Monitor:
+def open_monitor(plan: Plan, state: TrainState, dist_env: distributed.DistEnv) -> metrics.Monitor:
     settings, precision = plan.settings, run_settings.precision_of(plan.ds_config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     peak_flops, peak_source = metrics.device_peak_flops(dtype)
@@ -346,7 +346,7 @@ def run(settings: RunSettings) -> TrainResult:
     preemption = PreemptionFlag()  # first: a signal during start-up is honoured at the first step
     dist_env, plan, engine, state = start(settings)
     rank, world = dist_env.rank, dist_env.world_size
-    monitor = open_monitor(plan, engine, state, dist_env)
+    monitor = open_monitor(plan, state, dist_env)
     tokens_per_step = plan.ds_config["train_batch_size"] * plan.model_config.block_size
     lr_peak, lr_floor = run_settings.peak_lr(settings, plan.ds_config), run_settings.floor_lr(settings, plan.ds_config)
     fp16 = run_settings.precision_of(plan.ds_config) == "fp16"
