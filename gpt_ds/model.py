@@ -264,14 +264,8 @@ class GPT(nn.Module):
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final-LayerNorm outputs (B, T, n_embd) for token ids idx (B, T). With a cache, idx continues
         the cached sequence: its positions start at cache.length, and the cache grows by T."""
-        B, T = idx.shape
         start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the context ({self.config.block_size}); crop it"
-            )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.drop(self._embed(idx, start))
         for i, block in enumerate(self.transformer.h):
             if cache is not None:
                 x = block(x, cache.layers[i], start)
@@ -282,8 +276,16 @@ class GPT(nn.Module):
             else:
                 x = block(x)
         if cache is not None:
-            cache.length = start + T
+            cache.length = start + idx.size(1)
         return self.transformer.ln_f(x)
+
+    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token plus position embeddings (B, T, n_embd) of idx (B, T) at positions start..start+T-1."""
+        end = start + idx.size(1)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than the context ({self.config.block_size}); crop it")
+        pos = torch.arange(start, end, dtype=torch.long, device=idx.device)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the real vocabulary (..., vocab_size). The padded rows of wte are multiplied
@@ -312,11 +314,7 @@ class GPT(nn.Module):
             idx = idx.unsqueeze(0)
         if idx.dim() != 2 or idx.size(0) != 1:
             raise ValueError(f"attention_weights takes one sequence, got shape {tuple(idx.shape)}")
-        T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.block_size})")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self._embed(idx)
         weights = []
         for block in self.transformer.h:
             weights.append(block.attn.attention_probs(block.ln_1(x))[0])
