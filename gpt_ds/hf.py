@@ -16,6 +16,7 @@ that has only `pytorch_model.bin` (a pickle) is refused with the way to convert 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, NoReturn
@@ -111,7 +112,7 @@ def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype =
 
 
 def _hf_bias_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    with_bias = GPTConfig(**{**config.to_dict(), "bias": True})
+    with_bias = dataclasses.replace(config, bias=True)
     return {name: shape for name, shape in expected_shapes(with_bias).items() if name.endswith(".bias")}
 
 
