@@ -199,19 +199,6 @@ class ModelCard:
     target_step: int | None = None
 
 
-# Card field -> key of the training metadata in config.json (written by gpt_ds.export).
-METADATA_KEYS = {
-    "preset": "preset",
-    "steps": "step",
-    "tokens": "tokens",
-    "train_loss": "train_loss",
-    "val_loss": "val_loss",
-    "target_loss": "target_loss",
-    "target_reached": "target_reached",
-    "target_step": "target_step",
-}
-
-
 def _number(value, kind):
     try:
         return None if value is None else kind(value)
@@ -220,25 +207,26 @@ def _number(value, kind):
 
 
 def model_card(model: GPT, info: ModelInfo) -> ModelCard:
+    # Keys of the training metadata that gpt_ds.export writes into config.json (export.METADATA_KEYS).
     meta = info.metadata or {}
     cfg = info.config
-    reached = meta.get(METADATA_KEYS["target_reached"])
+    reached = meta.get("target_reached")
     return ModelCard(
         name=display_name(Path(info.folder)),
-        preset=meta.get(METADATA_KEYS["preset"]),
+        preset=meta.get("preset"),
         parameters=model.num_params(),
         context=cfg.block_size,
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         n_embd=cfg.n_embd,
         tokenizer=info.tokenizer,
-        steps=_number(meta.get(METADATA_KEYS["steps"]), int),
-        tokens=_number(meta.get(METADATA_KEYS["tokens"]), int),
-        train_loss=_number(meta.get(METADATA_KEYS["train_loss"]), float),
-        val_loss=_number(meta.get(METADATA_KEYS["val_loss"]), float),
-        target_loss=_number(meta.get(METADATA_KEYS["target_loss"]), float),
+        steps=_number(meta.get("step"), int),
+        tokens=_number(meta.get("tokens"), int),
+        train_loss=_number(meta.get("train_loss"), float),
+        val_loss=_number(meta.get("val_loss"), float),
+        target_loss=_number(meta.get("target_loss"), float),
         target_reached=None if reached is None else bool(reached),
-        target_step=_number(meta.get(METADATA_KEYS["target_step"]), int),
+        target_step=_number(meta.get("target_step"), int),
     )
 
 
