@@ -132,22 +132,17 @@ def generate_tab(model, info, folder: str, controls: support.GenerationControls)
             speed.caption(f"Generating… {update.tokens} tokens · {update.tokens_per_sec:.1f} tokens/s")
         if update is None:
             output.info("The model ended the text at once (it chose the end-of-text token): try another seed or prompt.")
-        last = {
-            "folder": folder,
-            "prompt": prompt,
-            "text": update.text if update else "",
-            "tokens": update.tokens if update else 0,
-            "seconds": update.seconds if update else 0.0,
-            "tokens_per_sec": update.tokens_per_sec if update else 0.0,
-        }
+            update = support.StreamUpdate(text="", tokens=0, seconds=0.0)
+        last = {"folder": folder, "prompt": prompt, "update": update}
         st.session_state["last_generation"] = last
     else:
         last = st.session_state.get("last_generation")
         if not (last and last["folder"] == folder):
             return
         # Keep the last result on screen while other controls change.
-        output.markdown(generated_html(last["prompt"], last["text"]), unsafe_allow_html=True)
-    speed.caption(f"Done: {last['tokens']} tokens in {last['seconds']:.2f} s · {last['tokens_per_sec']:.1f} tokens/s")
+        output.markdown(generated_html(last["prompt"], last["update"].text), unsafe_allow_html=True)
+    done = last["update"]
+    speed.caption(f"Done: {done.tokens} tokens in {done.seconds:.2f} s · {done.tokens_per_sec:.1f} tokens/s")
 
 
 def run_curves(folder: Path) -> support.RunCurves | None:
@@ -181,13 +176,13 @@ def attention_tab(model, info, folder: str) -> None:
     layer = left.selectbox("Layer", range(config.n_layer), key="attn_layer")
     head = right.selectbox("Head", range(config.n_head), key="attn_head")
     last = st.session_state.get("last_generation")
-    can_extend = bool(last and last["folder"] == folder and last["prompt"] == st.session_state.get("prompt") and last["text"])
+    can_extend = bool(last and last["folder"] == folder and last["prompt"] == st.session_state.get("prompt") and last["update"].text)
     with third:
         st.write("")
         extend = st.checkbox("Include the generated continuation", value=False, disabled=not can_extend, key="attn_extend")
     text = st.session_state.get("prompt", "")
     if extend and can_extend:
-        text += last["text"]
+        text += last["update"].text
     try:
         ids = support.encode_prompt(text, info.tokenizer)  # no length limit: the map keeps the last block
         attention = support.attention_map(model, info.tokenizer, ids, int(layer), int(head))

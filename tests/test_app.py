@@ -180,3 +180,18 @@ def test_model_given_on_the_command_line_is_chosen_and_listed_once(monkeypatch, 
     assert choice.value == str(given.resolve())
     assert len(choice.options) == 3  # given, other, "Type a folder path…"
     assert "runs/given/model" in texts(app.markdown)  # the card names it relative to the working directory
+
+
+def test_attention_can_include_the_generated_continuation(monkeypatch, good_model):
+    app = open_app(monkeypatch, "--model", str(good_model))
+    assert app.checkbox(key="attn_extend").disabled  # nothing generated yet
+    prompt = "To be, or not to be"
+    assert generate(app, prompt)
+    extend = app.checkbox(key="attn_extend")
+    assert not extend.disabled
+    extend.check().run()
+    assert not app.exception
+    continuation = app.session_state["last_generation"]["update"].text
+    shown = min(len(support.encode_prompt(prompt + continuation, "r50k_base")), support.ATTENTION_MAX_SHOWN)
+    assert shown > len(support.encode_prompt(prompt, "r50k_base"))
+    assert len(chart_data(app.get("vega_lite_chart")[2])[0]) == shown * (shown + 1) // 2
