@@ -88,19 +88,19 @@ def folder_state_dict(weights: nn.Module | Mapping[str, torch.Tensor], config: G
     return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
 
-def check_tensors(shapes_of: Mapping[str, Any], config: GPTConfig, source: str) -> None:
+def check_tensors(tensors: Mapping[str, torch.Tensor], config: GPTConfig, source: str) -> None:
     """UserError naming the first tensor that is missing, unexpected or of the wrong shape."""
     expected = expected_shapes(config)
     fix = "the weights belong to a model with a different config; use the config.json saved with them"
     for name, shape in expected.items():
-        if name not in shapes_of:
+        if name not in tensors:
             raise UserError(f"{source}: tensor {name} is missing (expected shape {list(shape)}); {fix}")
-        found = tuple(shapes_of[name].shape) if hasattr(shapes_of[name], "shape") else tuple(shapes_of[name])
+        found = tuple(tensors[name].shape)
         if found != shape:
             raise UserError(
                 f"{source}: tensor {name} has shape {list(found)} but the config needs {list(shape)}; {fix}"
             )
-    unexpected = [name for name in shapes_of if name not in expected]
+    unexpected = [name for name in tensors if name not in expected]
     if unexpected:
         raise UserError(f"{source}: unexpected tensor {unexpected[0]} (not part of a GPT with this config); {fix}")
 
