@@ -5,11 +5,11 @@ the decision, before any work, whether a folder is up to date, to be finished, o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
-from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, open_split, temp_path
+from gpt_ds import atomic
+from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, open_split
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).
@@ -22,12 +22,7 @@ def identity(encoding: str, output_settings: dict, inputs_fingerprint: str) -> d
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def prepare_output(out: Path, wanted: dict, force: bool, strict: bool, say: Callable[[str], None]) -> dict | None:

@@ -12,7 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from gpt_ds.data import TOKEN_DTYPE, shard_header, shard_name, temp_path
+from gpt_ds.atomic import temp_path
+from gpt_ds.data import TOKEN_DTYPE, shard_header, shard_name
 
 COPY_TOKENS = 1 << 22  # tokens per read when copying documents back out of the spool
 WRITE_TOKENS = 1 << 20  # small writes (short documents) are gathered up to this many tokens

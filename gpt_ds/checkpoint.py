@@ -14,12 +14,12 @@ has a `client_state.json` nor becomes `latest`, and is removed before a save reu
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from gpt_ds import atomic
 from gpt_ds.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -30,16 +30,6 @@ _TAG = re.compile(r"^step_(\d+)$")
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def is_complete(tag_dir: Path) -> bool:
@@ -118,8 +108,8 @@ def save(engine: Any, run_dir: Path, step: int, client_state: dict[str, Any], ke
     engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"gpt_ds": client_state}, save_latest=False)
     distributed.barrier()  # every rank's files are written: only now may the tag count as complete
     if engine.global_rank == 0:
-        write_atomic(tag_dir / CLIENT_STATE, json.dumps(client_state, indent=2, sort_keys=True))
-        write_atomic(checkpoints / LATEST, tag)
+        atomic.write_text(tag_dir / CLIENT_STATE, json.dumps(client_state, indent=2, sort_keys=True))
+        atomic.write_text(checkpoints / LATEST, tag)
         prune(checkpoints, keep)
     distributed.barrier()
     return tag_dir

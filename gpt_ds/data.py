@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt_ds.atomic import temp_path
 from gpt_ds.errors import UserError
 
 MAGIC = 20240520
@@ -47,12 +48,6 @@ def shard_header(num_tokens: int) -> bytes:
 def shard_name(split: str, index: int) -> str:
     """The file name of shard `index` of `split`: train_000000.bin, val_000003.bin, ..."""
     return f"{split}_{index:06d}.bin"
-
-
-def temp_path(path: str | Path) -> Path:
-    """Where a file is written before it is renamed to `path`: hidden, and never a shard name."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def read_shard(path: str | Path) -> np.memmap:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from gpt_ds import checkpoint, distributed, metrics, sampler, settings as run_settings
+from gpt_ds import atomic, checkpoint, distributed, metrics, sampler, settings as run_settings
 from gpt_ds.errors import UserError
 from gpt_ds.settings import RunSettings
 
@@ -280,7 +280,7 @@ def write_settings(plan: Plan) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"settings": plan.settings.to_dict(), "ds_config": plan.ds_config, "world_size": plan.world_size,
                 "model": plan.model_config.to_dict()}
-    checkpoint.write_atomic(run_dir / "settings.json", json.dumps(resolved, indent=2))
+    atomic.write_text(run_dir / "settings.json", json.dumps(resolved, indent=2))
 
 
 def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, TrainState]:

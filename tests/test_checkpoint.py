@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from gpt_ds import checkpoint
+from gpt_ds import atomic, checkpoint
 from gpt_ds.errors import UserError
 
 MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 8, "block_size": 16, "vocab_size": 50257, "dropout": 0.0, "bias": True}
@@ -30,7 +30,7 @@ def test_latest_is_only_a_complete_checkpoint(tmp_path):
     assert checkpoint.latest_tag_dir(checkpoints) is None
     assert checkpoint.resolve_resume("auto", tmp_path) is None
     done = make_tag(checkpoints, 10)
-    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, done.name)
+    atomic.write_text(checkpoints / checkpoint.LATEST, done.name)
     make_tag(checkpoints, 12, complete=False)  # cut off while written: no client_state.json, not latest
     assert checkpoint.latest_tag_dir(checkpoints) == done
     assert checkpoint.resolve_resume("auto", tmp_path) == done
@@ -40,7 +40,7 @@ def test_latest_is_only_a_complete_checkpoint(tmp_path):
     with pytest.raises(UserError, match="not a complete checkpoint"):
         checkpoint.resolve_resume(str(checkpoints / checkpoint.tag_for(12)), tmp_path)
     # a `latest` pointing at an incomplete folder is reported, not trusted
-    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, checkpoint.tag_for(12))
+    atomic.write_text(checkpoints / checkpoint.LATEST, checkpoint.tag_for(12))
     with pytest.raises(UserError, match="incomplete"):
         checkpoint.latest_tag_dir(checkpoints)
 
@@ -51,19 +51,12 @@ def test_prune_keeps_the_newest_k_and_drops_partial_ones(tmp_path):
         make_tag(checkpoints, step)
     make_tag(checkpoints, 9, complete=False)
     (checkpoints / "zero_to_fp32.py").write_text("# DeepSpeed's script, not a tag")
-    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, checkpoint.tag_for(8))
+    atomic.write_text(checkpoints / checkpoint.LATEST, checkpoint.tag_for(8))
     checkpoint.prune(checkpoints, keep=2)
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "latest", checkpoint.tag_for(6), checkpoint.tag_for(8), "zero_to_fp32.py"]
     checkpoint.prune(checkpoints, keep=1)
     assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == [checkpoint.tag_for(8)]
-
-
-def test_write_atomic_replaces_whole_content(tmp_path):
-    path = tmp_path / "latest"
-    checkpoint.write_atomic(path, "step_00000001")
-    checkpoint.write_atomic(path, "step_00000002")
-    assert path.read_text() == "step_00000002" and [p.name for p in tmp_path.iterdir()] == ["latest"]
 
 
 def test_a_different_model_config_is_refused_with_the_difference(tmp_path):
@@ -76,6 +69,6 @@ def test_resume_never_refuses_a_run_dir_with_checkpoints(tmp_path):
     checkpoint.check_fresh_run_dir(tmp_path)
     checkpoints = tmp_path / "checkpoints"
     make_tag(checkpoints, 2)
-    checkpoint.write_atomic(checkpoints / checkpoint.LATEST, checkpoint.tag_for(2))
+    atomic.write_text(checkpoints / checkpoint.LATEST, checkpoint.tag_for(2))
     with pytest.raises(UserError, match="--resume never"):
         checkpoint.check_fresh_run_dir(tmp_path)
