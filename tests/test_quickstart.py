@@ -1,4 +1,4 @@
-"""gpt_ds.quickstart, the README's main command: prepare -> 2-rank ZeRO-2 training through the
+"""launch/quickstart.py, the README's main command: prepare -> 2-rank ZeRO-2 training through the
 deepspeed launcher -> consolidated model -> next steps, run for real with a short training budget."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def test_quickstart_runs_the_whole_path(tmp_path, shakespeare_dir, encoding):
     out = tmp_path / "qs"
     # A target any model meets at its first evaluation keeps the run to 4 steps; the full run
     # (default target 6.5) takes minutes and is measured in the README instead.
-    command = [sys.executable, "-m", "gpt_ds.quickstart", "--out", str(out), "--max-steps", "4", "--target-loss", "20"]
+    command = [sys.executable, str(REPO / "launch" / "quickstart.py"), "--out", str(out), "--max-steps", "4", "--target-loss", "20"]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "[1] preparing the default corpus" in proc.stdout

@@ -1,5 +1,5 @@
 """The quickstart: the whole path, on the embedded default corpus, offline, in minutes on a laptop
-CPU. `python -m gpt_ds.quickstart [--out DIR]` (console script gpt-ds-quickstart).
+CPU. `python launch/quickstart.py [--out DIR]` (console script gpt-ds-quickstart).
 
 1. prepares `data_prep.default_corpus()` (Shakespeare from ../shared when present, else the Python
    standard library's sources) into DIR/data (rerunning reports the data as up to date);
@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 from pathlib import Path
 
-from gpt_ds.errors import UserError, run_cli
+if __package__ in (None, ""):  # run as a script: make the repository importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROG = "python -m gpt_ds.quickstart"
+from gpt_ds.errors import UserError, run_cli  # noqa: E402
+
+PROG = "launch/quickstart.py"
 DEFAULT_OUT = Path("runs") / "quickstart"
 REPO = Path(__file__).resolve().parents[1]
 # The tiny preset on Shakespeare, 2 CPU ranks, 1024 tokens a step: the validation loss passes 6.5

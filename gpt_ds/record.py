@@ -1,0 +1,66 @@
+"""The record of a run: its progress and outcome, in one typed place.
+
+One `RunRecord` is carried through training and written, as the same keys, into every checkpoint's
+client state, the model folder's metadata (config.json) and RUN_DIR/settings.json; the summary line,
+the quickstart and the app's model card read it back with `RunRecord.from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class RunRecord:
+    """Where a run stands (step, tokens, time, losses), whether and when it met its loss target, and
+    what it is (preset, ranks, precision, seed, data)."""
+
+    step: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    train_loss: float | None = None  # smoothed (EMA) training loss
+    val_loss: float | None = None
+    target_loss: float | None = None
+    target_step: int | None = None  # the first step at which the target was met
+    target_tokens: int | None = None
+    target_seconds: float | None = None
+    preset: str | None = None
+    world_size: int | None = None
+    precision: str | None = None
+    seed: int | None = None
+    data: str | None = None
+
+    @property
+    def target_reached(self) -> bool:
+        return self.target_step is not None
+
+    def reach_target(self) -> None:
+        """Record that the target is met now (at the current step, tokens and training time)."""
+        self.target_step, self.target_tokens, self.target_seconds = self.step, self.tokens, self.train_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "target_reached": self.target_reached}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "RunRecord":
+        """The record in `d` (a client state, model metadata, ...): other keys are ignored, and a value of
+        the wrong type (metadata written by another tool may hold anything) reads as unknown."""
+        d = d or {}
+        values = {}
+        for f in dataclasses.fields(cls):
+            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+            values[f.name] = _coerce(d.get(f.name), kind, f.default)
+        return cls(**values)
+
+
+def _coerce(value: Any, kind: type, default: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return default
+    if kind is str:
+        return value if isinstance(value, str) else default
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return default

@@ -1,0 +1,22 @@
+"""TensorBoard tags of a training run (DESIGN.md, "TensorBoard tags"): written by gpt_ds.metrics,
+read by the app and the tests. A tag is spelled here and nowhere else."""
+
+TRAIN_LOSS = "train/loss"
+TRAIN_LOSS_SMOOTHED = "train/loss_smoothed"
+LR = "train/lr"
+GRAD_NORM = "train/grad_norm"
+LOSS_SCALE = "train/loss_scale"
+TOKENS_PER_SEC = "train/tokens_per_sec"
+MFU = "train/mfu"
+STEP_TIME = "train/step_time"
+MEMORY_GIB = "train/memory_gib"
+TOKENS = "train/tokens"
+VAL_LOSS = "val/loss"
+ETA_STEPS = "eta/steps_to_target"
+ETA_SECONDS = "eta/seconds_to_target"
+TARGET_LOSS = "target/loss"
+TARGET_STEP = "target/step"
+TARGET_TOKENS = "target/tokens"
+
+SAMPLE = "sample"  # text: a generated sample at each evaluation
+SETTINGS = "run/settings"  # text: the run's settings, at its start
