@@ -1,13 +1,19 @@
-"""Shared test set-up: the offline tiktoken cache, and paths to ../shared material.
+"""Shared test set-up: the offline tiktoken cache, the test corpus, and paths to ../shared material.
 
-Tests that need something from ../shared (the Shakespeare corpus, the tiktoken cache, the Slurm
-scripts) skip with the reason when it is absent, so the suite still runs on other machines.
+The corpus every test trains on or prepares is the Python standard library's own sources (what
+`data_prep.default_corpus()` falls back to), present on every machine: `python_corpus` cuts a fixed,
+sorted selection of stdlib modules into folders of a stated size. The stdlib's text differs between
+Python versions, so tests state sizes in bytes and never hard-code token counts of it.
+Tests that need something else from ../shared (the tiktoken cache, the Slurm scripts) skip with the
+reason when it is absent. (No test is about Shakespeare's text, so none needs ../shared/corpora.)
 """
 
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -17,18 +23,70 @@ SHARED = REPO_ROOT.parent / "shared"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
 
+# Single-file stdlib modules of ordinary Python present in every supported version (3.10-3.14), in
+# sorted order: ~2.5 MB of text on 3.11, ~2.2 bytes per GPT-2 token. (Modules that became packages
+# or shims in later versions, e.g. datetime, pathlib, zipfile, are left out.)
+STDLIB_MODULES = (
+    "_pydecimal", "_pyio", "argparse", "ast", "calendar", "configparser", "contextlib", "csv",
+    "dataclasses", "difflib", "doctest", "enum", "fractions", "functools", "gettext", "heapq",
+    "imaplib", "inspect", "ipaddress", "mailbox", "pickle", "pickletools", "pydoc", "random",
+    "shutil", "smtplib", "socket", "statistics", "string", "subprocess", "tarfile", "tempfile",
+    "textwrap", "threading", "traceback", "turtle", "typing", "uuid", "weakref",
+)
+
+
+def stdlib_sources() -> list[Path]:
+    """The STDLIB_MODULES files of this interpreter (those it has), in that order."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    found = [stdlib / f"{name}.py" for name in STDLIB_MODULES if (stdlib / f"{name}.py").is_file()]
+    assert len(found) >= len(STDLIB_MODULES) // 2, f"the Python standard library's sources are not in {stdlib}"
+    return found
+
+
+def write_python_corpus(folder: Path, total_bytes: int, files: int) -> Path:
+    """`files` files 000.py, 001.py, ... in `folder`, each at most total_bytes // files bytes and cut
+    after a line break, holding the stdlib modules' text in order (repeated where more is asked for
+    than there is). Returns the folder."""
+    text = b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in stdlib_sources())
+    per_file = total_bytes // files
+    assert per_file > 1000, "ask for at least 1000 bytes a file"
+    folder.mkdir(parents=True, exist_ok=True)
+    cursor = 0
+    for i in range(files):
+        while len(text) - cursor < per_file:
+            text += text[: len(text)]  # more than the stdlib holds: go round again
+        cut = text.rindex(b"\n", cursor, cursor + per_file) + 1
+        (folder / f"{i:03d}.py").write_bytes(text[cursor:cut])
+        cursor = cut
+    return folder
+
+
+@pytest.fixture(scope="session")
+def python_corpus(tmp_path_factory) -> Callable[..., Path]:
+    """A factory: python_corpus(total_bytes, files=1) -> a folder of `files` stdlib-source files of
+    ~total_bytes together (see write_python_corpus), made once per session for each size."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(total_bytes: int, files: int = 1) -> Path:
+        key = (total_bytes, files)
+        if key not in made:
+            made[key] = write_python_corpus(tmp_path_factory.mktemp(f"python_corpus_{total_bytes}_{files}"),
+                                            total_bytes, files)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def stdlib_corpus(python_corpus) -> Path:
+    """The training corpus of the multi-rank and reference tests: 8 files of 48 KB of stdlib sources
+    (384 KB, ~170k GPT-2 tokens). With --val-fraction 0.25 (seed 1337) files 1 and 6 go to val."""
+    return python_corpus(8 * 48_000, files=8)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
-
-
-@pytest.fixture(scope="session")
-def shakespeare_dir() -> Path:
-    path = SHARED / "corpora" / "shakespeare"
-    if not path.is_dir():
-        pytest.skip(f"the Shakespeare corpus is not at {path}")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -46,12 +46,12 @@ def all_bytes(folder):
 
 
 @pytest.fixture
-def mixed_corpus(tmp_path, shakespeare_dir):
+def mixed_corpus(tmp_path, python_corpus):
     """Plain text (odd extensions, CRLF, unicode, a literal <|endoftext|>), jsonl and gzip of both.
     Returns the folder and its documents in the order data_prep must take them (sorted paths)."""
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)
-    plays = sorted(shakespeare_dir.iterdir())[:2]
+    plays = sorted(python_corpus(2 * 64_000, files=2).iterdir())  # two large documents (~29k tokens each)
     texts = {
         "a_play.txt": plays[0].read_text(encoding="utf-8"),
         "b_crlf.md": "line one\r\nline two  \r\n\r\n  indented\r\n",
@@ -138,9 +138,9 @@ def test_same_bytes_across_runs_and_worker_counts(mixed_corpus, tmp_path):
     assert all_bytes(tmp_path / "w2again") == reference
 
 
-def test_large_document_is_cut_only_where_tokens_do_not_change(tmp_path, shakespeare_dir, encoding):
+def test_large_document_is_cut_only_where_tokens_do_not_change(tmp_path, python_corpus, encoding):
     # Above 1 MiB a document is tokenized in pieces; the tokens must equal encoding the whole.
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(shakespeare_dir.iterdir())[:20])
+    text = python_corpus(2_200_000).joinpath("000.py").read_text(encoding="utf-8")
     assert len(text.encode()) > 2 * (1 << 20)
     (tmp_path / "big.txt").write_text(text, encoding="utf-8")
     prepare([str(tmp_path / "big.txt")], tmp_path / "out", **QUIET)
@@ -186,8 +186,13 @@ def test_val_split_rules(tmp_path):
     assert len(val_docs(1, "s1")) == expected
 
 
-def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, shakespeare_dir):
-    args = ["--input", str(shakespeare_dir), "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1"]
+# ~4M tokens in 80 files: tokenizing it takes seconds, so an interruption lands mid-run.
+BIG_CORPUS = dict(total_bytes=9_000_000, files=80)
+
+
+def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus):
+    corpus = python_corpus(**BIG_CORPUS)
+    args = ["--input", str(corpus), "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1"]
     command = [sys.executable, "-m", "data_prep", *args, "--out"]
     out = tmp_path / "killed"
     proc = subprocess.Popen([*command, str(out)], start_new_session=True, stdout=subprocess.DEVNULL)
@@ -203,12 +208,12 @@ def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, shakespeare_d
     with pytest.raises(ShardError, match="unfinished preparation"):
         open_split(out, "train")
     with pytest.raises(UserError, match="unfinished preparation with other inputs or settings .*seed"):
-        prepare([str(shakespeare_dir)], out, shard_tokens=40000, val_fraction=0.1, seed=1, **QUIET)
+        prepare([str(corpus)], out, shard_tokens=40000, val_fraction=0.1, seed=1, **QUIET)
 
     rerun = subprocess.run([*command, str(out)], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "finishing an interrupted preparation" in rerun.stdout
-    prepare([str(shakespeare_dir)], tmp_path / "whole", shard_tokens=40000, val_fraction=0.1, **QUIET)
+    prepare([str(corpus)], tmp_path / "whole", shard_tokens=40000, val_fraction=0.1, **QUIET)
     assert all_bytes(out) == all_bytes(tmp_path / "whole")
     assert len(list(out.glob("train_*.bin"))) > 10
 
@@ -357,11 +362,11 @@ def test_default_corpus_exists_offline():
     assert corpus and all(Path(p).exists() for p in corpus)
 
 
-def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, shakespeare_dir):
+def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, python_corpus):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "data_prep", "--input", str(shakespeare_dir), "--out", str(out), "--workers", "2",
-         "--val-fraction", "0.1", "--shard-tokens", "40000"],
+        [sys.executable, "-m", "data_prep", "--input", str(python_corpus(**BIG_CORPUS)), "--out", str(out),
+         "--workers", "2", "--val-fraction", "0.1", "--shard-tokens", "40000"],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60
@@ -376,12 +381,13 @@ def test_ctrl_c_stops_cleanly_with_one_line(tmp_path, shakespeare_dir):
     assert not (out / "manifest.json").exists() and not list(out.glob(".*.tmp"))
 
 
-def test_a_dead_worker_is_a_one_line_error(tmp_path, shakespeare_dir):
+def test_a_dead_worker_is_a_one_line_error(tmp_path, python_corpus):
     import psutil
 
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "data_prep", "--input", str(shakespeare_dir), "--out", str(out), "--workers", "2"],
+        [sys.executable, "-m", "data_prep", "--input", str(python_corpus(**BIG_CORPUS)), "--out", str(out),
+         "--workers", "2"],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     main = psutil.Process(proc.pid)
