@@ -1,22 +1,36 @@
 """Where this process stands among the ranks: rank, world size, local rank, from the environment.
 
 The deepspeed launcher and torchrun set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
-Under Slurm (srun or submitit, issue 5) only SLURM_* variables may be set; `deepspeed.init_distributed`
-does not read those, so `fill_env` derives the torch variables from them. A lone `python
-launch/train.py` gets world size 1 and a free local port, so it runs the same code path without
-DeepSpeed looking for MPI.
+Under Slurm (a plain `srun`, or submitit's tasks) only SLURM_* (or submitit's SUBMITIT_LOCAL_*)
+variables are set; `deepspeed.init_distributed` does not read those. `env_from_job` is the one
+translation of them into the torch variables, from submitit's JobEnvironment (Slurm's or the local
+executor's): the submitit task (gpt_ds.slurm_task) applies it before torch loads, and `fill_env`
+applies it to a plain `srun python launch/train.py`. A lone `python launch/train.py` gets world
+size 1 and a free local port, so it runs the same code path without DeepSpeed looking for MPI.
+
+Defines `DistEnv`, `fill_env`, `current`, `env_from_job`, `master_port_for`, `share_cpu_threads`,
+`init`, `all_reduce_sum`, `barrier`, `launcher_command` and `free_port`. torch (and DeepSpeed) load
+only inside the functions that use them, so the translation runs before either is imported.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from gpt_ds.errors import UserError
+
+if TYPE_CHECKING:
+    import submitit
+
+# Ports derived from the job id stay below Linux's ephemeral range (32768+) so they never collide
+# with a port the kernel handed out to some client socket on the first node.
+PORT_BASE = 20000
+PORT_SPAN = 10000
 
 
 @dataclass(frozen=True)
@@ -56,12 +70,13 @@ def _int_env(name: str) -> int:
 def fill_env() -> DistEnv:
     """Set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT where absent, and return the result."""
     env = os.environ
-    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        env["RANK"] = env["SLURM_PROCID"]
-        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
-        env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
-        if "SLURM_NTASKS_PER_NODE" in env and env["SLURM_NTASKS_PER_NODE"].isdigit():
-            env.setdefault("LOCAL_WORLD_SIZE", env["SLURM_NTASKS_PER_NODE"])
+    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:  # srun, no launcher
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        slurm_env = env_from_job(SlurmJobEnvironment())
+        env["RANK"], env["WORLD_SIZE"] = slurm_env.pop("RANK"), slurm_env.pop("WORLD_SIZE")
+        for name, value in slurm_env.items():
+            env.setdefault(name, value)
     if "RANK" not in env:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -90,9 +105,58 @@ def current() -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world)
 
 
+def master_port_for(job_id: str) -> int:
+    """A port for the rendezvous, the same on every task of a job and of its requeues."""
+    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
+    return PORT_BASE + int(digits) % PORT_SPAN
+
+
+def env_from_job(job_env: "submitit.JobEnvironment", master_port: int | None = None,
+                 cpus_per_task: int | None = None) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT for one task of a
+    Slurm or submitit job, from its JobEnvironment (SLURM_*, or the local executor's variables).
+
+    MASTER_ADDR is the allocation's first host (rank 0 runs there); within one node it is the
+    loopback address, which needs no name resolution. MASTER_PORT is derived from the job id unless
+    given, so concurrent jobs sharing a node do not collide. LOCAL_WORLD_SIZE is the most tasks any
+    node runs. With `cpus_per_task`, OMP_NUM_THREADS keeps each rank to its own cores.
+    """
+    rank, world, local_rank, nodes = (_job_int(job_env, name)
+                                      for name in ("global_rank", "num_tasks", "local_rank", "num_nodes"))
+    if master_port is None:
+        try:
+            master_port = master_port_for(job_env.raw_job_id)
+        except KeyError as err:
+            raise UserError(f"{err.args[0]} is not set, so there is no job id to derive MASTER_PORT from; "
+                            "set MASTER_PORT, or launch with srun, sbatch or launch/submit.py") from err
+    env = {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(max(1, math.ceil(world / max(1, nodes)))),
+        "MASTER_ADDR": job_env.hostnames[0] if nodes > 1 else "127.0.0.1",
+        "MASTER_PORT": str(master_port),
+    }
+    if cpus_per_task is not None:
+        env["OMP_NUM_THREADS"] = str(cpus_per_task)
+    return env
+
+
+def _job_int(job_env: "submitit.JobEnvironment", name: str) -> int:
+    """One of the JobEnvironment's integers, or UserError naming the variable that is not one."""
+    try:
+        return getattr(job_env, name)
+    except ValueError as err:
+        variable = type(job_env)._env.get(name, name)  # submitit's map of property -> variable
+        raise UserError(f"environment variable {variable}={os.environ.get(variable)!r} is not an integer; "
+                        "unset it or fix it") from err
+
+
 def share_cpu_threads(dist_env: DistEnv) -> None:
     """On the CPU, give each of the ranks on this host its share of the cores: torch's default (all
     cores per process) oversubscribes them several times over with several ranks per host."""
+    import torch
+
     if torch.cuda.is_available() or "OMP_NUM_THREADS" in os.environ:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -112,6 +176,7 @@ def init(dist_env: DistEnv) -> None:
 
 def all_reduce_sum(values: list[float]) -> list[float]:
     import deepspeed.comm as dist
+    import torch
     from deepspeed.accelerator import get_accelerator
 
     tensor = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())

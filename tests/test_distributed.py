@@ -1,0 +1,166 @@
+"""gpt_ds.distributed's environment handling: `current` (the rank layout as set), `fill_env` (the
+single-process defaults and a plain srun's SLURM_* variables) and `env_from_job`, the one
+translation of a Slurm or submitit job's environment into torch.distributed's variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import submitit
+from submitit.local.local import LocalJobEnvironment
+from submitit.slurm.slurm import SlurmJobEnvironment
+
+from gpt_ds import distributed
+from gpt_ds.errors import UserError
+
+TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No launcher's, Slurm's or submitit's variables from the environment the tests run in, and none
+    that `fill_env` sets left behind for later tests (setenv first records the name as absent)."""
+    for name in {*TORCH_VARS, "OMP_NUM_THREADS", *(n for n in os.environ if n.startswith(("SLURM_", "SUBMITIT_")))}:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def set_env(monkeypatch, variables: dict[str, str]) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+# ------------------------------------------------------------------------------------------ current
+
+
+def test_nothing_set_is_rank_0_of_1():
+    assert distributed.current() == distributed.DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+
+
+def test_the_launchers_variables(monkeypatch):
+    set_env(monkeypatch, {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_SIZE": "4"})  # deepspeed's
+    dist_env = distributed.current()
+    assert (dist_env.rank, dist_env.world_size, dist_env.local_rank, dist_env.local_world_size) == (5, 8, 1, 4)
+    assert not dist_env.is_main
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's name wins
+    assert distributed.current().local_world_size == 2
+
+
+def test_rank_outside_the_world_size(monkeypatch):
+    set_env(monkeypatch, {"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(UserError, match="RANK=4 is outside WORLD_SIZE=4"):
+        distributed.current()
+
+
+@pytest.mark.parametrize("name", ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"])
+def test_a_variable_that_is_not_an_integer(monkeypatch, name):
+    set_env(monkeypatch, {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"})
+    monkeypatch.setenv(name, "two")
+    with pytest.raises(UserError, match=f"{name}='two' is not an integer"):
+        distributed.current()
+
+
+# ------------------------------------------------------------------------------------------ fill_env
+
+
+def test_fill_env_single_process_defaults():
+    dist_env = distributed.fill_env()
+    assert dist_env == distributed.DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("0", "1", "0")
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and 0 < int(os.environ["MASTER_PORT"]) < 65536
+
+
+def test_fill_env_needs_a_rendezvous_for_several_ranks(monkeypatch):
+    set_env(monkeypatch, {"RANK": "1", "WORLD_SIZE": "2"})
+    with pytest.raises(UserError, match="MASTER_ADDR/MASTER_PORT are not set"):
+        distributed.fill_env()
+
+
+def test_fill_env_keeps_the_launchers_variables(monkeypatch):
+    set_env(monkeypatch, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+                          "MASTER_PORT": "29600", "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "9"})
+    assert distributed.fill_env().rank == 1  # a launcher inside a Slurm allocation: its RANK wins
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("10.0.0.1", "29600")
+
+
+SRUN_ENV = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+            "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "cpu[01-02]",
+            "SLURM_NTASKS_PER_NODE": "2"}
+
+
+def test_fill_env_translates_a_plain_srun(monkeypatch):
+    """`srun python launch/train.py`: only SLURM_* set; the same translation as a submitit task's."""
+    set_env(monkeypatch, SRUN_ENV)
+    dist_env = distributed.fill_env()
+    assert dist_env == distributed.DistEnv(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    assert {name: os.environ[name] for name in TORCH_VARS if name != "LOCAL_SIZE"} == {
+        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "cpu01",
+        "MASTER_PORT": str(distributed.master_port_for("4242"))}
+
+
+def test_fill_env_under_srun_keeps_a_given_rendezvous(monkeypatch):
+    set_env(monkeypatch, {**SRUN_ENV, "MASTER_ADDR": "head", "MASTER_PORT": "29700"})
+    distributed.fill_env()
+    assert (os.environ["RANK"], os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("3", "head", "29700")
+
+
+def test_fill_env_under_srun_with_a_slurm_variable_that_is_not_an_integer(monkeypatch):
+    set_env(monkeypatch, {**SRUN_ENV, "SLURM_NTASKS": "4x"})
+    with pytest.raises(UserError, match="SLURM_NTASKS='4x' is not an integer"):
+        distributed.fill_env()
+
+
+# ------------------------------------------------------------------------------------------ env_from_job
+
+
+def test_distributed_env_from_slurm_variables(monkeypatch):
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    for name, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2",
+                        "SLURM_NODEID": "1", "SLURM_PROCID": "11", "SLURM_LOCALID": "3",
+                        "SLURM_JOB_NODELIST": "gpu[007-008]"}.items():
+        monkeypatch.setenv(name, value)
+    job_env = submitit.JobEnvironment()
+    assert isinstance(job_env, SlurmJobEnvironment)
+
+    env = distributed.env_from_job(job_env)
+    assert env == {"RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8",
+                   "MASTER_ADDR": "gpu007", "MASTER_PORT": str(distributed.master_port_for("4242"))}
+    overridden = distributed.env_from_job(job_env, master_port=29611, cpus_per_task=6)
+    assert overridden["MASTER_PORT"] == "29611" and overridden["OMP_NUM_THREADS"] == "6"
+
+
+def test_distributed_env_of_the_local_executor(monkeypatch):
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    for name, value in {"SUBMITIT_LOCAL_JOB_ID": "777", "SUBMITIT_LOCAL_NTASKS": "2",
+                        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+                        "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
+        monkeypatch.setenv(name, value)
+    job_env = submitit.JobEnvironment()
+    assert isinstance(job_env, LocalJobEnvironment)
+    env = distributed.env_from_job(job_env)
+    assert env["RANK"] == "1" and env["WORLD_SIZE"] == "2" and env["LOCAL_WORLD_SIZE"] == "2"
+    assert env["MASTER_ADDR"] == "127.0.0.1"  # one node: loopback, no name resolution needed
+
+
+def test_uneven_tasks_per_node_share_cores_by_the_fullest_node(monkeypatch):
+    set_env(monkeypatch, {"SLURM_JOB_ID": "5", "SLURM_NTASKS": "3", "SLURM_JOB_NUM_NODES": "2",
+                          "SLURM_PROCID": "2", "SLURM_JOB_NODELIST": "a,b"})
+    env = distributed.env_from_job(SlurmJobEnvironment())
+    assert env["LOCAL_WORLD_SIZE"] == "2" and env["MASTER_ADDR"] == "a" and "OMP_NUM_THREADS" not in env
+
+
+def test_no_job_id_and_no_port(monkeypatch):
+    set_env(monkeypatch, {"SLURM_NTASKS": "2", "SLURM_PROCID": "0"})
+    with pytest.raises(UserError, match="SLURM_JOB_ID is not set"):
+        distributed.env_from_job(SlurmJobEnvironment())
+    assert distributed.env_from_job(SlurmJobEnvironment(), master_port=29650)["MASTER_PORT"] == "29650"
+
+
+def test_master_port_is_stable_per_job_and_outside_the_ephemeral_range():
+    ports = {distributed.master_port_for(str(job_id)) for job_id in range(1, 30_000, 7)}
+    assert min(ports) >= 1024 and max(ports) < 32768
+    assert distributed.master_port_for("123") == distributed.master_port_for("123")
+    assert distributed.master_port_for("123") != distributed.master_port_for("124")
+    assert distributed.master_port_for("123_4") == distributed.master_port_for("1234")  # array ids work too
