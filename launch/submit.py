@@ -5,7 +5,8 @@
         [--constraint C] [--exclusive] [--job-name NAME] [--max-requeues K] [--master-port PORT]
         [--signal-delay S] [--dry-run] [--wait] -- <the arguments of launch/train.py>
 
-Everything happens in gpt_ds.slurm; this file only turns the command line into a `JobSpec`.
+Everything happens in gpt_ds.slurm_submit (the tasks run gpt_ds.slurm_task); this file only turns
+the command line into a `JobSpec`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt_ds.errors import UserError, run_cli  # noqa: E402
-from gpt_ds.slurm import CLUSTERS, JobSpec, launch  # noqa: E402
+from gpt_ds.slurm_submit import CLUSTERS, JobSpec, launch  # noqa: E402
 
 PROG = "gpt-ds-submit"
 

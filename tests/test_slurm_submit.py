@@ -1,5 +1,5 @@
-"""gpt_ds.slurm and launch/submit.py: env translation, the checkpointable job, the executor and its
-sbatch script, bad input, and real runs: submitit's local executor with 2 tasks, and the real Slurm
+"""gpt_ds.slurm_submit and launch/submit.py: the executor and its sbatch script, bad input, the
+outcome of a failed job, and real runs: submitit's local executor with 2 tasks, and the real Slurm
 cluster of ../shared/slurm (2 nodes) training through a preemption (USR2 -> checkpoint -> requeue ->
 resume) to weights bit-identical to the uninterrupted local run.
 
@@ -20,16 +20,15 @@ import cloudpickle
 import numpy as np
 import pytest
 import submitit
-from submitit.local.local import LocalJobEnvironment
-from submitit.slurm.slurm import SlurmJobEnvironment
 
-from gpt_ds import slurm
+from gpt_ds import slurm_submit
+from gpt_ds.slurm_task import TaskReport
 from launch import submit
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_MISSING = slurm.slurm_unreachable_reason()
+SLURM_MISSING = slurm_submit.slurm_unreachable_reason()
 needs_cluster = pytest.mark.skipif(SLURM_MISSING is not None, reason=f"no Slurm cluster: {SLURM_MISSING}")
-needs_slurm_commands = pytest.mark.skipif(not slurm.slurm_commands_installed(),
+needs_slurm_commands = pytest.mark.skipif(not slurm_submit.slurm_commands_installed(),
                                           reason="Slurm's commands (sbatch, srun) are not installed")
 
 MAX_STEPS = 16
@@ -72,7 +71,7 @@ def submit_command(*options: str) -> list[str]:
     return [sys.executable, str(REPO / "launch" / "submit.py"), *options]
 
 
-def read_reports(run_dir: Path, job_id: str, tasks: int, cluster: str) -> list[slurm.TaskReport]:
+def read_reports(run_dir: Path, job_id: str, tasks: int, cluster: str) -> list[TaskReport]:
     job_class = submitit.SlurmJob if cluster == "slurm" else submitit.LocalJob
     job = job_class(folder=run_dir / "slurm", job_id=job_id, tasks=list(range(tasks)))
     return [job.task(rank).result() for rank in range(tasks)]
@@ -99,54 +98,6 @@ def local_run(tmp_path_factory, ds_config, data_dir) -> tuple[Path, str, str]:
 
 
 # ------------------------------------------------------------------------------------------ fast
-
-
-def test_distributed_env_from_slurm_variables(monkeypatch):
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    for name, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2",
-                        "SLURM_NODEID": "1", "SLURM_PROCID": "11", "SLURM_LOCALID": "3",
-                        "SLURM_JOB_NODELIST": "gpu[007-008]"}.items():
-        monkeypatch.setenv(name, value)
-    job_env = submitit.JobEnvironment()
-    assert isinstance(job_env, SlurmJobEnvironment)
-
-    env = slurm.distributed_env(job_env)
-    assert env == {"RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8",
-                   "MASTER_ADDR": "gpu007", "MASTER_PORT": str(slurm.master_port_for("4242"))}
-    overridden = slurm.distributed_env(job_env, master_port=29611, cpus_per_task=6)
-    assert overridden["MASTER_PORT"] == "29611" and overridden["OMP_NUM_THREADS"] == "6"
-
-
-def test_distributed_env_of_the_local_executor(monkeypatch):
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
-    for name, value in {"SUBMITIT_LOCAL_JOB_ID": "777", "SUBMITIT_LOCAL_NTASKS": "2",
-                        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
-                        "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
-        monkeypatch.setenv(name, value)
-    job_env = submitit.JobEnvironment()
-    assert isinstance(job_env, LocalJobEnvironment)
-    env = slurm.distributed_env(job_env)
-    assert env["RANK"] == "1" and env["WORLD_SIZE"] == "2" and env["LOCAL_WORLD_SIZE"] == "2"
-    assert env["MASTER_ADDR"] == "127.0.0.1"  # one node: loopback, no name resolution needed
-
-
-def test_master_port_is_stable_per_job_and_outside_the_ephemeral_range():
-    ports = {slurm.master_port_for(str(job_id)) for job_id in range(1, 30_000, 7)}
-    assert min(ports) >= 1024 and max(ports) < 32768
-    assert slurm.master_port_for("123") == slurm.master_port_for("123")
-    assert slurm.master_port_for("123") != slurm.master_port_for("124")
-    assert slurm.master_port_for("123_4") == slurm.master_port_for("1234")  # array ids work too
-
-
-def test_checkpoint_counts_requeues_and_stops_at_the_limit():
-    job = slurm.TrainingJob(train_argv=("--out", "x"), max_requeues=2)
-    first = job.checkpoint()
-    assert first.function.requeues == 1 and first.function.train_argv == job.train_argv
-    second = first.function.checkpoint()
-    assert second.function.requeues == 2
-    assert second.function.checkpoint() is None  # submitit then does not requeue
-    with pytest.raises(slurm.RequeueRefused, match="--max-requeues 2"):
-        second.function._requeue(job_env=None, step=7)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -193,9 +144,9 @@ def test_no_slurm_here_suggests_the_local_cluster(tmp_path, ds_config, data_dir,
 
 @needs_slurm_commands
 def test_sbatch_script_of_a_multi_node_gpu_job(tmp_path):
-    spec = slurm.JobSpec(nodes=4, gpus_per_node=8, partition="gpu", account="lm", qos="high", time_min=720,
+    spec = slurm_submit.JobSpec(nodes=4, gpus_per_node=8, partition="gpu", account="lm", qos="high", time_min=720,
                          cpus_per_task=10, mem="0", constraint="h100", exclusive=True, job_name="gpt2-xl")
-    script = slurm.sbatch_script(slurm.make_executor(spec, tmp_path / "slurm"))
+    script = slurm_submit.sbatch_script(slurm_submit.make_executor(spec, tmp_path / "slurm"))
     for line in ["#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8",
                  "#SBATCH --partition=gpu", "#SBATCH --account=lm", "#SBATCH --qos=high", "#SBATCH --time=720",
                  "#SBATCH --cpus-per-task=10", "#SBATCH --mem=0", "#SBATCH --constraint=h100",
@@ -208,8 +159,8 @@ def test_sbatch_script_of_a_multi_node_gpu_job(tmp_path):
 
 def test_failed_job_shows_the_failing_ranks_log(tmp_path):
     """A job whose rank 1 raises: the outcome names the rank, shows its log's end and the full paths."""
-    spec = slurm.JobSpec(cluster="local", tasks_per_node=2, time_min=5, signal_delay_s=30)
-    executor = slurm.make_executor(spec, tmp_path / "slurm")
+    spec = slurm_submit.JobSpec(cluster="local", tasks_per_node=2, time_min=5, signal_delay_s=30)
+    executor = slurm_submit.make_executor(spec, tmp_path / "slurm")
     # the tasks cannot import this test module: send the function itself
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
@@ -218,7 +169,7 @@ def test_failed_job_shows_the_failing_ranks_log(tmp_path):
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     job.wait()
     err = _Capture()
-    assert slurm.report_outcome(job, err) == 1
+    assert slurm_submit.report_outcome(job, err) == 1
     assert f"job {job.job_id} failed on rank 1" in err.text
     assert "RuntimeError: rank 1 cannot find its data" in err.text
     assert f"{tmp_path}/slurm/{job.job_id}_1_log.err" in err.text
