@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gpt_ds import distributed, metrics, sampler, settings as run_settings  # noqa: E402
-from gpt_ds.train import Plan, build_engine, lr_at, train_step  # noqa: E402
+from gpt_ds.plan import Plan  # noqa: E402
+from gpt_ds.schedule import Schedule  # noqa: E402
+from gpt_ds.train import build_engine, set_lr, train_step  # noqa: E402
 
 
 def plain_loop(plan: Plan):
@@ -74,22 +76,22 @@ def main() -> None:
     distributed.init(dist_env)
     settings = run_settings.RunSettings(deepspeed_config=args.deepspeed_config, data="(random tokens)", out="(none)",
                                         model=args.model, block_size=args.block_size)
-    model_config = config_from_preset(args.model, **({"block_size": args.block_size} if args.block_size else {}))
+    model_config = config_from_preset(args.model, **settings.shape_overrides)
     tokens = np.random.default_rng(0).integers(0, 50257, size=2_000_000, dtype=np.uint16)
+    schedule = Schedule(peak=1e-3, floor=1e-4, warmup=10, decay_steps=1000)
     plan = Plan(settings, run_settings.resolve_ds_config(args.deepspeed_config, 1), model_config,
-                sampler.TokenWindows([tokens], model_config.block_size), None, None, 1)
+                model_config.block_size, schedule, sampler.TokenWindows([tokens], model_config.block_size), None,
+                None, 1)
 
     engine = build_engine(plan)
 
     def ds_step(i: int) -> float:
-        lr = lr_at(i, 1e-3, 1e-4, 10, 1000)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(engine, schedule.lr(i))
         return train_step(engine, plan, i, 0)
 
     plain_model, plain_step = plain_loop(plan)
-    tokens_per_step = plan.ds_config["train_batch_size"] * model_config.block_size
-    precision = run_settings.precision_of(plan.ds_config)
+    tokens_per_step = plan.tokens_per_step
+    precision = plan.precision
     peak, source = metrics.device_peak_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
     flops_per_token = plain_model.flops_per_token(model_config.block_size)
 

@@ -15,16 +15,22 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` atomically; fsync before the rename so that a crash cannot leave the new
-    name pointing at data the disk never received."""
+def write_bytes(path: str | Path, *parts: bytes) -> None:
+    """Write `parts` one after the other to `path` atomically; fsync before the rename so that a crash
+    cannot leave the new name pointing at data the disk never received."""
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see write_bytes)."""
+    write_bytes(path, text.encode("utf-8"))

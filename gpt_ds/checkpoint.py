@@ -1,4 +1,5 @@
-"""DeepSpeed checkpoints of a run: save, find the latest complete one, resume, keep the last K.
+"""DeepSpeed checkpoints of a run: save, find the latest complete one, resume, keep the last K, and
+the `Checkpointer` that decides when the loop saves.
 
 Layout: RUN_DIR/checkpoints/step_00000100/ holds DeepSpeed's files (model states, one ZeRO optimizer
 partition per rank) plus our `client_state.json`; RUN_DIR/checkpoints/latest names the newest
@@ -21,8 +22,8 @@ from typing import Any
 
 from gpt_ds import atomic
 from gpt_ds.errors import UserError
+from gpt_ds.run_dir import RunDir
 
-CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 CLIENT_STATE = "client_state.json"
 _TAG = re.compile(r"^step_(\d+)$")
@@ -59,12 +60,12 @@ def latest_tag_dir(checkpoints: Path) -> Path | None:
     return tag_dir
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+def resolve_resume(resume: str, run_dir: RunDir | Path) -> Path | None:
     """The tag folder to resume from for --resume auto|never|PATH (PATH: a tag folder or a checkpoints folder)."""
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_tag_dir(run_dir / CHECKPOINTS)
+        return latest_tag_dir(RunDir(run_dir).checkpoints)
     path = Path(resume)
     if (path / LATEST).is_file():
         return latest_tag_dir(path)
@@ -84,20 +85,18 @@ def check_same_model(client_state: dict[str, Any], model_config: dict[str, Any],
                         "--model/--block-size, another --out, or --resume never with a fresh --out")
 
 
-def check_fresh_run_dir(run_dir: Path) -> None:
+def check_fresh_run_dir(run_dir: RunDir | Path) -> None:
     """--resume never must not silently overwrite another run's checkpoints."""
-    checkpoints = run_dir / CHECKPOINTS
-    if (checkpoints / LATEST).exists():
+    if (RunDir(run_dir).checkpoints / LATEST).exists():
         raise UserError(f"{run_dir} already holds checkpoints and --resume never was given; "
                         "use another --out, or --resume auto to continue that run")
 
 
-def save(engine: Any, run_dir: Path, step: int, client_state: dict[str, Any], keep: int) -> Path:
-    """Save a checkpoint of all ranks at `step` (a collective: every rank calls it), mark it
-    complete, point `latest` at it, and keep only the newest `keep` complete checkpoints."""
+def save(engine: Any, checkpoints: Path, step: int, client_state: dict[str, Any], keep: int) -> Path:
+    """Save a checkpoint of all ranks at `step` into `checkpoints` (a collective: every rank calls it),
+    mark it complete, point `latest` at it, and keep only the newest `keep` complete checkpoints."""
     from gpt_ds import distributed
 
-    checkpoints = run_dir / CHECKPOINTS
     tag = tag_for(step)
     tag_dir = checkpoints / tag
     if engine.global_rank == 0:
@@ -137,3 +136,31 @@ def load(engine: Any, tag_dir: Path) -> dict[str, Any]:
         raise UserError(f"DeepSpeed could not load the checkpoint {tag_dir}; resume from another tag "
                         "or start over with --resume never")
     return read_client_state(tag_dir)
+
+
+class Checkpointer:
+    """When the loop saves: every `interval` steps, at the last step, on preemption; never twice for
+    one step (a run that ends on an interval step saves once). A collective: all ranks call `save`
+    with the same arguments, which they have agreed on in the step's one all-reduce."""
+
+    def __init__(self, engine: Any, run_dir: RunDir, interval: int, keep: int, last_saved: int | None = None) -> None:
+        self.engine = engine
+        self.checkpoints = run_dir.checkpoints
+        self.interval = interval
+        self.keep = keep
+        self.last_saved = last_saved  # the step of the newest checkpoint of this run (a resume's own)
+
+    def should_save(self, step: int, *, last_step: bool = False) -> bool:
+        return step != self.last_saved and (last_step or step % self.interval == 0)
+
+    def save(self, step: int, client_state: dict[str, Any], *, last_step: bool = False) -> Path | None:
+        """Save at `step` if it is due; the tag folder when saved."""
+        if not self.should_save(step, last_step=last_step):
+            return None
+        self.last_saved = step
+        return save(self.engine, self.checkpoints, step, client_state, self.keep)
+
+    @property
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint on disk (the one a rerun resumes from)."""
+        return latest_tag_dir(self.checkpoints)

@@ -11,12 +11,11 @@ The batch sampler that draws training windows from these arrays lives in gpt_ds.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from gpt_ds.atomic import temp_path
+from gpt_ds import atomic
 from gpt_ds.errors import UserError
 
 MAGIC = 20240520
@@ -101,14 +100,7 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
         if tokens.min() < 0 or tokens.max() > np.iinfo(np.uint16).max:
             raise ValueError("token ids must fit in uint16 (0..65535)")
         tokens = tokens.astype(TOKEN_DTYPE)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(shard_header(tokens.size))
-            f.write(tokens.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_bytes(path, shard_header(tokens.size), tokens.tobytes())
     return path
 
 

@@ -17,10 +17,6 @@ class UserError(Exception):
     exit_code = 2
 
 
-def fail(message: str) -> NoReturn:
-    raise UserError(message)
-
-
 def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
     """Run `main`, mapping UserError to `prog: error: ...` on stderr and a non-zero exit."""
     try:

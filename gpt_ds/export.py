@@ -16,11 +16,8 @@ import torch
 
 from gpt_ds import checkpoint
 from gpt_ds.errors import UserError, run_cli
-
-MODEL_DIR = "model"
-METADATA_KEYS = ("preset", "step", "tokens", "train_loss", "val_loss", "target_loss", "target_reached",
-                 "target_step", "target_tokens", "target_seconds", "train_seconds", "world_size", "precision",
-                 "seed", "data")
+from gpt_ds.record import RunRecord
+from gpt_ds.run_dir import RunDir
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -40,10 +37,10 @@ def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float3
     from gpt_ds.model import GPTConfig
     from gpt_ds.model_io import parse_dtype, save_model
 
-    run_dir = Path(run_dir)
-    checkpoints = run_dir / checkpoint.CHECKPOINTS
+    run_dir = RunDir(run_dir)
+    checkpoints = run_dir.checkpoints
     if not checkpoints.is_dir():
-        raise UserError(f"{run_dir} has no {checkpoint.CHECKPOINTS}/ folder; give the --out folder of a training run")
+        raise UserError(f"{run_dir} has no {RunDir.CHECKPOINTS}/ folder; give the --out folder of a training run")
     tag_dir = checkpoints / tag if tag else checkpoint.latest_tag_dir(checkpoints)
     if tag_dir is None:
         raise UserError(f"{checkpoints} has no complete checkpoint yet (no `latest`); train longer or pass --tag")
@@ -55,9 +52,8 @@ def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float3
     config = GPTConfig.from_dict(state["model"])
     target_dtype = parse_dtype(dtype)
     weights = {name: t.to(target_dtype) for name, t in consolidated_state_dict(tag_dir).items()}
-    metadata = {key: state.get(key) for key in METADATA_KEYS}
-    metadata.update(checkpoint=tag_dir.name, dtype=dtype)
-    return save_model(Path(out) if out else run_dir / MODEL_DIR, weights, config, metadata=metadata)
+    metadata = {**RunRecord.from_dict(state).to_dict(), "checkpoint": tag_dir.name, "dtype": dtype}
+    return save_model(Path(out) if out else run_dir.model, weights, config, metadata=metadata)
 
 
 PROG = "python -m gpt_ds.export"

@@ -1,16 +1,21 @@
-"""Training metrics: the TensorBoard writer (rank 0), throughput and MFU, the ETA-to-target fit,
-and reading a run's TensorBoard scalars back (for tests and the app).
+"""Training measurements: the TensorBoard writer (rank 0), throughput and MFU against a stated peak,
+the ETA-to-target fit, and reading a run's TensorBoard scalars back (for tests and the app).
 
 MFU = achieved model FLOPs / the device's peak. Model FLOPs per token come from
 `GPT.flops_per_token` (6N + attention); the peak from a table of accelerators' dense bf16/fp16
-tensor-core figures. A CPU has no such datasheet figure, so there we measure the peak once: the
-throughput of a large matmul in the training dtype, with this rank's threads (MFU on the CPU is
-"fraction of the matmul speed this process can reach").
+tensor-core figures, or `--peak-tflops`. A CPU has no datasheet figure, so there the peak is measured
+once per machine, dtype and thread count with a large matmul (the best of several rounds, so a busy
+moment does not lower it) and cached in GPT_DS_CACHE_DIR (default ~/.cache/gpt-ds): the same run then
+reports the same MFU on a quiet machine and a busy one, and MFU on the CPU reads "fraction of the
+matmul speed this process can reach".
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import time
 from collections import deque
 from pathlib import Path
@@ -18,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from gpt_ds import atomic
 
 # Dense (non-sparse) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets.
 GPU_PEAK_FLOPS: dict[str, float] = {
@@ -46,27 +53,75 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return GPU_PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
-def measure_matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of a size x size matmul in `dtype` on the CPU, with the current torch threads."""
-    a = torch.randn(size, size, dtype=torch.float32).to(dtype)
-    b = torch.randn(size, size, dtype=torch.float32).to(dtype)
+CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau
+CPU_PEAK_ROUNDS = 5
+
+
+def measure_matmul_flops(dtype: torch.dtype, size: int = CPU_PEAK_MATMUL, rounds: int = CPU_PEAK_ROUNDS,
+                         device: str = "cpu") -> float:
+    """FLOP/s of a size x size matmul in `dtype` with the current torch threads: the best of `rounds`."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     a @ b  # warm-up: the first call allocates and picks kernels
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
         a @ b
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
-def device_peak_flops(dtype: torch.dtype) -> tuple[float, str]:
+def cache_dir() -> Path:
+    """Where gpt-ds keeps per-machine measurements (GPT_DS_CACHE_DIR, default ~/.cache/gpt-ds)."""
+    return Path(os.environ.get("GPT_DS_CACHE_DIR") or Path.home() / ".cache" / "gpt-ds")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> tuple[float, str]:
+    """This CPU's matmul peak in `dtype` with this process's threads, measured once and cached."""
+    threads = torch.get_num_threads()
+    key = f"{_cpu_name()} | {str(dtype).removeprefix('torch.')} | {threads} threads"
+    path = cache_dir() / "peak_flops.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+        return float(cached[key]), f"CPU {key}: measured {CPU_PEAK_MATMUL}^3 matmul, cached in {path}"
+    peak = measure_matmul_flops(dtype)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps({**cached, key: peak}, indent=2, sort_keys=True))
+        where = f"cached in {path}"
+    except OSError as err:  # a read-only home: measure again next time
+        where = f"not cached ({err.strerror})"
+    return peak, f"CPU {key}: measured {CPU_PEAK_MATMUL}^3 matmul now, {where}"
+
+
+def device_peak_flops(dtype: torch.dtype, given_tflops: float | None = None) -> tuple[float, str]:
     """Peak FLOP/s of this process's device for `dtype`, and where the figure comes from."""
+    if given_tflops is not None:
+        return given_tflops * 1e12, "given with --peak-tflops"
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         peak = gpu_peak_flops(name)
         if peak is not None:
-            return peak, f"{name} (datasheet)"
-        return measure_matmul_flops(dtype, size=8192, seconds=1.0), f"{name} (measured matmul)"
-    return measure_matmul_flops(dtype), "CPU (measured matmul)"
+            return peak, f"{name}: dense bf16/fp16 datasheet figure"
+        return measure_matmul_flops(dtype, size=8192, device="cuda"), f"{name}: measured 8192^3 matmul (not in the table)"
+    return cpu_peak_flops(dtype)
 
 
 def memory_gib() -> float:
@@ -205,81 +260,3 @@ def read_texts(log_dir: str | Path, tag: str) -> list[tuple[int, str]]:
     if tag not in tags:
         return []
     return [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(tag)]
-
-
-class Monitor:
-    """Everything a run reports: TensorBoard scalars and texts (rank 0), the tqdm bar (rank 0) with
-    loss, tokens/s and ETA, throughput and MFU, the smoothed loss and the ETA-to-target fit."""
-
-    def __init__(self, log_dir: Path, *, is_main: bool, world_size: int, flops_per_token: float, peak_flops: float,
-                 target_loss: float | None, target_on_val: bool, start_step: int, max_steps: int,
-                 log_interval: int, smoothed_loss: float | None = None) -> None:
-        self.world_size = world_size
-        self.target_loss = target_loss
-        self.log_interval = log_interval
-        self.throughput = Throughput(flops_per_token, peak_flops)
-        self.train_curve = LossCurve(ema=smoothed_loss)
-        # The ETA fits the curve of the metric the target is checked on.
-        self.target_curve = LossCurve() if target_on_val else self.train_curve
-        # A resumed run logs from start_step + 1; what an interrupted run logged after its checkpoint is dropped.
-        self.tb = TensorBoard(log_dir, enabled=is_main, purge_step=start_step + 1 if start_step else None)
-        self.progress = None
-        if is_main:
-            from tqdm import tqdm
-
-            self.progress = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-
-    @property
-    def smoothed_loss(self) -> float | None:
-        return self.train_curve.ema
-
-    def eta(self) -> tuple[float | None, float | None]:
-        """Steps and seconds still needed to reach the target, from the recent curve (None: unknown)."""
-        steps = self.target_curve.eta_steps(self.target_loss)
-        return steps, (steps * self.throughput.seconds_per_step if steps is not None else None)
-
-    def step(self, step: int, loss: float | None, tokens: int, seconds: float, total_tokens: int,
-             extra: dict[str, float | None]) -> None:
-        """Account one optimizer step (`loss` None when it was not finite); `extra`: lr, grad norm, ..."""
-        self.throughput.add(tokens, seconds)
-        if loss is not None:
-            self.train_curve.add(step, loss)
-        eta_steps, eta_seconds = self.eta()
-        if step % self.log_interval == 0 or step == 1:
-            self.tb.scalars(step, {
-                "train/loss": loss,
-                "train/loss_smoothed": self.train_curve.ema,
-                "train/tokens_per_sec": self.throughput.tokens_per_sec,
-                "train/mfu": self.throughput.mfu(self.world_size),
-                "train/step_time": self.throughput.seconds_per_step,
-                "train/memory_gib": memory_gib(),
-                "train/tokens": total_tokens,
-                "eta/steps_to_target": eta_steps,
-                "eta/seconds_to_target": eta_seconds,
-                **extra,
-            })
-        if self.progress is not None:
-            ema = self.train_curve.ema
-            self.progress.update(1)
-            self.progress.set_postfix(loss="nan" if ema is None else f"{ema:.3f}",
-                                      tok_s=f"{self.throughput.tokens_per_sec:,.0f}",
-                                      eta=_duration(eta_seconds), refresh=False)
-
-    def evaluation(self, step: int, val_loss: float, sample: str | None) -> None:
-        if self.target_curve is not self.train_curve:
-            self.target_curve.add(step, val_loss)
-        self.tb.scalars(step, {"val/loss": val_loss})
-        if sample is not None:
-            self.tb.text("sample", sample, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-        self.tb.close()
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f}d"

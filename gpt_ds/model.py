@@ -7,7 +7,7 @@ follow GPT-2 (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so checkpoi
 Hugging Face's GPT2LMHeadModel (see gpt_ds/hf.py).
 
 It also holds what training needs around the model (optimizer parameter groups, activation
-checkpointing, FLOPs per token for MFU, an optional torch.compile) and the per-layer key/value
+checkpointing, FLOPs per token for MFU) and the per-layer key/value
 cache that gpt_ds/generate.py uses for incremental decoding. Nothing here knows about DeepSpeed.
 """
 
@@ -358,10 +358,3 @@ class GPT(nn.Module):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in the backward pass (training mode only)."""
         self.activation_checkpointing = bool(enabled)
-
-
-def maybe_compile(model: GPT, enabled: bool) -> nn.Module:
-    """torch.compile(model) when enabled (faster steps after a one-off compile), else the model itself.
-    The compiled wrapper shares the parameters; its state_dict keys gain an `_orig_mod.` prefix, which
-    gpt_ds.model_io.save_model strips."""
-    return torch.compile(model) if enabled else model

@@ -36,6 +36,12 @@ class RunRecord:
     def target_reached(self) -> bool:
         return self.target_step is not None
 
+    def advance(self, tokens: int, seconds: float) -> None:
+        """Count one optimizer step of `tokens` tokens that took `seconds`."""
+        self.step += 1
+        self.tokens += tokens
+        self.train_seconds += seconds
+
     def reach_target(self) -> None:
         """Record that the target is met now (at the current step, tokens and training time)."""
         self.target_step, self.target_tokens, self.target_seconds = self.step, self.tokens, self.train_seconds

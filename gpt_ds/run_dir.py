@@ -24,7 +24,7 @@ class RunDir:
     SLURM = "slurm"
     SETTINGS = "settings.json"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: "str | Path | RunDir") -> None:
         object.__setattr__(self, "root", Path(root))
 
     @property
@@ -53,6 +53,9 @@ class RunDir:
         folder = Path(model_folder).resolve()
         run = cls(folder.parent)
         return run if folder.name == cls.MODEL and run.tb.is_dir() else None
+
+    def __fspath__(self) -> str:
+        return str(self.root)
 
     def __str__(self) -> str:
         return str(self.root)

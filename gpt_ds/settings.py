@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpt_ds.errors import UserError
 
+DEFAULT_WARMUP = 100  # warmup steps of a long run; shorter schedules warm up over their first 10%
 RESUME_HELP = "auto: from RUN_DIR's latest complete checkpoint if any; never: start fresh; PATH: a checkpoint tag folder"
 
 
@@ -31,10 +33,15 @@ class RunSettings:
     data: str
     out: str
     model: str = "tiny"
-    block_size: int | None = None  # None: the preset's context length
+    # Overrides of the preset's shape (None: the preset's); GPTConfig validates the result.
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None  # the model's context: its number of learned positions
+    seq_len: int | None = None  # the training sequence length (None: the context)
     max_steps: int = 1000
     lr_decay_steps: int | None = None  # None: max_steps
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: min(100, 10% of the schedule)
     lr: float | None = None  # None: the DeepSpeed config's optimizer lr
     min_lr: float | None = None  # None: lr / 10
     target_loss: float | None = None
@@ -48,6 +55,7 @@ class RunSettings:
     compile: bool = False
     log_interval: int = 10
     sample_tokens: int = 48
+    peak_tflops: float | None = None  # the device's peak for MFU (None: the GPU table, or measured once on a CPU)
 
     @property
     def run_dir(self) -> Path:
@@ -56,6 +64,17 @@ class RunSettings:
     @property
     def decay_steps(self) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
+
+    @property
+    def warmup(self) -> int:
+        """--warmup-steps, or by default 10% of the schedule up to 100 steps (so short runs work)."""
+        return self.warmup_steps if self.warmup_steps is not None else min(DEFAULT_WARMUP, self.decay_steps // 10)
+
+    @property
+    def shape_overrides(self) -> dict[str, int]:
+        """The GPTConfig fields given on the command line, to replace in the preset."""
+        shape = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd, "block_size": self.block_size}
+        return {name: value for name, value in shape.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,11 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="folder of shards + manifest.json (python -m data_prep)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints/, tb/, model/, settings.json")
     p.add_argument("--model", default=defaults.model, metavar="PRESET", help="model preset (gpt_ds.model.PRESETS)")
-    p.add_argument("--block-size", type=int, default=None, metavar="T", help="sequence length (<= the preset's context)")
+    p.add_argument("--n-layer", type=int, default=None, metavar="L", help="override the preset's number of blocks")
+    p.add_argument("--n-head", type=int, default=None, metavar="H", help="override the preset's attention heads")
+    p.add_argument("--n-embd", type=int, default=None, metavar="C", help="override the preset's width")
+    p.add_argument("--block-size", type=int, default=None, metavar="T",
+                   help="override the preset's context (the model's learned positions)")
+    p.add_argument("--seq-len", type=int, default=None, metavar="T",
+                   help="training sequence length, at most the context (default: the context)")
     p.add_argument("--max-steps", type=int, default=defaults.max_steps, metavar="N", help="optimizer steps to train")
     p.add_argument("--lr-decay-steps", type=int, default=None, metavar="N",
                    help="length of the warmup+cosine schedule (default: --max-steps); keep it fixed across resumes")
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, metavar="N")
+    p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                   help=f"linear warmup (default: 10%% of the schedule, at most {DEFAULT_WARMUP})")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the DeepSpeed config's)")
     p.add_argument("--min-lr", type=float, default=None, help="floor of the cosine decay (default: lr/10)")
     p.add_argument("--target-loss", type=float, default=None, metavar="X",
@@ -94,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between TensorBoard scalar writes")
     p.add_argument("--sample-tokens", type=int, default=defaults.sample_tokens, metavar="N",
                    help="length of the text sample generated at each eval (0: none)")
+    p.add_argument("--peak-tflops", type=float, default=None, metavar="X",
+                   help="the device's peak TFLOP/s for MFU (default: a table of GPUs; on a CPU, measured once)")
     # The deepspeed launcher appends --local_rank=N; we read LOCAL_RANK from the environment instead.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -112,23 +140,24 @@ def check_values(s: RunSettings) -> None:
     positive = {"--max-steps": s.max_steps, "--eval-interval": s.eval_interval, "--eval-tokens": s.eval_tokens,
                 "--save-interval": s.save_interval, "--keep-checkpoints": s.keep_checkpoints,
                 "--log-interval": s.log_interval}
-    if s.lr_decay_steps is not None:
-        positive["--lr-decay-steps"] = s.lr_decay_steps
-    if s.block_size is not None:
-        positive["--block-size"] = s.block_size
+    optional = {"--lr-decay-steps": s.lr_decay_steps, "--n-layer": s.n_layer, "--n-head": s.n_head,
+                "--n-embd": s.n_embd, "--block-size": s.block_size, "--seq-len": s.seq_len}
+    positive.update({flag: value for flag, value in optional.items() if value is not None})
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer (got {value})")
     if s.target_loss is not None and s.target_loss <= 0:
         raise UserError(f"--target-loss must be positive (got {s.target_loss}); a cross-entropy is never below 0")
-    if s.warmup_steps < 0 or s.sample_tokens < 0:
+    if s.warmup < 0 or s.sample_tokens < 0:
         raise UserError("--warmup-steps and --sample-tokens must be >= 0")
-    if s.warmup_steps >= s.decay_steps:
-        raise UserError(f"--warmup-steps ({s.warmup_steps}) must be below the schedule length "
+    if s.warmup >= s.decay_steps:
+        raise UserError(f"--warmup-steps ({s.warmup}) must be below the schedule length "
                         f"({s.decay_steps}, --lr-decay-steps or --max-steps); lower --warmup-steps")
     for flag, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
-        if value is not None and value < 0:
-            raise UserError(f"{flag} must be >= 0 (got {value})")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{flag} must be a finite number >= 0 (got {value})")
+    if s.peak_tflops is not None and not (math.isfinite(s.peak_tflops) and s.peak_tflops > 0):
+        raise UserError(f"--peak-tflops must be a positive number (got {s.peak_tflops})")
     if s.resume not in ("auto", "never") and not Path(s.resume).exists():
         raise UserError(f"--resume {s.resume}: no such checkpoint folder; give a tag folder such as "
                         "RUN_DIR/checkpoints/step_00001000, or auto / never")

@@ -87,10 +87,10 @@ class TrainingJob(Checkpointable):
         report = TaskReport(
             rank=dist_env.rank, world_size=dist_env.world_size, local_rank=dist_env.local_rank,
             node=job_env.hostnames[job_env.node], master_addr=os.environ["MASTER_ADDR"],
-            master_port=int(os.environ["MASTER_PORT"]), requeues=self.requeues, step=result.step,
-            preempted=result.preempted, target_reached=result.target_reached, run_dir=str(settings.run_dir))
+            master_port=int(os.environ["MASTER_PORT"]), requeues=self.requeues, step=result.record.step,
+            preempted=result.preempted, target_reached=result.record.target_reached, run_dir=str(settings.run_dir))
         if result.preempted and dist_env.is_main:
-            self._requeue(job_env, result.step)
+            self._requeue(job_env, result.record.step)
         # the other ranks end here; rank 0's requeue restarts all of them
         return report
 

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt_ds.errors import UserError, run_cli  # noqa: E402
+from gpt_ds.run_dir import RunDir  # noqa: E402
 
 PROG = "launch/quickstart.py"
 DEFAULT_OUT = Path("runs") / "quickstart"
@@ -57,9 +58,9 @@ def prepare_data(out: Path) -> Path:
     return data_dir
 
 
-def train(data_dir: Path, run_dir: Path, ranks: int, target_loss: float, max_steps: int) -> Path:
+def train(data_dir: Path, run_dir: RunDir, ranks: int, target_loss: float, max_steps: int) -> Path:
     """Steps 2 and 3: the deepspeed launcher runs launch/train.py on `ranks` ranks; the run ends by
-    consolidating its checkpoint into run_dir/model, which is returned."""
+    consolidating its checkpoint into the run's model folder, which is returned."""
     train_args = ["--deepspeed_config", str(REPO / "ds_configs" / "zero2.json"), "--data", str(data_dir),
                   "--out", str(run_dir), "--target-loss", str(target_loss), "--max-steps", str(max_steps),
                   "--warmup-steps", str(min(10, max_steps // 4)), *TRAIN_FLAGS]
@@ -73,25 +74,26 @@ def train(data_dir: Path, run_dir: Path, ranks: int, target_loss: float, max_ste
     code = subprocess.call(command, cwd=REPO)
     if code != 0:
         raise UserError(f"training stopped with exit code {code} (see its output above); "
-                        f"rerun the quickstart to resume from the last checkpoint in {run_dir}/checkpoints")
-    return run_dir / "model"
+                        f"rerun the quickstart to resume from the last checkpoint in {run_dir.checkpoints}")
+    return run_dir.model
 
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = prepare_data(args.out)
     print(f"    shards and manifest.json in {data_dir}")
-    run_dir = args.out / "run"
+    run_dir = RunDir(args.out / "run")
     model_dir = train(data_dir, run_dir, args.ranks, args.target_loss, args.max_steps)
     from gpt_ds.model_io import read_model_info
+    from gpt_ds.record import RunRecord
 
-    info = read_model_info(model_dir).metadata
-    reached = (f"reached val loss {args.target_loss} at step {info['target_step']} ({info['target_tokens']:,} tokens, "
-               f"{info['target_seconds']:.0f}s of training)" if info.get("target_reached")
-               else f"did not reach val loss {args.target_loss} in {info['step']} steps (val loss {info['val_loss']:.3f})")
+    record = RunRecord.from_dict(read_model_info(model_dir).metadata)
+    reached = (f"reached val loss {args.target_loss} at step {record.target_step} ({record.target_tokens:,} tokens, "
+               f"{record.target_seconds:.0f}s of training)" if record.target_reached
+               else f"did not reach val loss {args.target_loss} in {record.step} steps (val loss {record.val_loss:.3f})")
     print(f"[3] {reached}; consolidated model in {model_dir} (python -m gpt_ds.export {run_dir} redoes it)")
     print("[4] next:\n"
-          f"    tensorboard --logdir {run_dir / 'tb'}            # loss curves, lr, tokens/s, MFU, samples\n"
+          f"    tensorboard --logdir {run_dir.tb}            # loss curves, lr, tokens/s, MFU, samples\n"
           f"    python launch/sample.py --model {model_dir} --prompt 'ROMEO:'\n"
           f"    streamlit run app/app.py -- --model {model_dir}")
     return 0

@@ -20,7 +20,7 @@ def test_a_failed_write_keeps_the_old_content_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "manifest.json"
     atomic.write_text(path, "old")
     with pytest.raises(TypeError):
-        atomic.write_text(path, None)  # fails mid-write, after the temp file was opened
+        atomic.write_bytes(path, b"half", None)  # fails mid-write, after part of the temp file was written
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 

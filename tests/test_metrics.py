@@ -43,7 +43,23 @@ def test_peak_table_and_cpu_measurement():
     assert metrics.gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert metrics.gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
     assert metrics.gpu_peak_flops("Some Unknown Device") is None
-    assert metrics.measure_matmul_flops(torch.float32, size=128, seconds=0.05) > 1e7
+    assert metrics.measure_matmul_flops(torch.float32, size=128, rounds=2) > 1e7
+
+
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT_DS_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    real = metrics.measure_matmul_flops
+    monkeypatch.setattr(metrics, "measure_matmul_flops", lambda dtype: calls.append(dtype) or real(dtype, size=64))
+    first, source = metrics.device_peak_flops(torch.float32)
+    assert "measured" in source and "cached in" in source and calls == [torch.float32]
+    again, source_again = metrics.device_peak_flops(torch.float32)
+    assert again == first and calls == [torch.float32] and "cached in" in source_again  # no second measurement
+    metrics.device_peak_flops(torch.bfloat16)
+    assert calls == [torch.float32, torch.bfloat16]  # one figure per dtype
+    assert metrics.device_peak_flops(torch.float32, given_tflops=2.5) == (2.5e12, "given with --peak-tflops")
+    (tmp_path / "cache" / "peak_flops.json").write_text("{not json")  # a damaged cache is measured again
+    assert metrics.device_peak_flops(torch.float32)[0] > 0 and len(calls) == 3
 
 
 def test_tensorboard_round_trip_and_purge_on_resume(tmp_path):

@@ -1,0 +1,139 @@
+"""Planning a run: every check that can fail on bad input, before any rank starts or any file is
+written. `plan_run(settings, world_size)` resolves the DeepSpeed JSON, the model shape, the data,
+the schedule and the checkpoint to resume from into one `Plan`; the loop then only executes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt_ds import checkpoint, sampler, settings as run_settings
+from gpt_ds.errors import UserError
+from gpt_ds.model import GPTConfig
+from gpt_ds.run_dir import RunDir
+from gpt_ds.schedule import Schedule
+from gpt_ds.settings import RunSettings
+
+
+@dataclass
+class Plan:
+    """What `settings` resolve to for `world_size` ranks, checked before any work."""
+
+    settings: RunSettings
+    ds_config: dict[str, Any]
+    model_config: GPTConfig
+    seq_len: int  # training sequence length (<= model_config.block_size)
+    schedule: Schedule
+    train: sampler.TokenWindows
+    val: sampler.TokenWindows | None
+    resume_from: Path | None
+    world_size: int
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.settings.out)
+
+    @property
+    def precision(self) -> str:
+        return run_settings.precision_of(self.ds_config)
+
+    @property
+    def micro_batch(self) -> int:
+        return self.ds_config["train_micro_batch_size_per_gpu"]
+
+    @property
+    def accumulation(self) -> int:
+        return self.ds_config["gradient_accumulation_steps"]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.ds_config["train_batch_size"] * self.seq_len
+
+    def identity(self) -> dict[str, Any]:
+        """What the run is, beside its RunRecord: the model config, the settings, the resolved DeepSpeed config."""
+        return {"model": self.model_config.to_dict(), "settings": self.settings.to_dict(), "ds_config": self.ds_config}
+
+    def record_fields(self) -> dict[str, Any]:
+        """The RunRecord fields that this plan sets (on a resume they may differ from the checkpoint's)."""
+        s = self.settings
+        return {"target_loss": s.target_loss, "preset": s.model, "world_size": self.world_size,
+                "precision": self.precision, "seed": s.seed, "data": str(s.data)}
+
+
+def plan_run(settings: RunSettings, world_size: int) -> Plan:
+    """Every check that can fail on bad input, before any rank starts or any file is written."""
+    ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size)
+    if run_settings.precision_of(ds_config) == "fp16" and not torch.cuda.is_available():
+        raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
+                        "ds_configs/zero2.json (bf16)")
+    schedule = Schedule(peak=run_settings.peak_lr(settings, ds_config), floor=run_settings.floor_lr(settings, ds_config),
+                        warmup=settings.warmup, decay_steps=settings.decay_steps)
+    model_config = resolve_model(settings)
+    seq_len = settings.seq_len or model_config.block_size
+    if seq_len > model_config.block_size:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
+                        f"use --seq-len <= {model_config.block_size} or a larger --block-size")
+    train, val = open_data(settings.data, model_config, seq_len)
+    resume_from = resolve_resume(settings, model_config, world_size)
+    return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size)
+
+
+def resolve_model(settings: RunSettings) -> GPTConfig:
+    """The preset's GPTConfig with the shape flags (--n-layer, --n-head, --n-embd, --block-size) replaced."""
+    from gpt_ds.model import config_from_preset
+
+    try:
+        return config_from_preset(settings.model, **settings.shape_overrides)
+    except UserError as err:
+        raise UserError(f"--model {settings.model} with {settings.shape_overrides or 'no overrides'}: {err}") from err
+
+
+def open_data(data_dir: str, model_config: GPTConfig, seq_len: int) -> tuple[sampler.TokenWindows,
+                                                                              sampler.TokenWindows | None]:
+    """Training windows of seq_len + 1 tokens, and validation windows where the folder has a val split."""
+    from gpt_ds import data
+
+    train = sampler.TokenWindows(data.open_split(data_dir, "train"), seq_len, "train")
+    if (Path(data_dir) / data.MANIFEST_NAME).is_file():
+        manifest = data.load_manifest(data_dir)
+        if int(manifest.get("vocab_size", 0)) > model_config.vocab_size:
+            raise UserError(f"{data_dir} was tokenized with a vocabulary of {manifest['vocab_size']} tokens, "
+                            f"more than the model's {model_config.vocab_size}; prepare it with r50k_base")
+        has_val = bool((manifest["splits"].get("val") or {}).get("shards"))
+    else:  # llm.c-style shards without a manifest: found by the very names open_split looks for
+        has_val = bool(data._foreign_shards(Path(data_dir), "val"))
+    val = sampler.TokenWindows(data.open_split(data_dir, "val"), seq_len, "val") if has_val else None
+    return train, val
+
+
+def resolve_resume(settings: RunSettings, model_config: GPTConfig, world_size: int) -> Path | None:
+    """The checkpoint to resume from, checked against this run; nothing in RUN_DIR is touched."""
+    run_dir = RunDir(settings.out)
+    if run_dir.root.exists() and not run_dir.root.is_dir():
+        raise UserError(f"--out {run_dir} exists and is not a folder; choose another path")
+    if settings.resume == "never":
+        checkpoint.check_fresh_run_dir(run_dir)
+    resume_from = checkpoint.resolve_resume(settings.resume, run_dir)
+    if resume_from is not None:
+        saved = checkpoint.read_client_state(resume_from)
+        checkpoint.check_same_model(saved, model_config.to_dict(), resume_from)
+        if saved.get("world_size") != world_size:
+            raise UserError(f"{resume_from} was written by {saved.get('world_size')} ranks, this run has "
+                            f"{world_size}; resume with the same number of ranks, or --resume never with a new --out")
+    return resume_from
+
+
+def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
+    """'; changed: x 1 -> 2' for settings that differ from the checkpoint's (a changed seed, schedule
+    length or config means the run no longer matches one made in one go)."""
+    routine = {"max_steps", "resume"}  # expected to change between a run and its resume
+    changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.to_dict().items()
+               if k not in routine and saved.get(k) != v]
+    saved_decay = saved.get("lr_decay_steps") or saved.get("max_steps")
+    if saved_decay != now.decay_steps:
+        changes.append(f"learning-rate schedule length {saved_decay} -> {now.decay_steps} "
+                       f"(pass --lr-decay-steps {saved_decay} to keep the original schedule)")
+    return f"; changed: {', '.join(changes)}" if changes else ""
