@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gpt_ds.generate import generate
+from gpt_ds.generate import Sampling, generate
 from gpt_ds.hf import export_hf
 from gpt_ds.model import GPT, PRESETS, config_from_preset
 from gpt_ds.model_io import save_model
@@ -39,10 +39,10 @@ def bench_prompt(ours: GPT, theirs, prompt_tokens: int, n: int, repeats: int) ->
     prompt = torch.randint(0, ours.config.vocab_size, (1, prompt_tokens))
 
     def ours_cached(n: int = n) -> list[int]:
-        return generate(ours, [prompt[0].tolist()], n, greedy=True, stop_token=None)[0]
+        return generate(ours, [prompt[0].tolist()], Sampling(n, temperature=0, stop_token=None))[0]
 
     def ours_no_cache(n: int = n) -> list[int]:
-        return generate(ours, [prompt[0].tolist()], n, greedy=True, stop_token=None, use_cache=False)[0]
+        return generate(ours, [prompt[0].tolist()], Sampling(n, temperature=0, stop_token=None), use_cache=False)[0]
 
     def transformers_generate(n: int = n) -> list[int]:
         with torch.inference_mode():

@@ -1,8 +1,10 @@
 """Text generation from a GPT: incremental decoding with a key/value cache, sampling, streaming.
 
-`generate` continues a batch of prompts and returns the new tokens; `stream` continues one prompt and
-yields each token as soon as it is chosen (the app prints them as they come). Both share one decoding
-loop and one sampler:
+`Sampling` holds the settings of one generation (how many tokens, temperature, top-k, top-p, seed,
+stop token), checked once when it is made. `generate(model, prompts, sampling)` continues a batch of
+prompts and returns the new tokens; `stream(model, prompt, sampling)` continues one prompt and yields
+each token as soon as it is chosen (the app prints them as they come). Both share one decoding loop
+and one sampler:
 
 - Decoding: the prompt is run once to fill the KV cache; each new token then costs one position,
   not a pass over the whole sequence. A prompt longer than the context is cropped from the left.
@@ -11,7 +13,7 @@ loop and one sampler:
   recomputed at each step. This keeps cached greedy decoding token-for-token equal to recomputing the
   whole window at every step, also beyond the context.
 - Sampling: temperature, then top-k, then top-p (nucleus), from a seeded generator; greedy (argmax)
-  when greedy=True or temperature == 0. Only real vocabulary entries exist in the logits
+  when temperature == 0. Only real vocabulary entries exist in the logits
   (GPT.lm_head drops the padding), so padded ids are never produced.
 - A batch of prompts is decoded in groups of equal length (a batch needs one position per step for
   every row; left padding would shift the learned positions). Several samples of one prompt, the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -52,18 +55,41 @@ def _unwrap(model: torch.nn.Module) -> GPT:
     return getattr(model, "_orig_mod", model)
 
 
-def check_sampling(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
-) -> None:
-    """UserError for a sampling setting outside its range."""
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top_k must be >= 1 (or unset for no limit), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1] (or unset for no limit), got {top_p}")
+@dataclass(frozen=True)
+class Sampling:
+    """How to continue a prompt: up to max_new_tokens tokens, drawn from softmax(logits / temperature)
+    restricted to the top_k most likely tokens and to the top_p nucleus (None: no limit), from a
+    generator seeded with seed (None: a fresh random draw each time); temperature 0 is greedy (argmax,
+    the seed does not matter). Generation stops before stop_token (None: never stops early).
+    A setting outside its range is a UserError when the Sampling is made."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_token: int | None = EOT_TOKEN
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"top_k must be >= 1 (or unset for no limit), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p must be in (0, 1] (or unset for no limit), got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def _choose_args(self, device: torch.device) -> dict:
+        """The keyword arguments of choose_next, with a fresh generator seeded for this generation."""
+        generator = None
+        if self.seed is not None and not self.greedy:
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, generator=generator)
 
 
 def choose_next(
@@ -72,14 +98,13 @@ def choose_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    greedy: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B,) from last-position logits (B, vocab): argmax when greedy or temperature is 0,
+    """Next token ids (B,) from last-position logits (B, vocab): argmax when temperature is 0,
     else a sample from softmax(logits / temperature) restricted to the top_k most likely tokens and to
     the smallest set of most likely tokens whose probability reaches top_p."""
     logits = logits.float()
-    if greedy or temperature == 0:
+    if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
     # Restricting to candidates first makes the softmax and the draw run over k entries, not 50k.
@@ -101,7 +126,7 @@ def choose_next(
 
 
 def _decode(
-    model: GPT, prompts: torch.Tensor, max_new_tokens: int, use_cache: bool, **sampling
+    model: GPT, prompts: torch.Tensor, max_new_tokens: int, use_cache: bool, choose_args: dict
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row of prompts (B, T), max_new_tokens times."""
     context = model.config.block_size
@@ -125,7 +150,7 @@ def _decode(
             cache = None
             logits = last_logits(tokens, None)
         with torch.inference_mode():
-            next_tokens = choose_next(logits, **sampling)
+            next_tokens = choose_next(logits, **choose_args)
         yield next_tokens
         tokens = torch.cat([tokens, next_tokens.unsqueeze(1).to(tokens.dtype)], dim=1)[:, -context:]
 
@@ -148,33 +173,13 @@ def _prompt_tensor(model: GPT, prompts: Sequence[Sequence[int]]) -> torch.Tensor
     return torch.tensor([list(p) for p in prompts], dtype=torch.long, device=device)
 
 
-def _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model) -> dict:
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
-    generator = None
-    if seed is not None and not (greedy or temperature == 0):
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    return dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
-
-
-def generate(
-    model: GPT,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    greedy: bool = False,
-    stop_token: int | None = EOT_TOKEN,
-    use_cache: bool = True,
-) -> list[list[int]]:
-    """Continue each prompt (token ids) by up to max_new_tokens tokens; return the new tokens only,
-    per prompt, without the stop token. use_cache=False recomputes the whole window at every step
+def generate(model: GPT, prompts: list[list[int]], sampling: Sampling, *, use_cache: bool = True) -> list[list[int]]:
+    """Continue each prompt (token ids) by up to sampling.max_new_tokens tokens; return the new tokens
+    only, per prompt, without the stop token. use_cache=False recomputes the whole window at every step
     (the reference that benchmarks and tests compare the cache against)."""
     model = _unwrap(model)
-    sampling = _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model)
     _check_prompts(model, prompts)
+    choose_args = sampling._choose_args(next(model.parameters()).device)
     results: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
@@ -182,11 +187,11 @@ def generate(
     for rows in by_length.values():
         batch = _prompt_tensor(model, [prompts[i] for i in rows])
         finished = torch.zeros(len(rows), dtype=torch.bool, device=batch.device)
-        for next_tokens in _decode(model, batch, max_new_tokens, use_cache, **sampling):
+        for next_tokens in _decode(model, batch, sampling.max_new_tokens, use_cache, choose_args):
             for row, (token, done) in enumerate(zip(next_tokens.tolist(), finished.tolist())):
                 if done:
                     continue
-                if token == stop_token:
+                if token == sampling.stop_token:
                     finished[row] = True
                 else:
                     results[rows[row]].append(token)
@@ -195,35 +200,22 @@ def generate(
     return results
 
 
-def stream(
-    model: GPT,
-    prompt: list[int],
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    greedy: bool = False,
-    stop_token: int | None = EOT_TOKEN,
-    use_cache: bool = True,
-) -> Iterator[int]:
-    """Yield the continuation of one prompt token by token, stopping before stop_token; the same
-    tokens as generate(model, [prompt], ...)[0] with the same settings and seed."""
+def stream(model: GPT, prompt: list[int], sampling: Sampling, *, use_cache: bool = True) -> Iterator[int]:
+    """Yield the continuation of one prompt token by token, stopping before sampling.stop_token; the
+    same tokens as generate(model, [prompt], sampling)[0]."""
     model = _unwrap(model)
-    # Checked here, not inside the generator, so bad settings fail at the call, not at the first token.
-    sampling = _sampling_args(max_new_tokens, temperature, top_k, top_p, seed, greedy, model)
+    # Checked here, not inside the generator, so a bad prompt fails at the call, not at the first token.
     _check_prompts(model, [prompt])
     batch = _prompt_tensor(model, [prompt])
-    return _stream_tokens(model, batch, max_new_tokens, use_cache, stop_token, sampling)
+    return _stream_tokens(model, batch, sampling, use_cache, sampling._choose_args(batch.device))
 
 
 def _stream_tokens(
-    model: GPT, batch: torch.Tensor, max_new_tokens: int, use_cache: bool, stop_token: int | None, sampling: dict
+    model: GPT, batch: torch.Tensor, sampling: Sampling, use_cache: bool, choose_args: dict
 ) -> Iterator[int]:
-    for next_tokens in _decode(model, batch, max_new_tokens, use_cache, **sampling):
+    for next_tokens in _decode(model, batch, sampling.max_new_tokens, use_cache, choose_args):
         token = int(next_tokens[0])
-        if token == stop_token:
+        if token == sampling.stop_token:
             return
         yield token
 

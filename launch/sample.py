@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import NoReturn
 
-import torch
-
 from gpt_ds.errors import UserError, run_cli
-from gpt_ds.generate import check_sampling, detokenize_stream, stream
-from gpt_ds.model_io import DTYPES, load_model, parse_dtype
+from gpt_ds.generate import Sampling, detokenize_stream, stream
+from gpt_ds.inference import inference_device, load_for_inference
+from gpt_ds.model_io import DTYPES
 from gpt_ds.tokenizer import get_encoding
 
 PROG = "gpt-ds-sample"
@@ -33,56 +33,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=200, help="sample among the K most likely tokens (default 200; 0 = no limit)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= P")
     parser.add_argument("--seed", type=int, default=None, help="random seed (sample i uses seed+i)")
-    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token (= --temperature 0)")
     parser.add_argument("--num-samples", type=int, default=1, help="number of samples (default 1)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default float32 on cpu, bfloat16 on cuda")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+                        help="default bfloat16 on a GPU that supports it, else float32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default cuda when available, else cpu")
     return parser
 
 
-def resolve_device_dtype(device: str, dtype: str | None) -> torch.dtype:
-    """The dtype to run in on `device`; UserError for a combination that cannot run here."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu")
-    if dtype is None:
-        return torch.float32 if device == "cpu" else torch.bfloat16
-    if device == "cpu" and dtype == "float16":
-        raise UserError("--dtype float16 is not supported on the CPU; use bfloat16 or float32 (or --device cuda)")
-    return parse_dtype(dtype)
+def sampling_from_args(args: argparse.Namespace) -> Sampling:
+    """The Sampling the flags ask for (UserError when one is out of range): --greedy is temperature 0,
+    --top-k 0 is no limit."""
+    return Sampling(
+        args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    top_k = args.top_k or None  # 0 means no limit
-    check_sampling(args.max_new_tokens, args.temperature, top_k, args.top_p)
-    dtype = resolve_device_dtype(args.device, args.dtype)
+    sampling = sampling_from_args(args)
+    device, dtype = inference_device(args.device, args.dtype)
 
-    model, info = load_model(args.model, device=args.device, dtype=dtype)
+    model, info = load_for_inference(args.model, device, dtype)
     encoding = get_encoding(info.tokenizer)
     # A typed <|endoftext|> is the document separator the model was trained on, not literal text.
     prompt = encoding.encode(args.prompt, allowed_special={EOT_TEXT}) or [encoding.eot_token]
     print(
         f"{PROG}: {args.model}: {info.config.n_layer} layers, {model.num_params() / 1e6:.2f}M parameters, "
-        f"{args.device} {str(dtype).removeprefix('torch.')}",
+        f"{device} {str(dtype).removeprefix('torch.')}",
         file=sys.stderr,
     )
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"===== sample {i + 1}/{args.num_samples} =====")
         print(args.prompt, end="", flush=True)
-        tokens = stream(
-            model,
-            prompt,
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=top_k,
-            top_p=args.top_p,
-            seed=None if args.seed is None else args.seed + i,
-            greedy=args.greedy,
-            stop_token=encoding.eot_token,
-        )
+        seed = None if args.seed is None else args.seed + i
+        tokens = stream(model, prompt, replace(sampling, seed=seed, stop_token=encoding.eot_token))
         for piece in detokenize_stream(encoding, tokens):
             print(piece, end="", flush=True)
         print()

@@ -1,18 +1,33 @@
 """Small real runs for the app's tests: a randomly initialised tiny GPT saved with
-gpt_ds.model_io.save_model, and TensorBoard events written by torch's SummaryWriter.
+gpt_ds.model_io.save_model, its training record written as the project writes it
+(`RunRecord(...).to_dict()` as the model folder's metadata), and TensorBoard events written by the
+project's own writer (`gpt_ds.metrics.TensorBoard`, tags from `gpt_ds.tags`), so a renamed tag or
+record field cannot leave the app broken while its tests pass.
 
-Shared by tests/test_app_support.py, tests/test_app.py and tests/test_app_browser.py.
+Importing this module also puts app/ first on sys.path, as `streamlit run app/app.py` does, so the
+page's modules (discovery, card, curves, controls, charts) import as the page imports them.
+
+Shared by tests/test_inference.py, tests/test_app_*.py, tests/test_app.py and tests/test_app_browser.py.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
 
+from gpt_ds import tags
+from gpt_ds.metrics import TensorBoard
 from gpt_ds.model import GPT, GPTConfig
 from gpt_ds.model_io import save_model
+from gpt_ds.record import RunRecord
+from gpt_ds.run_dir import RunDir
+
+APP_DIR = Path(__file__).resolve().parents[1] / "app"
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
 
 # Small enough to load and sample in milliseconds; the context is short so "too long" is easy to hit.
 TINY_CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)
@@ -31,26 +46,23 @@ def lr_at(step: int) -> float:
 
 
 def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True) -> Path:
-    """RUN_DIR with model/ (a tiny random GPT and training metadata) and tb/; returns the model folder."""
-    from torch.utils.tensorboard import SummaryWriter
-
+    """RUN_DIR with model/ (a tiny random GPT and its training record) and tb/; returns the model folder."""
+    run = RunDir(run_dir)
     if with_tb:
-        writer = SummaryWriter(str(run_dir / "tb"))
+        board = TensorBoard(run.tb, enabled=True)
         for step in range(0, STEPS + 1, 10):
-            writer.add_scalar("train/loss", train_loss_at(step), step)
-            writer.add_scalar("train/lr", lr_at(step), step)
+            board.scalars(step, {tags.TRAIN_LOSS: train_loss_at(step), tags.LR: lr_at(step)})
             if step % 50 == 0:
-                writer.add_scalar("val/loss", train_loss_at(step) + 0.1, step)
-        writer.close()
+                board.scalars(step, {tags.VAL_LOSS: train_loss_at(step) + 0.1})
+        board.close()
     torch.manual_seed(seed)
-    metadata = {
-        "preset": "tiny",
-        "step": STEPS,
-        "tokens": TRAIN_TOKENS,
-        "train_loss": train_loss_at(STEPS),
-        "val_loss": train_loss_at(STEPS) + 0.1,
-        "target_loss": TARGET_LOSS,
-        "target_reached": True,
-        "target_step": TARGET_STEP,
-    }
-    return save_model(run_dir / "model", GPT(TINY_CONFIG), TINY_CONFIG, metadata=metadata)
+    record = RunRecord(
+        step=STEPS,
+        tokens=TRAIN_TOKENS,
+        train_loss=train_loss_at(STEPS),
+        val_loss=train_loss_at(STEPS) + 0.1,
+        target_loss=TARGET_LOSS,
+        target_step=TARGET_STEP,
+        preset="tiny",
+    )
+    return save_model(run.model, GPT(TINY_CONFIG), TINY_CONFIG, metadata=record.to_dict())

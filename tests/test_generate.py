@@ -3,14 +3,20 @@ sets, seeds, stop tokens, batches of prompts, streaming, and bad settings."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from gpt_ds.errors import UserError
-from gpt_ds.generate import choose_next, detokenize_stream, generate, stream
+from gpt_ds.generate import Sampling, choose_next, detokenize_stream, generate, stream
 from gpt_ds.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=100)
+
+
+def greedy(n: int, stop_token: int | None = None) -> Sampling:
+    return Sampling(n, temperature=0, stop_token=stop_token)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +49,13 @@ def test_cached_decoding_equals_recomputation_also_past_the_context(model, promp
     torch.manual_seed(prompt_len)
     prompt = torch.randint(0, CONFIG.vocab_size, (prompt_len,)).tolist()
     steps = 2 * CONFIG.block_size + 8  # well past the context: the window slides for many steps
-    greedy = generate(model, [prompt], steps, greedy=True, stop_token=None)[0]
-    assert greedy == decode_by_recomputation(model, prompt, steps, pick=lambda logits: logits.argmax())
-    assert len(set(greedy)) >= 2  # greedy settles into a cycle, but not into one repeated token
-    assert generate(model, [prompt], steps, greedy=True, stop_token=None, use_cache=False)[0] == greedy
+    greedy_tokens = generate(model, [prompt], greedy(steps))[0]
+    assert greedy_tokens == decode_by_recomputation(model, prompt, steps, pick=lambda logits: logits.argmax())
+    assert len(set(greedy_tokens)) >= 2  # greedy settles into a cycle, but not into one repeated token
+    assert generate(model, [prompt], greedy(steps), use_cache=False)[0] == greedy_tokens
     # Sampling visits many more windows than greedy (which settles into a cycle): with one seeded
     # generator, cache and recomputation must draw the same tokens, so their logits must agree.
-    sampled = generate(model, [prompt], steps, seed=prompt_len, stop_token=None)[0]
+    sampled = generate(model, [prompt], Sampling(steps, seed=prompt_len, stop_token=None))[0]
     generator = torch.Generator().manual_seed(prompt_len)
     reference = decode_by_recomputation(model, prompt, steps, pick=lambda l: choose_next(l, generator=generator))
     assert sampled == reference
@@ -58,46 +64,49 @@ def test_cached_decoding_equals_recomputation_also_past_the_context(model, promp
 
 def test_batch_of_prompts_of_different_lengths_equals_one_by_one(model):
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8], [9] * 20]
-    batch = generate(model, prompts, 30, greedy=True, stop_token=None)
-    assert batch == [generate(model, [p], 30, greedy=True, stop_token=None)[0] for p in prompts]
-    sampled = generate(model, prompts, 30, seed=1, stop_token=None)
-    assert sampled == generate(model, prompts, 30, seed=1, stop_token=None)
+    batch = generate(model, prompts, greedy(30))
+    assert batch == [generate(model, [p], greedy(30))[0] for p in prompts]
+    sampled = generate(model, prompts, Sampling(30, seed=1, stop_token=None))
+    assert sampled == generate(model, prompts, Sampling(30, seed=1, stop_token=None))
     assert sampled[0] != sampled[2]  # rows of one batch draw their own samples
 
 
 def test_temperature_zero_and_top_k_one_are_greedy(model):
-    greedy = generate(model, [[5, 6]], 20, greedy=True, stop_token=None)
-    assert generate(model, [[5, 6]], 20, temperature=0, stop_token=None) == greedy
-    assert generate(model, [[5, 6]], 20, top_k=1, seed=3, stop_token=None) == greedy
+    argmax = [decode_by_recomputation(model, [5, 6], 20, pick=lambda logits: logits.argmax())]
+    assert generate(model, [[5, 6]], Sampling(20, temperature=0, stop_token=None)) == argmax
+    assert generate(model, [[5, 6]], Sampling(20, temperature=0, seed=4, stop_token=None)) == argmax
+    assert generate(model, [[5, 6]], Sampling(20, top_k=1, seed=3, stop_token=None)) == argmax
+    assert Sampling(20, temperature=0).greedy and not Sampling(20).greedy
 
 
 def test_seed_makes_sampling_reproducible_and_stream_matches_generate(model):
-    a = generate(model, [[1, 2]], 40, seed=7, top_k=20, top_p=0.9, stop_token=None)[0]
-    assert a == generate(model, [[1, 2]], 40, seed=7, top_k=20, top_p=0.9, stop_token=None)[0]
-    assert a != generate(model, [[1, 2]], 40, seed=8, top_k=20, top_p=0.9, stop_token=None)[0]
-    assert list(stream(model, [1, 2], 40, seed=7, top_k=20, top_p=0.9, stop_token=None)) == a
+    sampling = Sampling(40, seed=7, top_k=20, top_p=0.9, stop_token=None)
+    a = generate(model, [[1, 2]], sampling)[0]
+    assert a == generate(model, [[1, 2]], sampling)[0]
+    assert a != generate(model, [[1, 2]], replace(sampling, seed=8))[0]
+    assert list(stream(model, [1, 2], sampling)) == a
 
 
 def test_generation_stops_before_the_stop_token(model):
-    full = generate(model, [[3, 1, 4]], 40, greedy=True, stop_token=None)[0]
+    full = generate(model, [[3, 1, 4]], greedy(40))[0]
     stop = full[10]
     first = full.index(stop)
-    assert generate(model, [[3, 1, 4]], 40, greedy=True, stop_token=stop)[0] == full[:first]
-    assert list(stream(model, [3, 1, 4], 40, greedy=True, stop_token=stop)) == full[:first]
-    assert generate(model, [[3, 1, 4]], 0) == [[]]
+    assert generate(model, [[3, 1, 4]], greedy(40, stop_token=stop))[0] == full[:first]
+    assert list(stream(model, [3, 1, 4], greedy(40, stop_token=stop))) == full[:first]
+    assert generate(model, [[3, 1, 4]], Sampling(0)) == [[]]
 
 
 def test_stream_yields_tokens_lazily(model):
-    tokens = stream(model, [1], 1000, greedy=True, stop_token=None)
-    assert next(tokens) == generate(model, [[1]], 1, greedy=True, stop_token=None)[0][0]
+    tokens = stream(model, [1], greedy(1000))
+    assert next(tokens) == generate(model, [[1]], greedy(1))[0][0]
 
 
 def test_generation_runs_in_eval_mode_and_restores_the_callers_mode():
     torch.manual_seed(0)
     dropout_model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, dropout=0.5))
     dropout_model.train()
-    a = generate(dropout_model, [[1, 2]], 10, greedy=True, stop_token=None)
-    assert a == generate(dropout_model, [[1, 2]], 10, greedy=True, stop_token=None)  # no dropout noise
+    a = generate(dropout_model, [[1, 2]], greedy(10))
+    assert a == generate(dropout_model, [[1, 2]], greedy(10))  # no dropout noise
     assert dropout_model.training
     assert not torch.is_inference_mode_enabled()
 
@@ -142,20 +151,22 @@ def test_temperature_sharpens_and_flattens():
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     ],
 )
-def test_bad_sampling_settings_are_user_errors(model, kwargs, message):
+def test_bad_sampling_settings_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
-        generate(model, [[1]], 5, **kwargs)
+        Sampling(5, **kwargs)  # when the settings are made, before any model or prompt is touched
     with pytest.raises(UserError, match=message):
-        stream(model, [1], 5, **kwargs)  # at the call, not at the first token
+        replace(Sampling(5), **kwargs)  # a changed copy is checked too
 
 
 def test_bad_prompts_are_user_errors(model):
     with pytest.raises(UserError, match="prompt 1 is empty"):
-        generate(model, [[1], []], 5)
+        generate(model, [[1], []], Sampling(5))
     with pytest.raises(UserError, match="token id 100 outside the vocabulary"):
-        generate(model, [[1, 100]], 5)
+        generate(model, [[1, 100]], Sampling(5))
+    with pytest.raises(UserError, match="token id 100 outside the vocabulary"):
+        stream(model, [1, 100], Sampling(5))  # at the call, not at the first token
     with pytest.raises(UserError, match="max_new_tokens must be >= 0"):
-        generate(model, [[1]], -1)
+        Sampling(-1)
 
 
 def test_detokenize_stream_never_splits_a_character(encoding):

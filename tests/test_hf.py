@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from gpt_ds.errors import UserError
-from gpt_ds.generate import generate
+from gpt_ds.generate import Sampling, generate
 from gpt_ds.hf import export_hf, import_hf, run
 from gpt_ds.model import GPT, GPTConfig
 from gpt_ds.model_io import load_model, read_model_info, save_model
@@ -68,7 +68,7 @@ def test_imported_model_gives_transformers_logits_and_greedy_tokens(hf_dir, toke
     prompt = tokens[:1, :5]
     with torch.no_grad():
         hf_tokens = reference.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 5:]
-    assert generate(ours, [prompt[0].tolist()], 20, greedy=True, stop_token=None)[0] == hf_tokens.tolist()
+    assert generate(ours, [prompt[0].tolist()], Sampling(20, temperature=0, stop_token=None))[0] == hf_tokens.tolist()
 
 
 def test_attention_weights_match_transformers(hf_dir, tokens, tmp_path):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from gpt_ds.generate import generate
+from gpt_ds.generate import Sampling, generate
 from gpt_ds.model import GPT, config_from_preset
 from gpt_ds.model_io import load_model, save_model
 from launch.sample import run
@@ -37,7 +37,7 @@ def test_prints_each_sample_as_prompt_plus_its_continuation(model_dir, encoding,
     )
     assert result.returncode == 0, result.stderr
     model, _ = load_model(model_dir)
-    continuation = generate(model, [encoding.encode(PROMPT)], 12, greedy=True)[0]
+    continuation = generate(model, [encoding.encode(PROMPT)], Sampling(12, temperature=0))[0]
     expected_sample = PROMPT + encoding.decode(continuation)
     assert result.stdout == (
         f"===== sample 1/2 =====\n{expected_sample}\n===== sample 2/2 =====\n{expected_sample}\n"
