@@ -31,8 +31,9 @@ class TokenWindows:
         if counts.sum() <= 0:
             longest = max((len(s) for s in shards), default=0)
             raise UserError(
-                f"the {name} split has no shard longer than block_size + 1 = {block_size + 1} tokens "
-                f"(longest: {longest}); lower --block-size or prepare more data")
+                f"the {name} split has no shard longer than the training sequence + 1 = {block_size + 1} tokens "
+                f"(longest: {longest}); lower --seq-len (it defaults to the model's context, --block-size) "
+                "or prepare more data")
         self.cumulative = np.cumsum(counts)
 
     @property

@@ -1,0 +1,68 @@
+"""gpt_ds.export: a run's ZeRO checkpoint consolidated into a model folder whose metadata is the
+checkpoint's RunRecord; one-line errors for a folder that is not a run or a tag that is not complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_ds import checkpoint
+from gpt_ds.data import write_shard
+from gpt_ds.errors import UserError
+from gpt_ds.export import export_run
+from gpt_ds.model_io import load_model
+from gpt_ds.record import RunRecord
+from gpt_ds.run_dir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> RunDir:
+    """A 3-step single-rank run of a 1-layer model, checkpointed at steps 2 and 3."""
+    folder = tmp_path_factory.mktemp("export")
+    data = folder / "data"
+    data.mkdir()
+    write_shard(data / "train_000000.bin", np.random.default_rng(0).integers(0, 50257, 20_000))
+    run = RunDir(folder / "run")
+    args = ["--deepspeed_config", str(REPO / "ds_configs" / "zero2.json"), "--data", str(data), "--out", str(run),
+            "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--max-steps", "3",
+            "--save-interval", "2", "--sample-tokens", "0", "--target-loss", "1.0"]
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *args], cwd=folder,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_the_model_folder_carries_the_checkpoints_record(trained_run, tmp_path):
+    tag_dir = trained_run.checkpoints / checkpoint.tag_for(2)
+    folder = export_run(trained_run, tag=tag_dir.name, dtype="bfloat16", out=tmp_path / "m")
+    model, info = load_model(folder)
+    saved = checkpoint.read_client_state(tag_dir)
+    assert info.metadata == {**RunRecord.from_dict(saved).to_dict(), "checkpoint": tag_dir.name, "dtype": "bfloat16"}
+    assert info.metadata["step"] == 2 and info.metadata["world_size"] == 1 and not info.metadata["target_reached"]
+    assert (info.config.n_layer, info.config.n_embd, info.config.block_size) == (1, 32, 32)
+    final, _ = load_model(trained_run.model)  # the run exported its last step itself
+    assert RunRecord.from_dict(load_model(trained_run.model)[1].metadata).step == 3
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), final.state_dict().values()))
+
+
+def test_not_a_run_and_incomplete_tags_are_one_line_errors(trained_run, tmp_path):
+    with pytest.raises(UserError, match="has no checkpoints/ folder"):
+        export_run(tmp_path)
+    with pytest.raises(UserError, match=r"step_00000009 not found or incomplete .* complete tags: step_00000002, "
+                                        r"step_00000003"):
+        export_run(trained_run, tag=checkpoint.tag_for(9), out=tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_settings_json_is_the_run_written_at_its_start(trained_run):
+    settings = json.loads(trained_run.settings.read_text())
+    assert settings["settings"]["n_layer"] == 1 and settings["model"]["n_embd"] == 32 and settings["step"] == 0
+    assert settings["ds_config"]["train_batch_size"] == settings["world_size"] * 8

@@ -1,0 +1,78 @@
+"""gpt_ds.plan: a run's settings resolved into a Plan (model shape, training sequence, schedule,
+data, resume), every check before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt_ds import checkpoint
+from gpt_ds.data import write_shard
+from gpt_ds.errors import UserError
+from gpt_ds.model import PRESETS
+from gpt_ds.plan import changed_settings, plan_run
+from gpt_ds.settings import settings_from_args
+
+ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
+
+
+@pytest.fixture
+def shards(tmp_path) -> Path:
+    """llm.c-named shards without a manifest: 5000 train tokens, 1000 val tokens."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_shard(folder / "train_000000.bin", np.arange(5000, dtype=np.uint16))
+    write_shard(folder / "val_000000.bin", np.arange(1000, dtype=np.uint16))
+    return folder
+
+
+def plan_for(shards: Path, tmp_path: Path, *flags: str, world_size: int = 1):
+    argv = ["--deepspeed_config", str(ZERO2), "--data", str(shards), "--out", str(tmp_path / "run"), *flags]
+    return plan_run(settings_from_args(argv), world_size)
+
+
+def test_a_shape_of_its_own_and_a_training_length_apart_from_the_context(shards, tmp_path):
+    plan = plan_for(shards, tmp_path, "--model", "gpt2", "--n-layer", "2", "--n-head", "4", "--n-embd", "64",
+                    "--seq-len", "32", "--max-steps", "30", "--lr", "1e-3")
+    config = plan.model_config
+    assert (config.n_layer, config.n_head, config.n_embd) == (2, 4, 64)
+    assert config.block_size == PRESETS["gpt2"].block_size == 1024  # the learned positions stay
+    assert plan.seq_len == 32 and plan.train.block_size == 32 and plan.val.block_size == 32
+    assert plan.tokens_per_step == plan.ds_config["train_batch_size"] * 32
+    assert (plan.schedule.peak, plan.schedule.floor, plan.schedule.warmup, plan.schedule.decay_steps) == (
+        1e-3, pytest.approx(1e-4), 3, 30)
+    assert not (tmp_path / "run").exists()  # planning writes nothing
+
+
+def test_bad_shapes_are_refused_with_the_flag(shards, tmp_path):
+    with pytest.raises(UserError, match="divisible by n_head"):
+        plan_for(shards, tmp_path, "--n-embd", "100", "--n-head", "3")
+    with pytest.raises(UserError, match=r"--seq-len 256 exceeds the model's context \(128"):
+        plan_for(shards, tmp_path, "--seq-len", "256")
+    with pytest.raises(UserError, match="lower --seq-len"):  # a window longer than the val split
+        plan_for(shards, tmp_path, "--block-size", "2048")
+
+
+def test_resume_is_checked_against_the_plan(shards, tmp_path):
+    good = plan_for(shards, tmp_path)
+    tag_dir = tmp_path / "run" / "checkpoints" / checkpoint.tag_for(4)
+    tag_dir.mkdir(parents=True)
+    state = {"step": 4, "model": good.model_config.to_dict(), "world_size": 2}
+    (tag_dir / checkpoint.CLIENT_STATE).write_text(json.dumps(state))
+    (tmp_path / "run" / "checkpoints" / checkpoint.LATEST).write_text(tag_dir.name)
+    assert plan_for(shards, tmp_path, world_size=2).resume_from == tag_dir
+    with pytest.raises(UserError, match="written by 2 ranks, this run has 1"):
+        plan_for(shards, tmp_path)
+    with pytest.raises(UserError, match="different model config"):
+        plan_for(shards, tmp_path, "--n-layer", "3", world_size=2)
+
+
+def test_changed_settings_name_what_differs_from_the_checkpoint(shards, tmp_path):
+    saved = plan_for(shards, tmp_path, "--max-steps", "100").settings.to_dict()
+    now = plan_for(shards, tmp_path, "--max-steps", "200", "--seed", "2").settings
+    message = changed_settings(saved, now)
+    assert "seed 1337 -> 2" in message and "schedule length 100 -> 200" in message and "max_steps" not in message
+    assert changed_settings(saved, plan_for(shards, tmp_path, "--max-steps", "100").settings) == ""
