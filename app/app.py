@@ -1,9 +1,12 @@
 """The gpt-ds Streamlit page: try a trained model, see how it learned and what its heads attend to.
 
-Run: `streamlit run app/app.py [-- --model MODEL_DIR]`. Without --model the sidebar lists the model
-folders found under runs/, and any folder can be typed. This file is layout only; the logic
-(discovery, loading, prompt checks, TensorBoard curves, attention data, charts) lives in
-gpt_ds.app_support. Every problem becomes a message in the page, never a traceback.
+Run: `streamlit run app/app.py [-- --model MODEL_DIR] [--runs DIR ...]`. The sidebar lists the model
+folders found under runs/ of the working directory (or under each --runs DIR) and the one given with
+--model, and any folder can be typed. This file is layout only: loading, prompts, streaming and
+attention data come from gpt_ds.inference; discovery, the model card, the curves, the generation
+controls and the charts from the modules beside this file (streamlit puts this folder first on
+sys.path, so they import as top-level modules). Every problem becomes a message in the page, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +15,18 @@ import html
 import sys
 from pathlib import Path
 
+import charts
 import streamlit as st
+from card import ModelCard, format_count, format_loss, model_card
+from controls import DEFAULT_SAMPLING, sampling_from_controls
+from curves import RunCurves, read_run_curves
+from discovery import AppArgs, discover_model_folders, display_name, files_fingerprint, parse_app_args, resolve_model_folder
 
-from gpt_ds import app_support as support
+from gpt_ds import tags
 from gpt_ds.errors import UserError
+from gpt_ds.generate import Sampling
+from gpt_ds.inference import StreamUpdate, attention_map, encode_prompt, inference_device, load_for_inference, stream_continuation
+from gpt_ds.run_dir import RunDir
 
 PAGE_CSS = """
 <style>
@@ -30,25 +41,25 @@ OTHER_FOLDER = "Type a folder path…"
 
 
 @st.cache_resource(show_spinner="Loading the weights…", max_entries=4)
-def cached_model(folder: str, fingerprint: tuple, device: str):
-    """The model and its info, loaded once per (folder contents, device): generating again reuses them."""
-    return support.load_model_for_app(Path(folder), device)
+def cached_model(folder: str, fingerprint: tuple, device: str, dtype):
+    """The model and its info, loaded once per (folder contents, device, dtype): generating again reuses them."""
+    return load_for_inference(Path(folder), device, dtype)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def cached_curves(tb_dir: str, fingerprint: tuple) -> support.RunCurves:
-    return support.read_run_curves(Path(tb_dir))
+def cached_curves(tb_dir: str, fingerprint: tuple) -> RunCurves:
+    return read_run_curves(Path(tb_dir))
 
 
 @st.cache_data(show_spinner=False, ttl=5)  # every widget change reruns the page: walk runs/ at most every 5 s
-def found_model_folders() -> list[str]:
-    return [str(folder) for folder in support.discover_model_folders(support.default_run_roots())]
+def found_model_folders(roots: tuple[str, ...]) -> list[str]:
+    return [str(folder) for folder in discover_model_folders(Path(root) for root in roots)]
 
 
-def choose_model_folder(args: support.AppArgs) -> str:
+def choose_model_folder(args: AppArgs) -> str:
     """The sidebar's model choice: found folders (and --model), or a typed path."""
     st.sidebar.header("Model")
-    options = found_model_folders()
+    options = found_model_folders(tuple(str(root.resolve()) for root in args.runs))
     if args.model is not None:
         given = str(args.model.resolve()) if args.model.exists() else str(args.model)
         options = [given] + [option for option in options if option != given]
@@ -56,28 +67,28 @@ def choose_model_folder(args: support.AppArgs) -> str:
     choice = st.sidebar.selectbox(
         "Model folder",
         options,
-        format_func=lambda option: option if option == OTHER_FOLDER else support.display_name(Path(option)),
+        format_func=lambda option: option if option == OTHER_FOLDER else display_name(Path(option)),
         key="model_choice",
-        help="Model folders found under runs/ (and the one given with --model).",
+        help=f"Model folders found under {', '.join(display_name(root) for root in args.runs)} (and the one given with --model).",
     )
     if choice == OTHER_FOLDER:
         return st.sidebar.text_input("Model folder path", key="typed_folder", placeholder="runs/my-run/model")
     return choice
 
 
-def generation_controls(context: int) -> support.GenerationControls:
+def generation_controls(context: int) -> Sampling:
     st.sidebar.header("Generation")
-    defaults = support.GenerationControls()
+    defaults = DEFAULT_SAMPLING
     max_new = st.sidebar.slider("Max new tokens", 1, max(1, min(1024, context)), min(defaults.max_new_tokens, context), key="max_new_tokens")
     temperature = st.sidebar.slider("Temperature", 0.0, 2.0, defaults.temperature, 0.05, key="temperature", help="0 = greedy: always the most likely token.")
-    top_k = st.sidebar.number_input("Top-k", 0, 50257, defaults.top_k, key="top_k", help="Sample among the k most likely tokens; 0 = off.")
-    top_p = st.sidebar.slider("Top-p", 0.05, 1.0, defaults.top_p, 0.05, key="top_p", help="Sample among the smallest set of tokens holding this probability; 1 = off.")
+    top_k = st.sidebar.number_input("Top-k", 0, 50257, defaults.top_k or 0, key="top_k", help="Sample among the k most likely tokens; 0 = off.")
+    top_p = st.sidebar.slider("Top-p", 0.05, 1.0, defaults.top_p or 1.0, 0.05, key="top_p", help="Sample among the smallest set of tokens holding this probability; 1 = off.")
     fixed_seed = st.sidebar.checkbox("Fixed seed", True, key="fixed_seed", help="The same seed and settings give the same text.")
     seed = st.sidebar.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="seed", disabled=not fixed_seed)
-    return support.GenerationControls(int(max_new), float(temperature), int(top_k), float(top_p), int(seed) if fixed_seed else None)
+    return sampling_from_controls(int(max_new), float(temperature), int(top_k), float(top_p), int(seed) if fixed_seed else None)
 
 
-def show_model_card(card: support.ModelCard, curves: support.RunCurves | None) -> None:
+def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
     """Two rows of figures; the loss figures carry a sparkline of their curve when the run logged one."""
 
     def sparkline(tag: str) -> list[float] | None:
@@ -86,19 +97,19 @@ def show_model_card(card: support.ModelCard, curves: support.RunCurves | None) -
     with st.container(border=True):
         st.markdown(f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "") + f" · tokenizer `{card.tokenizer}`")
         shape, training = st.columns(4), st.columns(4)
-        shape[0].metric("Parameters", support.format_count(card.parameters), help=f"{card.parameters:,} parameters")
+        shape[0].metric("Parameters", format_count(card.parameters), help=f"{card.parameters:,} parameters")
         shape[1].metric("Context", f"{card.context} tokens")
         shape[2].metric("Layers · heads · width", f"{card.n_layer} · {card.n_head} · {card.n_embd}")
-        shape[3].metric("Tokens trained", support.format_count(card.tokens), help=None if card.tokens is None else f"{card.tokens:,} tokens")
-        training[0].metric("Steps", support.format_count(card.steps))
-        training[1].metric("Final train loss", support.format_loss(card.train_loss), chart_data=sparkline(support.TRAIN_LOSS_TAG))
-        training[2].metric("Final val loss", support.format_loss(card.val_loss), chart_data=sparkline(support.VAL_LOSS_TAG))
+        shape[3].metric("Tokens trained", format_count(card.tokens), help=None if card.tokens is None else f"{card.tokens:,} tokens")
+        training[0].metric("Steps", format_count(card.steps))
+        training[1].metric("Final train loss", format_loss(card.train_loss), chart_data=sparkline(tags.TRAIN_LOSS))
+        training[2].metric("Final val loss", format_loss(card.val_loss), chart_data=sparkline(tags.VAL_LOSS))
         if card.target_reached is None:
-            training[3].metric("Loss target", support.format_loss(card.target_loss))
+            training[3].metric("Loss target", format_loss(card.target_loss))
         else:
             at_step = f" at step {card.target_step}" if card.target_step is not None else ""
             verdict = f"reached{at_step}" if card.target_reached else "not reached"
-            training[3].metric("Loss target", support.format_loss(card.target_loss), verdict,
+            training[3].metric("Loss target", format_loss(card.target_loss), verdict,
                                delta_color="green" if card.target_reached else "red", delta_arrow="off")
 
 
@@ -115,24 +126,24 @@ def generated_html(prompt: str, continuation: str) -> str:
     )
 
 
-def generate_tab(model, info, folder: str, controls: support.GenerationControls) -> None:
+def generate_tab(model, info, folder: str, sampling: Sampling) -> None:
     prompt = st.text_area("Prompt", "ROMEO:\n", height=140, key="prompt")
     pressed = st.button("Generate", type="primary", key="generate")
     output, speed = st.empty(), st.empty()
     if pressed:
         try:
-            prompt_ids = support.encode_prompt(prompt, info.tokenizer, info.config.block_size)
+            prompt_ids = encode_prompt(prompt, info.tokenizer, info.config.block_size)
         except UserError as err:
             st.session_state.pop("last_generation", None)
             output.warning(str(err))
             return
         update = None
-        for update in support.stream_continuation(model, info.tokenizer, prompt_ids, controls):
+        for update in stream_continuation(model, info.tokenizer, prompt_ids, sampling):
             output.markdown(generated_html(prompt, update.text), unsafe_allow_html=True)
             speed.caption(f"Generating… {update.tokens} tokens · {update.tokens_per_sec:.1f} tokens/s")
         if update is None:
             output.info("The model ended the text at once (it chose the end-of-text token): try another seed or prompt.")
-            update = support.StreamUpdate(text="", tokens=0, seconds=0.0)
+            update = StreamUpdate(text="", tokens=0, seconds=0.0)
         last = {"folder": folder, "prompt": prompt, "update": update}
         st.session_state["last_generation"] = last
     else:
@@ -145,29 +156,28 @@ def generate_tab(model, info, folder: str, controls: support.GenerationControls)
     speed.caption(f"Done: {done.tokens} tokens in {done.seconds:.2f} s · {done.tokens_per_sec:.1f} tokens/s")
 
 
-def run_curves(folder: Path) -> support.RunCurves | None:
+def run_curves(folder: Path) -> RunCurves | None:
     """The curves of the run the model folder belongs to; None when it belongs to none."""
-    run_dir = support.run_dir_of(folder)
-    if run_dir is None:
+    run = RunDir.of_model(folder)
+    if run is None:
         return None
-    tb_dir = run_dir / "tb"
-    return cached_curves(str(tb_dir), support.files_fingerprint(tb_dir))
+    return cached_curves(str(run.tb), files_fingerprint(run.tb))
 
 
-def curves_tab(folder: Path, card: support.ModelCard, curves: support.RunCurves | None) -> None:
+def curves_tab(folder: Path, card: ModelCard, curves: RunCurves | None) -> None:
     if curves is None:
-        st.info("This model folder is not part of a training run (no tb/ folder beside it), so there are no curves to show.")
+        st.info(f"This model folder is not part of a training run (no {RunDir.TB}/ folder beside it), so there are no curves to show.")
         return
-    tb_dir = support.run_dir_of(folder) / "tb"
-    if not (curves.has(support.TRAIN_LOSS_TAG) or curves.has(support.VAL_LOSS_TAG)):
-        st.info(f"The run's TensorBoard logs ({support.display_name(tb_dir)}) hold no loss curves yet.")
+    tb_dir = RunDir.of_model(folder).tb
+    if not (curves.has(tags.TRAIN_LOSS) or curves.has(tags.VAL_LOSS)):
+        st.info(f"The run's TensorBoard logs ({display_name(tb_dir)}) hold no loss curves yet.")
         return
-    st.markdown("**Loss**" + (f" — target {support.format_loss(card.target_loss)} (dashed)" if card.target_loss is not None else ""))
-    st.altair_chart(support.loss_chart(curves, card.target_loss), width="stretch")
-    if curves.has(support.LR_TAG):
+    st.markdown("**Loss**" + (f" — target {format_loss(card.target_loss)} (dashed)" if card.target_loss is not None else ""))
+    st.altair_chart(charts.loss_chart(curves, card.target_loss), width="stretch")
+    if curves.has(tags.LR):
         st.markdown("**Learning rate**")
-        st.altair_chart(support.lr_chart(curves), width="stretch")
-    st.caption(f"Read from {support.display_name(tb_dir)} · `tensorboard --logdir {support.display_name(tb_dir)}` shows every metric.")
+        st.altair_chart(charts.lr_chart(curves), width="stretch")
+    st.caption(f"Read from {display_name(tb_dir)} · `tensorboard --logdir {display_name(tb_dir)}` shows every metric.")
 
 
 def attention_tab(model, info, folder: str) -> None:
@@ -184,12 +194,12 @@ def attention_tab(model, info, folder: str) -> None:
     if extend and can_extend:
         text += last["update"].text
     try:
-        ids = support.encode_prompt(text, info.tokenizer)  # no length limit: the map keeps the last block
-        attention = support.attention_map(model, info.tokenizer, ids, int(layer), int(head))
+        ids = encode_prompt(text, info.tokenizer)  # no length limit: the map keeps the last block
+        attention = attention_map(model, info.tokenizer, ids, int(layer), int(head))
     except UserError as err:
         st.info(str(err))
         return
-    st.altair_chart(support.attention_chart(attention), width="content")
+    st.altair_chart(charts.attention_chart(attention), width="content")
     shown = len(attention.labels)
     note = f"Layer {attention.layer}, head {attention.head}: each row is a token and how it spreads its attention over the tokens before it."
     if shown < attention.total_tokens:
@@ -199,10 +209,10 @@ def attention_tab(model, info, folder: str) -> None:
 
 def page() -> None:
     st.set_page_config(page_title="gpt-ds playground", page_icon="🪶", layout="wide")
-    args = support.parse_app_args(sys.argv[1:])
+    args = parse_app_args(sys.argv[1:])
     folder_text = choose_model_folder(args)
-    device = support.pick_device()
-    st.sidebar.caption(f"Device: **{device}**")
+    device, dtype = inference_device()
+    st.sidebar.caption(f"Device: **{device}** · {str(dtype).removeprefix('torch.')}")
 
     st.title("gpt-ds playground")
     st.caption("A GPT trained from scratch with DeepSpeed: write a prompt, watch it continue, look inside its attention heads.")
@@ -211,26 +221,26 @@ def page() -> None:
         st.info(
             "No model chosen yet. Choose a model folder in the sidebar or type the path of one "
             "(a folder holding config.json and model.safetensors, e.g. RUN_DIR/model after training). "
-            "Model folders under runs/ are listed automatically."
+            "Model folders under runs/ (or --runs DIR) are listed automatically."
         )
         return
     try:
-        folder = support.resolve_model_folder(folder_text)
-        model, info = cached_model(str(folder.resolve()), support.files_fingerprint(folder), device)
+        folder = resolve_model_folder(folder_text)
+        model, info = cached_model(str(folder.resolve()), files_fingerprint(folder), device, dtype)
     except UserError as err:
         st.error(f"**Cannot use this model.** {err}")
         st.caption("Choose another model folder in the sidebar, or fix this one and rerun the page (R).")
         return
-    card = support.model_card(model, info)
+    card = model_card(model, info)
     try:
         curves, curves_problem = run_curves(folder), None
     except UserError as err:  # damaged logs must not hide a model that loads fine
         curves, curves_problem = None, str(err)
     show_model_card(card, curves)
-    controls = generation_controls(info.config.block_size)
+    sampling = generation_controls(info.config.block_size)
     generate, curves_area, attention = st.tabs(["Generate", "Training curves", "Attention"])
     with generate:
-        generate_tab(model, info, str(folder), controls)
+        generate_tab(model, info, str(folder), sampling)
     with curves_area:
         if curves_problem:
             st.warning(curves_problem)

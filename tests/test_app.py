@@ -1,5 +1,7 @@
 """The Streamlit page driven by Streamlit's AppTest (streamlit.testing.v1): real script runs against
-real model folders (tiny random GPTs saved by model_io) and real TensorBoard logs."""
+real model folders (tiny random GPTs saved by model_io) and real TensorBoard logs. Every test runs in
+its own working directory (tmp_path), so the page never lists or loads what is under the repository's
+runs/."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from app_fixtures import STEPS, TARGET_LOSS, TARGET_STEP, make_run, train_loss_at
+from app_fixtures import APP_DIR, STEPS, TARGET_LOSS, TARGET_STEP, make_run, train_loss_at
 from streamlit.testing.v1 import AppTest
 
-from gpt_ds import app_support as support
+import gpt_ds.inference
+from gpt_ds.inference import ATTENTION_MAX_SHOWN, encode_prompt
 
-APP = Path(__file__).resolve().parents[1] / "app" / "app.py"
+APP = APP_DIR / "app.py"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,12 @@ def fresh_caches():
     st.cache_resource.clear()
     st.cache_data.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def own_working_directory(monkeypatch, tmp_path):
+    """runs/ below the working directory is what the page lists: an empty one of the test's own."""
+    monkeypatch.chdir(tmp_path)
 
 
 def open_app(monkeypatch, *args: str) -> AppTest:
@@ -66,8 +75,8 @@ def test_generate_streams_text_without_reloading_the_weights(monkeypatch, good_m
         loads.append(args)
         return real_load_model(*args, **kwargs)
 
-    real_load_model = support.load_model
-    monkeypatch.setattr(support, "load_model", counting_load_model)
+    real_load_model = gpt_ds.inference.load_model
+    monkeypatch.setattr(gpt_ds.inference, "load_model", counting_load_model)
     app = open_app(monkeypatch, "--model", str(good_model))
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Context"] == "64 tokens" and metrics["Steps"] == "200" and metrics["Layers · heads · width"] == "2 · 2 · 32"
@@ -127,7 +136,7 @@ def test_bad_model_folders_are_messages_and_another_model_can_be_chosen(monkeypa
     document = json.loads((mismatched / "config.json").read_text())
     document["model"]["n_layer"] = 3
     (mismatched / "config.json").write_text(json.dumps(document))
-    monkeypatch.chdir(tmp_path)  # runs/ below the working directory is what the page lists
+    # runs/ below the working directory (tmp_path, see own_working_directory) is what the page lists
 
     app = open_app(monkeypatch)
     choice = app.selectbox(key="model_choice")
@@ -166,15 +175,14 @@ def test_training_curves_and_attention_heatmap(monkeypatch, good_model):
     assert sorted(points[points.series == "val loss"].step) == [0, 50, 100, 150, 200]
     assert "attended-to token" in attention
     cells = chart_data(charts[2])[0]
-    n = len(support.encode_prompt("To be, or not to be", "r50k_base"))
+    n = len(encode_prompt("To be, or not to be", "r50k_base"))
     assert len(cells) == n * (n + 1) // 2 and "1·␣be" in set(cells["query"])
     assert "Layer 1, head 1" in texts(app.caption)
 
 
 def test_model_given_on_the_command_line_is_chosen_and_listed_once(monkeypatch, tmp_path):
     make_run(tmp_path / "runs" / "other", with_tb=False)
-    given = make_run(tmp_path / "runs" / "given", with_tb=False)
-    monkeypatch.chdir(tmp_path)
+    given = make_run(tmp_path / "runs" / "given", with_tb=False)  # below the working directory, tmp_path
     app = open_app(monkeypatch, "--model", "runs/given/model")  # relative, as people type it
     choice = app.selectbox(key="model_choice")
     assert choice.value == str(given.resolve())
@@ -192,6 +200,23 @@ def test_attention_can_include_the_generated_continuation(monkeypatch, good_mode
     extend.check().run()
     assert not app.exception
     continuation = app.session_state["last_generation"]["update"].text
-    shown = min(len(support.encode_prompt(prompt + continuation, "r50k_base")), support.ATTENTION_MAX_SHOWN)
-    assert shown > len(support.encode_prompt(prompt, "r50k_base"))
+    shown = min(len(encode_prompt(prompt + continuation, "r50k_base")), ATTENTION_MAX_SHOWN)
+    assert shown > len(encode_prompt(prompt, "r50k_base"))
     assert len(chart_data(app.get("vega_lite_chart")[2])[0]) == shown * (shown + 1) // 2
+
+
+def test_runs_option_chooses_where_models_are_listed(monkeypatch, tmp_path):
+    make_run(tmp_path / "runs" / "below-cwd", with_tb=False)
+    elsewhere = make_run(tmp_path / "elsewhere" / "one", with_tb=False)
+    app = open_app(monkeypatch, "--runs", str(tmp_path / "elsewhere"))
+    choice = app.selectbox(key="model_choice")
+    assert choice.options == ["elsewhere/one/model", "Type a folder path…"]  # as shown: relative to the working directory
+    assert choice.value == str(elsewhere.resolve())
+
+
+def test_streamlit_config_binds_to_localhost(repo_root):
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    config = tomllib.loads((repo_root / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["showErrorDetails"] == "none"

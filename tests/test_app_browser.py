@@ -59,14 +59,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served_app(repo_root, tmp_path_factory):
-    """The page served by `streamlit run` from the repository root (so .streamlit/config.toml applies)."""
-    model = make_run(tmp_path_factory.mktemp("browser") / "runs" / "demo")
+    """The page served by `streamlit run` from the repository root (so .streamlit/config.toml applies),
+    listing models from a runs/ folder of its own (--runs), never the repository's runs/, with a home
+    folder of its own, so nothing of the user's is read or written."""
+    runs = tmp_path_factory.mktemp("browser") / "runs"
+    model = make_run(runs / "demo")
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = {**os.environ, "HOME": str(tmp_path_factory.mktemp("home"))}
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/app.py", "--server.port", str(port), "--", "--model", str(model)],
-            cwd=repo_root, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streamlit", "run", "app/app.py", "--server.port", str(port), "--",
+             "--model", str(model), "--runs", str(runs)],
+            cwd=repo_root, stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,84 @@
+"""The model card: what the page says about a model, and how its figures are written.
+
+Defines: `ModelCard` (the model's shape from its config, its training record from the model
+folder's metadata, read as a `gpt_ds.record.RunRecord`), `model_card`, and the formatting of counts
+and losses (`format_count`, `format_loss`; "—" for unknown).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from discovery import display_name
+
+from gpt_ds.model import GPT
+from gpt_ds.model_io import ModelInfo
+from gpt_ds.record import RunRecord
+
+UNKNOWN = "—"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the page says about a model; None where the folder does not record it."""
+
+    name: str
+    preset: str | None
+    parameters: int
+    context: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    tokenizer: str
+    steps: int | None = None
+    tokens: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    target_loss: float | None = None
+    target_reached: bool | None = None
+    target_step: int | None = None
+
+
+def model_card(model: GPT, info: ModelInfo) -> ModelCard:
+    """The card of a loaded model. A folder without a training record (e.g. imported from Hugging
+    Face) gets its shape only: its training figures are unknown."""
+    cfg = info.config
+    shape = dict(
+        name=display_name(Path(info.folder)),
+        parameters=model.num_params(),
+        context=cfg.block_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        tokenizer=info.tokenizer,
+    )
+    record = RunRecord.from_dict(info.metadata)
+    if record == RunRecord():  # nothing recorded: not the record of a run that made no step
+        return ModelCard(preset=None, **shape)
+    return ModelCard(
+        preset=record.preset,
+        steps=record.step,
+        tokens=record.tokens,
+        train_loss=record.train_loss,
+        val_loss=record.val_loss,
+        target_loss=record.target_loss,
+        target_reached=None if record.target_loss is None else record.target_reached,
+        target_step=record.target_step,
+        **shape,
+    )
+
+
+def format_count(n: int | None) -> str:
+    """1234567 -> '1.23M': counts as people say them."""
+    if n is None:
+        return UNKNOWN
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def format_loss(value: float | None) -> str:
+    return UNKNOWN if value is None or not math.isfinite(value) else f"{value:.3f}"

@@ -1,0 +1,38 @@
+"""Tests of app/card.py: the model card from a model folder's config and training record."""
+
+from __future__ import annotations
+
+import pytest
+from app_fixtures import STEPS, TARGET_LOSS, TARGET_STEP, TINY_CONFIG, TRAIN_TOKENS, make_run, train_loss_at
+
+from card import format_count, format_loss, model_card
+from gpt_ds.inference import load_for_inference
+from gpt_ds.model import GPT
+from gpt_ds.model_io import save_model
+
+
+def test_model_card_reports_config_and_training_metadata(tmp_path):
+    model, info = load_for_inference(make_run(tmp_path / "demo", with_tb=False))
+    card = model_card(model, info)
+    assert (card.preset, card.context, card.n_layer, card.n_head, card.n_embd) == ("tiny", 64, 2, 2, 32)
+    assert card.parameters == model.num_params() > 0
+    assert (card.steps, card.tokens, card.target_loss, card.target_reached, card.target_step) == (
+        STEPS, TRAIN_TOKENS, TARGET_LOSS, True, TARGET_STEP)
+    assert card.train_loss == pytest.approx(train_loss_at(STEPS))
+    assert format_count(124_439_808) == "124M" and format_count(None) == "—"
+
+
+def test_a_model_without_a_training_record_has_its_shape_and_unknown_figures(tmp_path):
+    # As gpt_ds.hf import writes it: metadata, but no record of a run.
+    folder = save_model(tmp_path / "imported", GPT(TINY_CONFIG), TINY_CONFIG, metadata={"source": "huggingface"})
+    model, info = load_for_inference(folder)
+    card = model_card(model, info)
+    assert (card.context, card.n_layer, card.n_head, card.n_embd) == (64, 2, 2, 32)
+    assert (card.preset, card.steps, card.tokens, card.train_loss, card.val_loss) == (None,) * 5
+    assert (card.target_loss, card.target_reached, card.target_step) == (None,) * 3
+    assert format_count(card.steps) == format_loss(card.val_loss) == "—"
+
+
+def test_format_loss():
+    assert format_loss(3.14159) == "3.142"
+    assert format_loss(float("nan")) == format_loss(None) == "—"
