@@ -1,4 +1,5 @@
-"""Consolidate a run's ZeRO checkpoint into a model folder: `python -m gpt_ds.export RUN_DIR`.
+"""Consolidate a run's ZeRO checkpoint into a model folder (the program: launch/export.py, also
+`python -m gpt_ds.export RUN_DIR`).
 
 ZeRO-2 keeps the fp32 master weights split across the ranks' optimizer partitions; DeepSpeed's
 zero_to_fp32 API merges them into one state dict (no engine, no ranks needed). We write it with
@@ -8,14 +9,12 @@ client state (preset, steps, tokens, final losses, target reached or not).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from gpt_ds import checkpoint
-from gpt_ds.errors import UserError, run_cli
+from gpt_ds.errors import UserError
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
 
@@ -56,27 +55,7 @@ def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float3
     return save_model(Path(out) if out else run_dir.model, weights, config, metadata=metadata)
 
 
-PROG = "python -m gpt_ds.export"
+if __name__ == "__main__":  # `python -m gpt_ds.export`: the program is launch/export.py
+    from launch.export import main
 
-
-def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG,
-                                     description="Consolidate a run's ZeRO checkpoint into RUN_DIR/model/.")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a training run")
-    parser.add_argument("--tag", default=None, help="checkpoint tag, e.g. step_00001000 (default: latest)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="dtype of the exported weights (the master weights are fp32)")
-    parser.add_argument("--out", default=None, help="model folder to write (default: RUN_DIR/model)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    folder = export_run(args.run_dir, tag=args.tag, dtype=args.dtype, out=args.out)
-    print(f"exported {folder} (sample: python launch/sample.py --model {folder})")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point (gpt-ds-export): errors as one line and a non-zero exit."""
-    run_cli(lambda: cli(argv), PROG)
-
-
-if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Hugging Face interop: convert between a gpt-ds model folder and a transformers GPT-2 folder.
 
-    python -m gpt_ds.hf export MODEL_DIR --out HF_DIR   # GPT2LMHeadModel.from_pretrained(HF_DIR) loads it
-    python -m gpt_ds.hf import HF_DIR --out MODEL_DIR   # e.g. GPT-2 weights you have locally
+    python launch/hf.py export MODEL_DIR --out HF_DIR   # GPT2LMHeadModel.from_pretrained(HF_DIR) loads it
+    python launch/hf.py import HF_DIR --out MODEL_DIR   # e.g. GPT-2 weights you have locally
 
 The architectures are the same, so conversion is renaming plus three layout details:
 - GPT-2 stores its projections as `Conv1D` with weight (in, out): the transpose of nn.Linear's (out, in);
@@ -15,18 +15,16 @@ that has only `pytorch_model.bin` (a pickle) is refused with the way to convert 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
-from gpt_ds.errors import UserError, run_cli
+from gpt_ds.errors import UserError
 from gpt_ds.model import GPTConfig
 from gpt_ds.model_io import (
-    DTYPES,
     TIED_HEAD,
     TOKEN_EMBEDDING,
     atomic_folder,
@@ -211,38 +209,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCO
     return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer)
 
 
-# ---- command line -----------------------------------------------------------------------------
+if __name__ == "__main__":  # `python -m gpt_ds.hf`: the program is launch/hf.py
+    from launch.hf import main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gpt-ds-hf", description="Convert between a gpt-ds model folder and a Hugging Face GPT-2 folder."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="model folder -> folder GPT2LMHeadModel.from_pretrained loads")
-    export.add_argument("model_dir", help="gpt-ds model folder (model.safetensors + config.json)")
-    export.add_argument("--out", required=True, help="Hugging Face folder to write (new or a previous export)")
-    export.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights' dtype (default float32)")
-    imp = commands.add_parser("import", help="Hugging Face GPT-2 folder -> model folder")
-    imp.add_argument("hf_dir", help="folder with config.json and model.safetensors of a GPT-2 model")
-    imp.add_argument("--out", required=True, help="model folder to write (new or a previous import)")
-    return parser
-
-
-def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "export":
-        out = export_hf(args.model_dir, args.out, dtype=args.dtype)
-        print(f"wrote {out} (load with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
-    else:
-        out = import_hf(args.hf_dir, args.out)
-        print(f"wrote model folder {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> NoReturn:
-    run_cli(lambda: run(argv), "gpt-ds-hf")
-
-
-if __name__ == "__main__":
     main()

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, generate
-from gpt_ds.hf import export_hf, import_hf, run
+from gpt_ds.hf import import_hf
+from launch.hf import run
 from gpt_ds.model import GPT, GPTConfig
 from gpt_ds.model_io import load_model, read_model_info, save_model
 
