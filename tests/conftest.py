@@ -70,7 +70,7 @@ def python_corpus(tmp_path_factory) -> Callable[..., Path]:
     def make(total_bytes: int, files: int = 1) -> Path:
         key = (total_bytes, files)
         if key not in made:
-            made[key] = write_python_corpus(tmp_path_factory.mktemp(f"python_corpus_{total_bytes}_{files}"),
+            made[key] = write_python_corpus(tmp_path_factory.mktemp(f"python_corpus_{total_bytes}b_{files}files_"),
                                             total_bytes, files)
         return made[key]
 
