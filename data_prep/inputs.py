@@ -43,12 +43,13 @@ class Piece(NamedTuple):
 
 def default_corpus() -> list[Path]:
     """The embedded default corpus: ../shared/corpora/shakespeare beside the repository when it is
-    there, else the Python standard library's own top-level sources (present on every machine)."""
+    there, else the Python standard library's own top-level public sources (present on every machine;
+    the `_`-prefixed ones are left out, as some, e.g. _sysconfigdata_*, differ from machine to machine)."""
     shakespeare = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "shakespeare"
     if shakespeare.is_dir():
         return [shakespeare]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(stdlib.glob("*.py"))
+    return sorted(path for path in stdlib.glob("*.py") if not path.name.startswith("_"))
 
 
 def is_jsonl(path: Path) -> bool:

@@ -46,16 +46,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(out: Path) -> Path:
-    """Step 1: tokenize the default corpus into out/data; return that folder."""
+def prepare_data(out: Path) -> tuple[Path, str]:
+    """Step 1: tokenize the default corpus into out/data; return that folder and a prompt in the
+    corpus's form (a speaker for Shakespeare, a `def` for Python sources)."""
     from data_prep import default_corpus, prepare
 
     corpus = default_corpus()
+    prompt = "ROMEO:" if corpus[0].name == "shakespeare" else "def "
     data_dir = out / "data"
     print(f"[1] preparing the default corpus ({', '.join(str(p) for p in corpus[:2])}"
           f"{' ...' if len(corpus) > 2 else ''}) into {data_dir}")
     prepare([str(p) for p in corpus], data_dir)
-    return data_dir
+    return data_dir, prompt
 
 
 def train(data_dir: Path, run_dir: RunDir, ranks: int, target_loss: float, max_steps: int) -> Path:
@@ -80,7 +82,7 @@ def train(data_dir: Path, run_dir: RunDir, ranks: int, target_loss: float, max_s
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data_dir = prepare_data(args.out)
+    data_dir, prompt = prepare_data(args.out)
     print(f"    shards and manifest.json in {data_dir}")
     run_dir = RunDir(args.out / "run")
     model_dir = train(data_dir, run_dir, args.ranks, args.target_loss, args.max_steps)
@@ -94,7 +96,7 @@ def run(argv: list[str] | None = None) -> int:
     print(f"[3] {reached}; consolidated model in {model_dir} (python -m gpt_ds.export {run_dir} redoes it)")
     print("[4] next:\n"
           f"    tensorboard --logdir {run_dir.tb}            # loss curves, lr, tokens/s, MFU, samples\n"
-          f"    python launch/sample.py --model {model_dir} --prompt 'ROMEO:'\n"
+          f"    python launch/sample.py --model {model_dir} --prompt '{prompt}'\n"
           f"    streamlit run app/app.py -- --model {model_dir}")
     return 0
 

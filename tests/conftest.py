@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,11 @@ SHARED = REPO_ROOT.parent / "shared"
 
 if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+
+# gpt-ds's per-machine cache (the CPU's measured matmul peak) goes to a folder of this test session, not the
+# user's home; training subprocesses inherit it.
+_CACHE = tempfile.TemporaryDirectory(prefix="gpt-ds-test-cache-")
+os.environ["GPT_DS_CACHE_DIR"] = _CACHE.name
 
 # Single-file stdlib modules of ordinary Python present in every supported version (3.10-3.14), in
 # sorted order: ~2.5 MB of text on 3.11, ~2.2 bytes per GPT-2 token. (Modules that became packages
