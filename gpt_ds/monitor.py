@@ -90,6 +90,7 @@ class Monitor:
                 tags.STEP_TIME: self.throughput.seconds_per_step,
                 tags.MEMORY_GIB: memory_gib(),
                 tags.TOKENS: record.tokens,
+                tags.SECONDS: record.train_seconds,
                 tags.ETA_STEPS: eta_steps,
                 tags.ETA_SECONDS: eta_seconds,
                 **extra,

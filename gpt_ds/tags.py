@@ -11,6 +11,7 @@ MFU = "train/mfu"
 STEP_TIME = "train/step_time"
 MEMORY_GIB = "train/memory_gib"
 TOKENS = "train/tokens"
+SECONDS = "train/seconds"  # training time so far (steps only: no start-up, evaluation or checkpoints)
 VAL_LOSS = "val/loss"
 ETA_STEPS = "eta/steps_to_target"
 ETA_SECONDS = "eta/seconds_to_target"
