@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gpt_ds.errors import UserError
+from gpt_ds.loss import chunked_cross_entropy
 
 # The embedding matrix is padded to a multiple of this many rows: matmuls whose dimensions are
 # multiples of 64 hit the fast kernels (nanoGPT measured ~25% on GPUs for 50257 -> 50304).
@@ -295,16 +296,14 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab_size) for idx (B, T); with targets (B, T), also the mean cross-entropy
-        over the positions whose target is not ignore_index."""
-        logits = self.lm_head(self.hidden_states(idx))
+        """Logits (B, T, vocab_size) for idx (B, T), None as the loss; with targets (B, T), (None, the
+        mean cross-entropy over the positions whose target is not ignore_index). The loss never holds
+        the B*T x vocab logits: gpt_ds.loss computes head, float32 loss and its gradients chunk by chunk."""
         if targets is None:
-            return logits, None
-        # The loss in float32 even under bf16 autocast: log-softmax over 50k classes loses digits in bf16.
-        loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
-        )
-        return logits, loss
+            return self.lm_head(self.hidden_states(idx)), None
+        loss = chunked_cross_entropy(self.hidden_states(idx).flatten(0, 1), self.transformer.wte.weight,
+                                     targets.flatten(), vocab_size=self.config.vocab_size, ignore_index=ignore_index)
+        return None, loss
 
     @torch.no_grad()
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:

@@ -96,13 +96,15 @@ def test_logits_and_loss_cover_the_real_vocabulary_only():
     assert model.transformer.wte.weight.shape[0] == 128  # padded to a multiple of 64
     idx = torch.randint(0, SMALL.vocab_size, (2, 8))
     targets = torch.randint(0, SMALL.vocab_size, (2, 8))
-    logits, loss = model(idx, targets)
+    logits, _ = model(idx)
+    none, loss = model(idx, targets)
+    assert none is None  # with targets only the loss: gpt_ds.loss never makes the logits
     assert logits.shape == (2, 8, SMALL.vocab_size)
     torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, SMALL.vocab_size), targets.reshape(-1)))
     # Huge padding rows would dominate any softmax they entered: logits and loss must not move.
     with torch.no_grad():
         model.transformer.wte.weight[SMALL.vocab_size :] = 1e4
-    logits2, loss2 = model(idx, targets)
+    (logits2, _), (_, loss2) = model(idx), model(idx, targets)
     torch.testing.assert_close(logits2, logits)
     torch.testing.assert_close(loss2, loss)
 
@@ -113,7 +115,7 @@ def test_loss_skips_ignored_targets_and_starts_near_log_vocab():
     model = GPT(config)
     idx = torch.randint(0, config.vocab_size, (2, 32))
     targets = torch.randint(0, config.vocab_size, (2, 32))
-    logits, loss = model(idx, targets)
+    (logits, _), (_, loss) = model(idx), model(idx, targets)
     assert abs(loss.item() - math.log(config.vocab_size)) < 0.1  # the N(0, 0.02) init is near-uniform
     masked = targets.clone()
     masked[:, ::2] = -1
@@ -200,5 +202,5 @@ def test_bfloat16_autocast_keeps_the_loss_in_float32():
     model = GPT(SMALL)
     idx = torch.randint(0, SMALL.vocab_size, (2, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, loss = model(idx, idx)
+        (logits, _), (_, loss) = model(idx), model(idx, idx)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -1,0 +1,111 @@
+"""The output head and its cross-entropy in one pass over row chunks, never holding N x V logits.
+
+`chunked_cross_entropy(hidden, weight, targets, vocab_size=V)` is the mean cross-entropy of the
+logits `hidden @ weight[:V].T` (weight may have padded rows beyond V; they are never scored). The
+plain way materialises the (N, V) logits, a float32 copy for the log-softmax, and in the backward
+the (N, V) gradient of the logits: with GPT-2's 50k vocabulary that is most of a small model's
+activation memory and memory traffic (small: 4096 rows x 50304 x 4 bytes = 0.8 GB, three times).
+
+Here a custom autograd Function takes the rows a chunk at a time (the Liger-kernel / "fused linear
+cross entropy" idea): the chunk's logits in the input's dtype (bf16 under autocast or with bf16
+weights), their float32 log-softmax statistics, the loss, and right away the gradient of the logits,
+which is turned into the chunk's gradients w.r.t. hidden and weight (accumulated in float32) and
+dropped. The backward only scales the stored gradients by the incoming gradient, so the forward
+does all the head's work, and nothing of size N x V outlives a chunk.
+
+The loss is always float32. `softcap` (Gemma-2 style) maps logits to softcap * tanh(logits / softcap)
+before the softmax, in the forward and in the gradient. Targets equal to `ignore_index` do not count;
+the mean is over the others (all ignored: nan, as F.cross_entropy).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows per chunk: 2**23 / 50257 ~ 166 -> 128..256 rows keep one chunk's float32 logits near 32 MB, in
+# the last-level cache's neighbourhood on a CPU and tiny on a GPU; fewer, larger chunks cost the
+# per-chunk V x C weight-gradient accumulation more often. Measured on the bench (see README).
+DEFAULT_CHUNK_ELEMENTS = 2**24
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk so that one chunk's logits hold about DEFAULT_CHUNK_ELEMENTS numbers."""
+    return max(16, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
+                          softcap: float | None = None, ignore_index: int = -100,
+                          chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy (float32 scalar) of `hidden (N, C) @ weight[:vocab_size].T` against targets (N,)."""
+    if hidden.dim() != 2 or targets.dim() != 1 or hidden.size(0) != targets.size(0):
+        raise ValueError(f"hidden must be (N, C) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    if not 0 < vocab_size <= weight.size(0) or weight.size(1) != hidden.size(1):
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit hidden {tuple(hidden.shape)} / vocab_size {vocab_size}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive or None, got {softcap!r}")
+    rows = default_chunk_rows(vocab_size) if chunk_rows is None else int(chunk_rows)
+    if rows <= 0:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows!r}")
+    device_type = hidden.device.type
+    compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                     else hidden.dtype)
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, vocab_size, softcap, ignore_index, rows,
+                                            compute_dtype, with_grad)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size, softcap, ignore_index, rows, compute_dtype, with_grad):
+        with torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.to(compute_dtype)
+            w = weight[:vocab_size].to(compute_dtype)  # a view when the dtype already matches
+            n = h.size(0)
+            valid = targets != ignore_index
+            safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
+            loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device) if with_grad else None
+            # float32 accumulators: bf16/fp16 sums over chunks would lose digits, and fp16 gradients
+            # of size ~p/N would underflow before the backward's loss scale reached them.
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if with_grad else None
+            for start in range(0, n, rows):
+                end = min(start + rows, n)
+                h_c, tgt, keep = h[start:end], safe_targets[start:end], valid[start:end]
+                logits = (h_c @ w.t()).float()
+                if softcap is not None:
+                    capped = torch.tanh(logits / softcap)
+                    logits = capped * softcap
+                lse = torch.logsumexp(logits, dim=1)
+                picked = logits.gather(1, tgt.unsqueeze(1)).squeeze(1)
+                loss_sum += torch.where(keep, lse - picked, torch.zeros_like(lse)).sum()
+                if not with_grad:
+                    continue
+                # d loss_row / d logits = softmax - onehot(target), zero for ignored rows (in place: the
+                # chunk's logits buffer becomes its gradient).
+                grad = logits.sub_(lse.unsqueeze(1)).exp_()
+                grad.scatter_add_(1, tgt.unsqueeze(1), torch.full_like(lse, -1.0).unsqueeze(1))
+                grad.mul_(keep.unsqueeze(1).to(grad.dtype))
+                if softcap is not None:
+                    grad.mul_(1.0 - capped * capped)  # d softcap*tanh(z/softcap) / dz
+                    del capped
+                grad = grad.to(compute_dtype)
+                grad_h[start:end] = grad @ w
+                if compute_dtype == torch.float32:
+                    grad_w[:vocab_size].addmm_(grad.t(), h_c)
+                else:
+                    grad_w[:vocab_size] += (grad.t() @ h_c).float()
+            count = valid.sum().to(torch.float32)
+            loss = loss_sum / count
+        if with_grad:
+            ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_output.to(torch.float32) / count
+        hidden_dtype, weight_dtype = ctx.dtypes
+        d_hidden = (grad_h * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None
+        d_weight = (grad_w * scale).to(weight_dtype) if ctx.needs_input_grad[1] else None
+        return d_hidden, d_weight, None, None, None, None, None, None, None

@@ -1,0 +1,126 @@
+"""gpt_ds.loss.chunked_cross_entropy against the plain head + F.cross_entropy."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_ds.loss import _ChunkedLinearCrossEntropy, chunked_cross_entropy
+
+N, C, V, PADDED = 37, 16, 90, 128
+
+
+def plain(h, w, t, softcap=None, ignore_index=-100):
+    logits = F.linear(h, w)[:, :V].float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return F.cross_entropy(logits, t, ignore_index=ignore_index)
+
+
+def inputs(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, C, generator=g).to(dtype).requires_grad_()
+    w = torch.randn(PADDED, C, generator=g).to(dtype).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::5] = -100  # some ignored rows
+    return h, w, t
+
+
+def loss_and_grads(fn, h, w, t, **kw):
+    h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    loss = fn(h, w, t, **kw)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 8, 10, 37, 64])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_matches_plain_in_float32(chunk_rows, softcap):
+    h, w, t = inputs()
+    with torch.no_grad():
+        w[V:] = 1e4  # padded rows must never enter the softmax
+    want = loss_and_grads(plain, h, w, t, softcap=softcap)
+    got = loss_and_grads(lambda *a, **k: chunked_cross_entropy(*a, vocab_size=V, chunk_rows=chunk_rows, **k),
+                         h, w, t, softcap=softcap)
+    assert got[0].dtype == torch.float32
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.all(got[2][V:] == 0)  # the padded rows get no gradient
+
+
+def test_ignore_index_and_scaled_backward():
+    h, w, t = inputs()
+    t2 = t.clone()
+    t2[t2 == -100] = -1
+    h1 = h.detach().clone().requires_grad_()
+    (3.0 * chunked_cross_entropy(h1, w, t2, vocab_size=V, ignore_index=-1, chunk_rows=7)).backward()
+    h2 = h.detach().clone().requires_grad_()
+    (3.0 * plain(h2, w, t2, ignore_index=-1)).backward()
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_close_in_bfloat16_weights_and_autocast(softcap):
+    h, w, t = inputs(torch.bfloat16)
+    want = loss_and_grads(plain, h.float(), w.float(), t, softcap=softcap)
+    got = loss_and_grads(lambda *a, **k: chunked_cross_entropy(*a, vocab_size=V, chunk_rows=10, **k),
+                         h, w, t, softcap=softcap)
+    assert got[1].dtype == torch.bfloat16 and got[2].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], want[0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=2e-3)
+    # fp32 tensors under bf16 autocast: bf16 matmuls, float32 loss, fp32 gradients
+    hf, wf = h.float(), w.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss_and_grads(lambda *a, **k: chunked_cross_entropy(*a, vocab_size=V, chunk_rows=10, **k),
+                             hf, wf, t, softcap=softcap)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    torch.testing.assert_close(got[0], want[0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=2e-3)
+
+
+def test_no_grad_path_and_all_ignored():
+    h, w, t = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_cross_entropy(h, w, t, vocab_size=V), plain(h, w, t))
+    assert torch.isnan(chunked_cross_entropy(h, w, torch.full((N,), -100), vocab_size=V))  # as F.cross_entropy
+
+
+def test_saves_nothing_of_size_n_by_v_and_peaks_lower():
+    """The Function keeps only the gradients (N x C and padded V x C); every tensor it allocates
+    while computing lives at most chunk_rows x V, where the plain loss holds several N x V."""
+    n, c, v = 512, 8, 1000
+    h = torch.randn(n, c, requires_grad=True)
+    w = torch.randn(v, c, requires_grad=True)
+    t = torch.randint(0, v, (n,))
+    saved = []
+
+    def pack(x):
+        saved.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        loss = chunked_cross_entropy(h, w, t, vocab_size=v, chunk_rows=64)
+    assert max(saved) <= max(n * c, v * c) < n * v
+    assert isinstance(loss.grad_fn, _ChunkedLinearCrossEntropy._backward_cls)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        plain_loss = F.cross_entropy(F.linear(h, w).float(), t)
+    assert max(saved) >= n * v  # the plain path keeps N x V logits for its backward
+    # Largest tensor created during the chunked forward: hook the allocator-free way, via dispatch.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        biggest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor):
+                    Largest.biggest = max(Largest.biggest, o.numel())
+            return out
+
+    with Largest():
+        chunked_cross_entropy(h, w, t, vocab_size=v, chunk_rows=64).backward()
+    assert Largest.biggest <= 64 * v < n * v
+    torch.testing.assert_close(loss, plain_loss)
