@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 # bounds a run that does not get there.
 DEFAULT_TARGET = 6.5
 DEFAULT_MAX_STEPS = 400
+SAMPLE_TOKENS = 120  # the sample printed at the end
 TRAIN_FLAGS = ["--model", "tiny", "--block-size", "64", "--lr", "1e-2", "--eval-interval", "25",
                "--eval-tokens", "8192", "--save-interval", "100"]
 
@@ -94,11 +95,29 @@ def run(argv: list[str] | None = None) -> int:
                f"{record.target_seconds:.0f}s of training)" if record.target_reached
                else f"did not reach val loss {args.target_loss} in {record.step} steps (val loss {record.val_loss:.3f})")
     print(f"[3] {reached}; consolidated model in {model_dir} (python -m gpt_ds.export {run_dir} redoes it)")
-    print("[4] next:\n"
+    print(f"[4] a sample of the model, continuing {prompt!r}:\n{indent(sample_text(model_dir, prompt))}")
+    print("[5] next:\n"
           f"    tensorboard --logdir {run_dir.tb}            # loss curves, lr, tokens/s, MFU, samples\n"
           f"    python launch/sample.py --model {model_dir} --prompt '{prompt}'\n"
           f"    streamlit run app/app.py -- --model {model_dir}")
     return 0
+
+
+def sample_text(model_dir: Path, prompt: str, new_tokens: int = SAMPLE_TOKENS) -> str:
+    """The prompt and a seeded continuation of it by the trained model (CPU, float32)."""
+    from gpt_ds.generate import Sampling
+    from gpt_ds.inference import StreamUpdate, encode_prompt, load_for_inference, stream_continuation
+
+    model, info = load_for_inference(model_dir)
+    ids = encode_prompt(prompt, info.tokenizer, info.config.block_size)
+    last = StreamUpdate("", 0, 0.0)
+    for last in stream_continuation(model, info.tokenizer, ids, Sampling(new_tokens, temperature=0.8, top_k=50, seed=1)):
+        pass
+    return prompt + last.text
+
+
+def indent(text: str) -> str:
+    return "\n".join("    | " + line for line in text.splitlines())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,10 @@ def test_quickstart_runs_the_whole_path(tmp_path, encoding):
     assert "[1] preparing the default corpus" in proc.stdout
     assert "deepspeed --num_gpus 2 launch/train.py" in proc.stdout
     assert "[3] reached val loss 20.0 at step 4" in proc.stdout
+    # the closing sample continues a prompt in the corpus's form, in the printed block
+    sample = proc.stdout.split("[4] a sample of the model, continuing ")[1].split("[5] next:")[0]
+    prompt = sample.split(":\n", 1)[0].strip("'")
+    assert prompt in ("ROMEO:", "def ") and sample.split(":\n", 1)[1].startswith(f"    | {prompt}".rstrip())
     for hint in (f"tensorboard --logdir {out / 'run' / 'tb'}", f"launch/sample.py --model {out / 'run' / 'model'}",
                  "streamlit run app/app.py"):
         assert hint in proc.stdout
