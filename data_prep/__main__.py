@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from data_prep.manifest import verify
 from data_prep.pipeline import run
 from data_prep.settings import (
     DEFAULT_SEED,
@@ -24,10 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenize a text corpus (GPT-2 BPE, EOT before every document) into llm.c-format uint16 "
         "shards DIR/train_NNNNNN.bin, DIR/val_NNNNNN.bin and DIR/manifest.json.",
     )
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+    parser.add_argument("--verify", metavar="DIR", help="check a prepared folder (every shard's size and sha256 against "
+                        "its manifest) and exit; changes nothing")
+    parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="files, folders (searched recursively) or globs: plain text of any extension (a file is "
                         "a document), .jsonl (a line is a document), and .gz versions of both")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help=f"fraction of documents for validation, chosen by seed (default {DEFAULT_VAL_FRACTION}; "
                         "with 2+ documents at least one; 0: no val split)")
@@ -47,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(argv: list[str] | None = None) -> PrepareSettings:
-    args = build_parser().parse_args(argv)
+def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
     return PrepareSettings(
         inputs=tuple(args.input),
         out=args.out,
@@ -64,8 +67,20 @@ def settings_from_args(argv: list[str] | None = None) -> PrepareSettings:
     )
 
 
+def cli(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify:
+        print(verify(Path(args.verify)))
+        return 0
+    if not args.input or not args.out:
+        parser.error("the following arguments are required: --input, --out (or --verify DIR)")
+    run(settings_from_args(args))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_cli(lambda: run(settings_from_args(argv)) and 0, PROG)
+    run_cli(lambda: cli(argv), PROG)
 
 
 if __name__ == "__main__":

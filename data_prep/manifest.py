@@ -10,6 +10,7 @@ from typing import Callable
 
 from gpt_ds import atomic
 from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, open_split
+from data_prep.writer import file_sha256
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).
@@ -37,6 +38,10 @@ def prepare_output(out: Path, wanted: dict, force: bool, strict: bool, say: Call
         raise UserError(f"--out {out} is a file; give a folder path (it is created if missing)")
     if out.is_dir() and not force:
         manifest, marker = _read_json(out / MANIFEST_NAME), _read_json(out / IN_PROGRESS_NAME)
+        for name, found in ((MANIFEST_NAME, manifest), (IN_PROGRESS_NAME, marker)):
+            if found == {}:
+                raise UserError(f"{out / name} is unreadable (not a JSON object: damaged or written by something "
+                                "else); pass --force to prepare the folder again, or choose another --out")
         if manifest is not None:
             changes = _differences(manifest, wanted)
             if changes:
@@ -121,16 +126,35 @@ def _differences(found: dict, wanted: dict) -> str:
 
 
 def _shard_problem(out: Path, manifest: dict) -> str | None:
-    """Why the shards do not match the manifest (missing, truncated, other counts), or None."""
+    """Why the shards do not match the manifest (missing, truncated, other counts, other bytes: each
+    shard's sha256 is checked), or None."""
     try:
         for split, entry in manifest["splits"].items():
             if entry.get("shards"):
                 open_split(out, split)
+                for shard in entry["shards"]:
+                    if shard.get("sha256") and file_sha256(out / shard["name"]) != shard["sha256"]:
+                        return (f"shard {out / shard['name']} does not have the sha256 recorded in {MANIFEST_NAME} "
+                                "(its bytes were changed after preparation)")
     except ShardError as err:
         return str(err)
     except (KeyError, AttributeError, TypeError):
         return f"{MANIFEST_NAME} is not a complete manifest"
     return None
+
+
+def verify(out: Path) -> str:
+    """Check a prepared folder (manifest, every shard's header, size and sha256) without changing it:
+    a line saying what was verified, or UserError naming the first problem."""
+    manifest = _read_json(out / MANIFEST_NAME) if out.is_dir() else None
+    if not manifest:
+        raise UserError(f"{out} has no readable {MANIFEST_NAME}: it is not a complete preparation; prepare it "
+                        "with python -m data_prep --input ... --out " + str(out))
+    problem = _shard_problem(out, manifest)
+    if problem is not None:
+        raise UserError(f"{problem}; prepare it again with --force")
+    shards = [s for entry in manifest["splits"].values() for s in entry.get("shards", [])]
+    return f"{out}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens, sizes and sha256 as recorded"
 
 
 def _refuse_lax_for_strict(out: Path, manifest: dict, strict: bool) -> None:

@@ -21,6 +21,7 @@ from data_prep.tokenize import check_fits_uint16, encode_batch, init_worker
 from data_prep.writer import ShardWriter
 from gpt_ds.data import MAGIC, VERSION, HEADER_BYTES
 from gpt_ds.errors import UserError
+from gpt_ds.lock import FolderLock
 from gpt_ds.tokenizer import get_encoding
 
 BATCH_BYTES = 1 << 20  # text per worker task: large enough that pickling is noise, small for memory
@@ -45,6 +46,13 @@ def run(settings: PrepareSettings) -> dict:
         raise UserError(f"the inputs {' '.join(settings.inputs)} hold no files; give text or .jsonl files or folders of them")
     digest, total_bytes = fingerprint(files)
     wanted = identity(encoding.name, settings.output_settings(), digest)
+    if settings.out.exists() and not settings.out.is_dir():
+        raise UserError(f"--out {settings.out} is a file; give a folder path (it is created if missing)")
+    with FolderLock(settings.out, "data_prep run"):
+        return _prepare(settings, files, total_bytes, wanted, encoding, say)
+
+
+def _prepare(settings: PrepareSettings, files: list[Path], total_bytes: int, wanted: dict, encoding, say) -> dict:
     existing = prepare_output(settings.out, wanted, settings.force, settings.strict, say)
     if existing is not None:
         say(f"{settings.out} is up to date: {_describe(existing)}")
@@ -71,7 +79,7 @@ def run(settings: PrepareSettings) -> dict:
         },
         "total_tokens": sum(s["tokens"] for split in SPLITS for s in shards[split]),
         "total_documents": sum(counts["documents"].values()),
-        "inputs": {"paths": list(settings.inputs), "files": len(files), "bytes": total_bytes, "fingerprint": digest},
+        "inputs": {"paths": list(settings.inputs), "files": len(files), "bytes": total_bytes, "fingerprint": wanted["inputs"]["fingerprint"]},
         "replaced": {"sequences": counts["replaced_sequences"], "documents": counts["replaced_documents"]},
         "skipped": {"binary_files": len(counts["binary_files"]), "empty_documents": counts["empty_documents"]},
         "settings": {**settings.output_settings(), "strict": settings.strict},

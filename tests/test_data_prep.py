@@ -22,6 +22,7 @@ from data_prep.split import val_score
 from data_prep.tokenize import check_fits_uint16
 from gpt_ds.data import IN_PROGRESS_NAME, ShardError, load_manifest, open_split, read_shard
 from gpt_ds.errors import UserError
+from gpt_ds.lock import LOCK_NAME
 
 EOT = 50256
 QUIET = {"verbose": False, "workers": 1}
@@ -227,10 +228,13 @@ def test_rerun_is_up_to_date_and_other_settings_are_refused_without_force(tmp_pa
     (tmp_path / "b.txt").write_text("more text")
     out = tmp_path / "out"
     prepare([str(tmp_path / "*.txt")], out, **QUIET)
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    def stamps():  # the run's lock file is written by every run: the data is what must stay
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_NAME}
+
+    before = stamps()
     result = run_cli("--input", tmp_path / "a.txt", tmp_path / "b.txt", "--out", out)
     assert result.returncode == 0 and "up to date" in result.stdout
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing rewritten
+    assert stamps() == before  # nothing rewritten
 
     result = run_cli("--input", tmp_path / "a.txt", tmp_path / "b.txt", "--out", out, "--seed", "5")
     assert result.returncode != 0
@@ -403,3 +407,52 @@ def test_a_dead_worker_is_a_one_line_error(tmp_path, python_corpus):
     assert proc.returncode == 2
     assert stderr.startswith("python -m data_prep: error: a worker process died") and stderr.count("\n") == 1
     assert not (out / "manifest.json").exists()
+
+
+def test_two_preparations_into_one_folder_the_second_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gpt_ds.lock import FolderLock; "
+                               "lock = FolderLock(sys.argv[1], 'data_prep run').acquire(); print('held', flush=True); "
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli("--input", tmp_path / "a.txt", "--out", out)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert f"in use by another data_prep run (pid {holder.pid} on" in result.stderr
+        assert not (out / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("--input", tmp_path / "a.txt", "--out", out).returncode == 0
+
+
+def test_a_corrupt_manifest_is_named_with_the_way_out(tmp_path):
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    out = tmp_path / "out"
+    prepare([str(tmp_path / "a.txt")], out, **QUIET)
+    (out / "manifest.json").write_text("{ damaged")
+    result = run_cli("--input", tmp_path / "a.txt", "--out", out)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "manifest.json is unreadable" in result.stderr and "--force" in result.stderr
+    assert run_cli("--input", tmp_path / "a.txt", "--out", out, "--force").returncode == 0
+
+
+def test_changed_shard_bytes_are_found_by_the_rerun_and_by_verify(tmp_path):
+    (tmp_path / "a.txt").write_text("some text, " * 3000)
+    (tmp_path / "b.txt").write_text("other words. " * 3000)
+    out = tmp_path / "out"
+    prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], out, **QUIET)
+    good = run_cli("--verify", out)
+    assert good.returncode == 0 and "sizes and sha256 as recorded" in good.stdout
+    shard = out / "train_000000.bin"
+    data = bytearray(shard.read_bytes())
+    data[2000:2004] = b"\xff\xff\xff\xff"  # same size, other tokens (65535: past the vocabulary)
+    shard.write_bytes(bytes(data))
+    bad = run_cli("--verify", out)
+    assert bad.returncode == 2 and "train_000000.bin does not have the sha256" in bad.stderr
+    assert bad.stderr.count("\n") == 1
+    rerun = run_cli("--input", tmp_path / "a.txt", tmp_path / "b.txt", "--out", out)
+    assert rerun.returncode == 0 and "preparing it again" in rerun.stdout and "up to date" not in rerun.stdout
+    assert run_cli("--verify", out).returncode == 0
+    assert run_cli("--verify", tmp_path / "nothing").returncode == 2
