@@ -9,7 +9,7 @@ applies it to a plain `srun python launch/train.py`. A lone `python launch/train
 size 1 and a free local port, so it runs the same code path without DeepSpeed looking for MPI.
 
 Defines `DistEnv`, `fill_env`, `current`, `env_from_job`, `master_port_for`, `share_cpu_threads`,
-`init`, `all_reduce_sum`, `barrier`, `launcher_command` and `free_port`. torch (and DeepSpeed) load
+`init`, `device`, `all_reduce_sum`, `barrier`, `launcher_command` and `free_port`. torch (and DeepSpeed) load
 only inside the functions that use them, so the translation runs before either is imported.
 """
 
@@ -26,6 +26,7 @@ from gpt_ds.errors import UserError
 
 if TYPE_CHECKING:
     import submitit
+    import torch
 
 # Ports derived from the job id stay below Linux's ephemeral range (32768+) so they never collide
 # with a port the kernel handed out to some client socket on the first node.
@@ -174,12 +175,24 @@ def init(dist_env: DistEnv) -> None:
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False)
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    import deepspeed.comm as dist
+def device() -> "torch.device":
+    """This rank's accelerator device (the CPU on a CPU run)."""
     import torch
     from deepspeed.accelerator import get_accelerator
 
-    tensor = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())
+    return torch.device(get_accelerator().current_device_name())
+
+
+def all_reduce_sum(values: "list[float] | torch.Tensor") -> list[float]:
+    """The sums over all ranks of `values` (a list, or a 1-D tensor already on the device, which
+    spares a host-to-device copy); the result's `.tolist()` is the one read back to the host."""
+    import deepspeed.comm as dist
+    import torch
+
+    if isinstance(values, torch.Tensor):
+        tensor = values.to(device(), torch.float64)
+    else:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
 

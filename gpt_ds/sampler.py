@@ -35,6 +35,8 @@ class TokenWindows:
                 f"(longest: {longest}); lower --seq-len (it defaults to the model's context, --block-size) "
                 "or prepare more data")
         self.cumulative = np.cumsum(counts)
+        self._shard_base = self.cumulative - counts  # first global start position of each shard
+        self._span = np.arange(block_size + 1, dtype=np.int64)
 
     @property
     def num_windows(self) -> int:
@@ -47,8 +49,17 @@ class TokenWindows:
         return self.shards[shard][offset : offset + self.block_size + 1]
 
     def batch(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (len(starts), block_size) int64 for the given window starts."""
-        rows = np.stack([self.window(int(i)) for i in starts]).astype(np.int64)
+        """Inputs and targets (len(starts), block_size) int64 for the given window starts: the windows
+        `window(start)` gives, gathered with one fancy index per shard touched (not a loop over rows)."""
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        if len(starts) and not (starts.min() >= 0 and starts.max() < self.num_windows):
+            raise IndexError(f"window starts must lie in [0, {self.num_windows}), got {starts.min()}..{starts.max()}")
+        shard_of = np.searchsorted(self.cumulative, starts, side="right")
+        index = (starts - self._shard_base[shard_of])[:, None] + self._span  # (rows, block_size + 1)
+        rows = np.empty(index.shape, dtype=np.int64)
+        for shard in np.unique(shard_of):
+            mine = shard_of == shard
+            rows[mine] = self.shards[shard][index[mine]]
         tensor = torch.from_numpy(rows)
         return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
 

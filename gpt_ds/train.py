@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -158,25 +157,30 @@ def set_lr(engine: Any, lr: float) -> float:
     return lr
 
 
-def train_step(engine: Any, plan: Plan, step: int, rank: int) -> float:
-    """One optimizer step over gradient_accumulation_steps micro-batches; this rank's mean loss."""
-    total = 0.0
+def train_step(engine: Any, plan: Plan, step: int, rank: int) -> torch.Tensor:
+    """One optimizer step over gradient_accumulation_steps micro-batches; this rank's mean loss as a
+    0-dim tensor on the device. Nothing here reads a value back to the host: the micro-batches'
+    losses are summed on the device, and `agree` reads the step's figures once."""
+    total = None
     for micro_step in range(plan.accumulation):
         x, y = sampler.train_batch(plan.train, plan.micro_batch, seed=plan.settings.seed, step=step, rank=rank,
                                    micro_step=micro_step)
-        _, loss = engine(x.to(engine.device), y.to(engine.device))
+        _, loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
-        total += loss.item()
+        total = loss.detach().float() if total is None else total + loss.detach().float()
     return total / plan.accumulation
 
 
-def agree(local_loss: float, preempt: bool) -> tuple[float | None, bool]:
-    """The step's one collective: the mean loss over ranks (None when it was not finite on some rank)
-    and whether any rank was asked to stop, so that all ranks take the same decisions."""
-    finite = math.isfinite(local_loss)
-    loss_sum, nonfinite_ranks, preempted_ranks = distributed.all_reduce_sum(
-        [local_loss if finite else 0.0, float(not finite), float(preempt)])
+def agree(local_loss: torch.Tensor | float, preempt: bool) -> tuple[float | None, bool]:
+    """The step's one collective and its one host sync: the mean loss over ranks (None when it was not
+    finite on some rank) and whether any rank was asked to stop, so that all ranks take the same
+    decisions. The three figures are built on the device and read back together after the all-reduce."""
+    loss = torch.as_tensor(local_loss).to(distributed.device(), torch.float64)
+    finite = torch.isfinite(loss)
+    values = torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), (~finite).to(loss.dtype),
+                          torch.full_like(loss, float(preempt))])
+    loss_sum, nonfinite_ranks, preempted_ranks = distributed.all_reduce_sum(values)
     return (None if nonfinite_ranks else loss_sum / distributed.current().world_size), bool(preempted_ranks)
 
 

@@ -59,3 +59,17 @@ def test_too_short_split_is_a_user_error():
 def test_step_seed_differs_per_step_and_rank():
     seeds = {step_seed(1, step, rank) for step in range(50) for rank in range(4)}
     assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_batch_gathers_the_same_windows_as_window_row_by_row(windows):
+    n = windows.num_windows
+    seams = np.array([0, 1, n - 1, int(windows.cumulative[0]) - 1, int(windows.cumulative[0]), 7, 7])
+    starts = np.concatenate([seams, np.random.default_rng(0).integers(0, n, size=200)])
+    x, y = windows.batch(starts)
+    rows = torch.from_numpy(np.stack([windows.window(int(i)) for i in starts]).astype(np.int64))
+    assert x.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+    torch.testing.assert_close(x, rows[:, :-1], rtol=0, atol=0)
+    torch.testing.assert_close(y, rows[:, 1:], rtol=0, atol=0)
+    assert windows.batch(np.array([], dtype=np.int64))[0].shape == (0, 16)
+    with pytest.raises(IndexError):
+        windows.batch(np.array([n]))

@@ -1,0 +1,76 @@
+"""The training step reads back to the host once: train_step keeps the micro-batch losses on the
+device and agree's single all-reduce (loss, non-finite flag, preemption flag) is read with one .tolist().
+
+Counted are the reads gpt-ds's code makes. DeepSpeed's ZeRO step makes its own (bf16/fp16's overflow
+check: an all-reduce and .item(); is_invalid_grad_norm's bool() of the clipping norm) and torch's
+single-tensor AdamW reads its step counter, a CPU tensor; those are DeepSpeed's and torch's business."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_ds import distributed, sampler, settings as run_settings
+from gpt_ds.model import config_from_preset
+from gpt_ds.plan import Plan
+from gpt_ds.schedule import Schedule
+from gpt_ds.train import agree, build_engine, train_step
+
+GPT_DS = str(Path(__file__).resolve().parents[1] / "gpt_ds")
+ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
+
+
+@pytest.fixture(scope="module")
+def engine_and_plan(tmp_path_factory):
+    import json
+
+    config = json.loads(ZERO2.read_text())
+    config["train_micro_batch_size_per_gpu"] = 2
+    config["gradient_accumulation_steps"] = 3  # several micro-batches: still one read
+    path = tmp_path_factory.mktemp("ds") / "ds.json"
+    path.write_text(json.dumps(config))
+    dist_env = distributed.fill_env()
+    distributed.init(dist_env)
+    settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
+                                        model="tiny", block_size=32)
+    model_config = config_from_preset("tiny", **settings.shape_overrides)
+    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
+    plan = Plan(settings, run_settings.resolve_ds_config(str(path), 1), model_config, 32,
+                Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
+                None, None, 1)
+    return build_engine(plan), plan
+
+
+def test_one_host_read_per_step(engine_and_plan, monkeypatch):
+    engine, plan = engine_and_plan
+    agree(train_step(engine, plan, 0, 0), False)  # warm-up: first steps may set things up
+    reads = []
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if GPT_DS in caller or "gpt_ds" in Path(caller).parts:  # gpt-ds's own reads, not DeepSpeed's
+                reads.append(name)
+            return real(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    for step in (1, 2):
+        reads.clear()
+        loss, preempted = agree(train_step(engine, plan, step, 0), step == 2)
+        assert reads == ["tolist"], reads
+        assert math.isfinite(loss) and preempted == (step == 2)
+
+
+def test_agree_flags_a_non_finite_loss(engine_and_plan):
+    assert agree(torch.tensor(float("nan")), False) == (None, False)
+    assert agree(torch.tensor(2.5), True) == (2.5, True)
+    assert agree(1.5, False) == (1.5, False)  # a host float still works
