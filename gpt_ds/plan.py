@@ -31,6 +31,7 @@ class Plan:
     val: sampler.TokenWindows | None
     resume_from: Path | None
     world_size: int
+    muon_lr_ratio: float | None = None  # Muon: the matrices' lr over the schedule's (muon_lr / adam_lr); else None
 
     @property
     def run_dir(self) -> RunDir:
@@ -69,8 +70,10 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
     if run_settings.precision_of(ds_config) == "fp16" and not torch.cuda.is_available():
         raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
                         "ds_configs/zero2.json (bf16)")
+    muon_lr_ratio = check_optimizer(settings, ds_config)
     schedule = Schedule(peak=run_settings.peak_lr(settings, ds_config), floor=run_settings.floor_lr(settings, ds_config),
-                        warmup=settings.warmup, decay_steps=settings.decay_steps)
+                        warmup=settings.warmup, decay_steps=settings.decay_steps, kind=settings.schedule_kind,
+                        decay_fraction=settings.wsd_decay_fraction)
     model_config = resolve_model(settings)
     seq_len = settings.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
@@ -78,17 +81,44 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
                         f"use --seq-len <= {model_config.block_size} or a larger --block-size")
     train, val = open_data(settings.data, model_config, seq_len)
     resume_from = resolve_resume(settings, model_config, world_size)
-    return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size)
+    return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size,
+                muon_lr_ratio)
+
+
+def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float | None:
+    """The recipe's optimizer against the JSON's, and what Muon needs; the Muon lr ratio (None: not Muon)."""
+    muon = run_settings.is_muon(ds_config)
+    wanted = run_settings.RECIPES[settings.recipe]["optimizer"]
+    if wanted == "Muon" and not muon:
+        raise UserError(f"--recipe {settings.recipe} trains with Muon, and {settings.deepspeed_config} has "
+                        f"{ds_config['optimizer'].get('type')}; pass --deepspeed_config {run_settings.MUON_CONFIG}")
+    if not muon:
+        return None
+    ratio = run_settings.muon_lr_ratio(ds_config)
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    # Muon came in DeepSpeed 0.17.6 (the pyproject floor), muon_lr/adam_lr in 0.18.3; the split of each param
+    # group it is given into Muon and Adam halves, keeping the group's weight decay, only after 0.19.5 (0.19.8
+    # is tested): earlier releases fail on our groups or flatten them away.
+    if not hasattr(DeepSpeedEngine, "_muon_param_groups"):
+        import deepspeed
+
+        raise UserError(f"{settings.deepspeed_config} uses Muon, which needs a DeepSpeed whose Muon keeps the param "
+                        f"groups it is given (0.19.8 is tested; installed: {deepspeed.__version__}); "
+                        "pip install -U deepspeed, or use ds_configs/zero2.json")
+    return ratio
 
 
 def resolve_model(settings: RunSettings) -> GPTConfig:
-    """The preset's GPTConfig with the shape flags (--n-layer, --n-head, --n-embd, --block-size) replaced."""
+    """The preset's GPTConfig with the recipe's architecture, the architecture flags and the shape flags
+    (--n-layer, --n-head, --n-embd, --block-size) replaced."""
     from gpt_ds.model import config_from_preset
 
+    overrides = {**settings.architecture_overrides, **settings.shape_overrides}
     try:
-        return config_from_preset(settings.model, **settings.shape_overrides)
+        return config_from_preset(settings.model, **overrides)
     except UserError as err:
-        raise UserError(f"--model {settings.model} with {settings.shape_overrides or 'no overrides'}: {err}") from err
+        raise UserError(f"--model {settings.model} with {overrides or 'no overrides'}: {err}") from err
 
 
 def open_data(data_dir: str, model_config: GPTConfig, seq_len: int) -> tuple[sampler.TokenWindows,
@@ -130,8 +160,10 @@ def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
     """'; changed: x 1 -> 2' for settings that differ from the checkpoint's (a changed seed, schedule
     length or config means the run no longer matches one made in one go)."""
     routine = {"max_steps", "resume"}  # expected to change between a run and its resume
-    changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.to_dict().items()
-               if k not in routine and saved.get(k) != v]
+    # A setting that a checkpoint predates had its default value then
+    defaults = {**RunSettings(deepspeed_config="", data="", out="").to_dict(), "schedule": "cosine"}
+    changes = [f"{k} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in now.to_dict().items()
+               if k not in routine and saved.get(k, defaults[k]) != v]
     saved_decay = saved.get("lr_decay_steps") or saved.get("max_steps")
     if saved_decay != now.decay_steps:
         changes.append(f"learning-rate schedule length {saved_decay} -> {now.decay_steps} "

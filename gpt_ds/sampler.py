@@ -7,8 +7,8 @@ so ranks read different data.
 
 Windows are `block_size + 1` tokens at uniformly random offsets over all shards (inputs are the
 first block_size tokens, targets the last block_size), like nanoGPT and llm.c's random loader.
-Validation reads a fixed token budget: consecutive windows from the start of the val split,
-split between ranks, identical at every evaluation.
+Validation reads a fixed token budget: windows spread evenly over the whole val split, dealt
+out between ranks, identical at every evaluation and (all ranks together) for any world size.
 """
 
 from __future__ import annotations
@@ -76,14 +76,22 @@ def train_batch(windows: TokenWindows, batch_size: int, *, seed: int, step: int,
 
 def val_batches(windows: TokenWindows, token_budget: int, batch_size: int, *, rank: int,
                 world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of the validation set: `token_budget` tokens (all ranks together) read as
-    consecutive non-overlapping windows from the start of the split, in micro-batches."""
-    T = windows.block_size
-    wanted = max(world_size, token_budget // T)
-    available = windows.num_windows // T  # non-overlapping windows that fit (ignoring shard seams)
-    total = max(world_size, min(wanted, available)) // world_size * world_size
-    mine = np.arange(rank, total, world_size, dtype=np.int64) * T % windows.num_windows
+    """This rank's share of the validation set, in micro-batches: `token_budget` tokens (all ranks
+    together) read as non-overlapping windows spread evenly over the whole split, so a split of many
+    documents is sampled across all of them rather than in its first few. The windows are the same at
+    every evaluation and, all ranks together, for any number of ranks (rank r reads every world_size-th)."""
+    starts = val_starts(windows, token_budget)
+    mine = starts[rank::world_size]
     return [windows.batch(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size)]
+
+
+def val_starts(windows: TokenWindows, token_budget: int) -> np.ndarray:
+    """The start positions of the validation windows: budget // block_size of them (at most as many as fit
+    side by side), at equal spacing from the split's first position to its end."""
+    T = windows.block_size
+    count = max(1, min(token_budget // T, windows.num_windows // T))
+    # spacing num_windows / count >= T: the windows never overlap
+    return np.arange(count, dtype=np.int64) * windows.num_windows // count
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

@@ -20,8 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from gpt_ds.errors import UserError
+from gpt_ds.schedule import DEFAULT_DECAY_FRACTION, SCHEDULES
 
 DEFAULT_WARMUP = 100  # warmup steps of a long run; shorter schedules warm up over their first 10%
+# A recipe turns several switches on together; each stays a setting of its own (recorded in settings.json,
+# the model config and every checkpoint), and an explicit flag overrides the recipe's value.
+# gpt2: today's GPT-2 exactly. modern: modded-nanogpt's late-2024 architecture changes on the preset's
+# shape, the warmup-stable-decay schedule, and Muon for the hidden matrices (the DeepSpeed JSON's optimizer).
+ARCHITECTURE_FIELDS = ("pos_embedding", "qk_norm", "mlp", "zero_init_proj", "tie_head", "logit_softcap")
+RECIPES: dict[str, dict[str, Any]] = {
+    "gpt2": {"schedule": "cosine", "optimizer": None, "architecture": {}},
+    "modern": {"schedule": "wsd", "optimizer": "Muon",
+               "architecture": dict(pos_embedding="rope", qk_norm=True, mlp="relu2", zero_init_proj=True,
+                                    tie_head=False, logit_softcap=30.0)},
+}
+MUON_CONFIG = "ds_configs/zero2_muon.json"
 RESUME_HELP = "auto: from RUN_DIR's latest complete checkpoint if any; never: start fresh; PATH: a checkpoint tag folder"
 
 
@@ -56,6 +69,16 @@ class RunSettings:
     log_interval: int = 10
     sample_tokens: int = 48
     peak_tflops: float | None = None  # the device's peak for MFU (None: the GPU table, or measured once on a CPU)
+    recipe: str = "gpt2"  # RECIPES: gpt2 (today's GPT-2) or modern
+    schedule: str | None = None  # cosine or wsd (None: the recipe's)
+    decay_fraction: float | None = None  # wsd: the decaying last fraction of the schedule (None: 0.2)
+    # The architecture beyond the shape (GPTConfig's fields; None: the recipe's). logit_softcap 0: no cap.
+    pos_embedding: str | None = None
+    qk_norm: bool | None = None
+    mlp: str | None = None
+    zero_init_proj: bool | None = None
+    tie_head: bool | None = None
+    logit_softcap: float | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -69,6 +92,26 @@ class RunSettings:
     def warmup(self) -> int:
         """--warmup-steps, or by default 10% of the schedule up to 100 steps (so short runs work)."""
         return self.warmup_steps if self.warmup_steps is not None else min(DEFAULT_WARMUP, self.decay_steps // 10)
+
+    @property
+    def schedule_kind(self) -> str:
+        """--schedule, or the recipe's (gpt2: cosine, modern: wsd)."""
+        return self.schedule or RECIPES[self.recipe]["schedule"]
+
+    @property
+    def wsd_decay_fraction(self) -> float:
+        return self.decay_fraction if self.decay_fraction is not None else DEFAULT_DECAY_FRACTION
+
+    @property
+    def architecture_overrides(self) -> dict[str, Any]:
+        """The GPTConfig architecture fields to replace in the preset: the recipe's, then the explicit flags
+        (none at all for --recipe gpt2 without flags: the preset as it is)."""
+        fields = dict(RECIPES[self.recipe]["architecture"])
+        for name in ARCHITECTURE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = None if name == "logit_softcap" and value == 0 else value
+        return fields
 
     @property
     def shape_overrides(self) -> dict[str, int]:
@@ -122,6 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length of the text sample generated at each eval (0: none)")
     p.add_argument("--peak-tflops", type=float, default=None, metavar="X",
                    help="the device's peak TFLOP/s for MFU (default: a table of GPUs; on a CPU, measured once)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=defaults.recipe,
+                   help="gpt2: GPT-2 as published (default); modern: rope, qk-norm, relu^2, zero-init projections, "
+                        f"untied head, logit softcap 30, the wsd schedule, and Muon ({MUON_CONFIG})")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="learning-rate schedule: cosine (warmup + cosine) or wsd (warmup, constant, linear decay); "
+                        "default: the recipe's (gpt2: cosine, modern: wsd)")
+    p.add_argument("--decay-fraction", type=float, default=None, metavar="F",
+                   help=f"wsd: the last fraction of the schedule that decays linearly to --min-lr "
+                        f"(default {DEFAULT_DECAY_FRACTION})")
+    arch = p.add_argument_group("architecture (default: the recipe's; each flag overrides it)")
+    arch.add_argument("--pos-embedding", choices=("learned", "rope"), default=None)
+    arch.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None)
+    arch.add_argument("--mlp", choices=("gelu", "relu2"), default=None)
+    arch.add_argument("--zero-init-proj", action=argparse.BooleanOptionalAction, default=None)
+    arch.add_argument("--tie-head", action=argparse.BooleanOptionalAction, default=None)
+    arch.add_argument("--logit-softcap", type=float, default=None, metavar="C", help="0: no cap")
     # The deepspeed launcher appends --local_rank=N; we read LOCAL_RANK from the environment instead.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -133,6 +192,10 @@ def settings_from_args(argv: list[str]) -> RunSettings:
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(RunSettings)}
     settings = RunSettings(**values)
     check_values(settings)
+    # Record what the recipe resolved to, so settings.json and the checkpoints name the schedule itself.
+    settings.schedule = settings.schedule_kind
+    if settings.schedule == "wsd":
+        settings.decay_fraction = settings.wsd_decay_fraction
     return settings
 
 
@@ -158,9 +221,34 @@ def check_values(s: RunSettings) -> None:
             raise UserError(f"{flag} must be a finite number >= 0 (got {value})")
     if s.peak_tflops is not None and not (math.isfinite(s.peak_tflops) and s.peak_tflops > 0):
         raise UserError(f"--peak-tflops must be a positive number (got {s.peak_tflops})")
+    check_schedule(s)
+    if s.logit_softcap is not None and not (math.isfinite(s.logit_softcap) and s.logit_softcap >= 0):
+        raise UserError(f"--logit-softcap must be a positive number, or 0 for no cap (got {s.logit_softcap})")
     if s.resume not in ("auto", "never") and not Path(s.resume).exists():
         raise UserError(f"--resume {s.resume}: no such checkpoint folder; give a tag folder such as "
                         "RUN_DIR/checkpoints/step_00001000, or auto / never")
+
+
+def check_schedule(s: RunSettings) -> None:
+    """--recipe, --schedule and --decay-fraction: known, and a wsd decay that fits after the warmup."""
+    if s.recipe not in RECIPES:
+        raise UserError(f"--recipe {s.recipe!r}: choose one of {', '.join(RECIPES)}")
+    if s.schedule is not None and s.schedule not in SCHEDULES:
+        raise UserError(f"--schedule {s.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if s.schedule_kind != "wsd":
+        if s.decay_fraction is not None:
+            raise UserError(f"--decay-fraction applies to --schedule wsd only (this run's schedule is "
+                            f"{s.schedule_kind}); remove it or add --schedule wsd")
+        return
+    fraction = s.wsd_decay_fraction
+    if not (math.isfinite(fraction) and 0 < fraction <= 1):
+        raise UserError(f"--decay-fraction must be in (0, 1] (got {fraction})")
+    from gpt_ds.schedule import decay_length
+
+    decay = decay_length(s.decay_steps, fraction)
+    if s.warmup + decay > s.decay_steps:
+        raise UserError(f"--warmup-steps ({s.warmup}) + the wsd decay ({decay} steps, --decay-fraction {fraction:g} "
+                        f"of {s.decay_steps}) exceed the schedule length ({s.decay_steps}); lower one of them")
 
 
 def load_ds_config(path: str | Path) -> dict[str, Any]:
@@ -255,13 +343,39 @@ def _enabled(ds_config: dict[str, Any], section: str) -> bool:
     return ds_config.get(section, {}).get("enabled", False) is True
 
 
+def is_muon(ds_config: dict[str, Any]) -> bool:
+    """Whether the DeepSpeed JSON's optimizer is DeepSpeed's Muon (with its auxiliary Adam)."""
+    return str(ds_config["optimizer"].get("type", "")).lower() == "muon"
+
+
+def _config_lr(ds_config: dict[str, Any], key: str) -> float | None:
+    """optimizer.params[key], falling back to optimizer.params.lr (DeepSpeed's own rule for muon_lr/adam_lr)."""
+    params = ds_config["optimizer"].get("params", {})
+    lr = params.get(key, params.get("lr"))
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
 def peak_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:
+    """The schedule's peak: --lr, else the JSON's lr (with Muon: the Adam half's, adam_lr)."""
     if settings.lr is not None:
         return settings.lr
-    lr = ds_config["optimizer"].get("params", {}).get("lr")
-    if not isinstance(lr, (int, float)):
-        raise UserError("no learning rate: pass --lr or set optimizer.params.lr in the DeepSpeed config")
-    return float(lr)
+    key = "adam_lr" if is_muon(ds_config) else "lr"
+    lr = _config_lr(ds_config, key)
+    if lr is None:
+        raise UserError(f"no learning rate: pass --lr or set optimizer.params.{key} in the DeepSpeed config")
+    return lr
+
+
+def muon_lr_ratio(ds_config: dict[str, Any]) -> float | None:
+    """With Muon: the matrices' peak lr over the Adam half's (muon_lr / adam_lr from the JSON), the fixed
+    ratio at which the Muon groups follow the schedule (--lr moves both); None for other optimizers."""
+    if not is_muon(ds_config):
+        return None
+    muon, adam = _config_lr(ds_config, "muon_lr"), _config_lr(ds_config, "adam_lr")
+    if muon is None or adam is None or adam <= 0 or muon < 0:
+        raise UserError("the Muon optimizer needs optimizer.params.muon_lr >= 0 and adam_lr > 0 (or one lr) "
+                        f"in the DeepSpeed config (got muon_lr {muon}, adam_lr {adam}); see {MUON_CONFIG}")
+    return muon / adam
 
 
 def floor_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:

@@ -63,7 +63,7 @@ def run(settings: RunSettings) -> TrainResult:
     done, preempted = record.step >= settings.max_steps or record.target_reached, False
     try:
         while not done:
-            lr = set_lr(engine, plan.schedule.lr(record.step))
+            lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
             torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
             started = time.perf_counter()
             loss, preempted = agree(train_step(engine, plan, record.step, dist_env.rank), preemption.raised)
@@ -145,15 +145,54 @@ def build_engine(plan: Plan) -> Any:
     model = GPT(plan.model_config)
     model.set_activation_checkpointing(plan.settings.activation_checkpointing)
     groups = model.param_groups(run_settings.weight_decay_of(plan.ds_config))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=plan.ds_config)
+    if plan.muon_lr_ratio is None:
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=plan.ds_config)
+    else:
+        engine = initialize_with_muon(deepspeed, model, groups, plan.ds_config)
     if plan.settings.compile:
         engine.compile()
     return engine
 
 
-def set_lr(engine: Any, lr: float) -> float:
+def hidden_matrices(model: torch.nn.Module) -> set[str]:
+    """The parameters Muon trains: the blocks' 2-D weights (attention c_attn/c_proj, MLP c_fc/c_proj).
+    Embeddings, the output head, gains and biases stay with Adam (Keller Jordan's Muon: hidden layers only)."""
+    return {name for name, p in model.named_parameters() if p.ndim == 2 and name.startswith("transformer.h.")}
+
+
+def initialize_with_muon(deepspeed: Any, model: torch.nn.Module, groups: list[dict[str, Any]],
+                         ds_config: dict[str, Any]) -> Any:
+    """deepspeed.initialize with DeepSpeed's Muon, each parameter tagged `use_muon` by `hidden_matrices`.
+
+    DeepSpeed tags the parameters itself inside initialize (deepspeed.set_optimizer_flags: >= 2-D and no
+    "embed"/"lm_head" in the name), which would put GPT-2's `wte`/`wpe` tables on Muon; our tags are
+    applied right after its own, before the engine builds the optimizer. Our weight-decay groups pass
+    through: DeepSpeed splits each into its Muon and Adam halves, keeping the group's weight_decay."""
+    from unittest import mock
+
+    hidden = hidden_matrices(model)
+    deepspeeds_own = deepspeed.set_optimizer_flags
+
+    def tag(config_class: Any, module: torch.nn.Module) -> None:
+        deepspeeds_own(config_class, module)
+        for name, param in module.named_parameters():
+            param.use_muon = name in hidden
+
+    with mock.patch.object(deepspeed, "set_optimizer_flags", tag):
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    on_muon = {name for name, p in model.named_parameters() if getattr(p, "use_muon", None) is True}
+    muon_groups = [g for g in engine.optimizer.param_groups if g.get("use_muon")]
+    if on_muon != hidden or not muon_groups:  # a DeepSpeed that tags elsewhere: fail loudly, not train wrongly
+        raise RuntimeError(f"Muon tagging did not hold ({len(on_muon)} parameters on Muon, {len(hidden)} hidden "
+                           f"matrices, {len(muon_groups)} Muon groups); this DeepSpeed tags parameters elsewhere")
+    return engine
+
+
+def set_lr(engine: Any, lr: float, muon_lr_ratio: float | None = None) -> float:
+    """Every param group to the schedule's `lr`; Muon's matrix groups to lr x muon_lr / adam_lr (their own
+    peak from the JSON). Non-Muon groups get `lr` itself, so AdamW runs are exactly as before."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * muon_lr_ratio if muon_lr_ratio is not None and group.get("use_muon") else lr
     return lr
 
 

@@ -1,5 +1,5 @@
 """Validation during training: when to evaluate, the validation loss over the fixed token budget
-(all ranks together), and a short generated text sample to watch the model learn in TensorBoard."""
+(all ranks together; windows spread evenly over the whole val split, gpt_ds.sampler.val_batches), and a short generated text sample to watch the model learn in TensorBoard."""
 
 from __future__ import annotations
 

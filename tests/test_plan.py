@@ -76,3 +76,45 @@ def test_changed_settings_name_what_differs_from_the_checkpoint(shards, tmp_path
     message = changed_settings(saved, now)
     assert "seed 1337 -> 2" in message and "schedule length 100 -> 200" in message and "max_steps" not in message
     assert changed_settings(saved, plan_for(shards, tmp_path, "--max-steps", "100").settings) == ""
+
+
+MUON = ZERO2.parent / "zero2_muon.json"
+
+
+def test_the_modern_recipe_resolves_to_its_architecture_wsd_and_muon(shards, tmp_path):
+    plan = plan_for(shards, tmp_path, "--recipe", "modern", "--deepspeed_config", str(MUON), "--max-steps", "50")
+    config = plan.model_config
+    assert (config.pos_embedding, config.qk_norm, config.mlp, config.zero_init_proj, config.tie_head,
+            config.logit_softcap) == ("rope", True, "relu2", True, False, 30.0)
+    assert (plan.schedule.kind, plan.schedule.decay_fraction, plan.schedule.decay_start) == ("wsd", 0.2, 40)
+    params = plan.ds_config["optimizer"]["params"]
+    assert plan.schedule.peak == params["adam_lr"] and plan.muon_lr_ratio == params["muon_lr"] / params["adam_lr"]
+    assert plan.settings.to_dict()["recipe"] == "modern" and plan.settings.to_dict()["schedule"] == "wsd"
+    # explicit flags override the recipe; the default recipe is today's GPT-2 with AdamW
+    plan = plan_for(shards, tmp_path, "--recipe", "modern", "--deepspeed_config", str(MUON), "--schedule", "cosine",
+                    "--tie-head")
+    assert plan.schedule.kind == "cosine" and plan.model_config.tie_head and plan.model_config.pos_embedding == "rope"
+    plan = plan_for(shards, tmp_path)
+    assert plan.schedule.kind == "cosine" and plan.muon_lr_ratio is None
+    assert plan.model_config == PRESETS["tiny"]
+
+
+def test_modern_without_muon_and_muon_without_its_lrs_are_refused(shards, tmp_path):
+    with pytest.raises(UserError, match="--recipe modern trains with Muon.*zero2_muon.json"):
+        plan_for(shards, tmp_path, "--recipe", "modern")
+    config = json.loads(MUON.read_text())
+    del config["optimizer"]["params"]["adam_lr"]
+    (tmp_path / "muon.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="muon_lr >= 0 and adam_lr > 0"):
+        plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon.json"))
+    # Muon on its own (the gpt2 architecture) is a plan too
+    assert plan_for(shards, tmp_path, "--deepspeed_config", str(MUON)).muon_lr_ratio > 1
+
+
+def test_a_checkpoint_from_before_the_recipe_settings_shows_no_change(shards, tmp_path):
+    saved = plan_for(shards, tmp_path).settings.to_dict()
+    for key in ("recipe", "schedule", "decay_fraction", "pos_embedding", "qk_norm", "mlp", "zero_init_proj",
+                "tie_head", "logit_softcap"):
+        del saved[key]
+    assert changed_settings(saved, plan_for(shards, tmp_path).settings) == ""
+    assert "schedule 'cosine' -> 'wsd'" in changed_settings(saved, plan_for(shards, tmp_path, "--schedule", "wsd").settings)

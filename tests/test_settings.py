@@ -41,3 +41,33 @@ def test_bad_values_are_one_line_errors(flags, words):
     with pytest.raises(UserError) as err:
         settings_from_args([*BASE, *flags])
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_recipe_and_schedule_defaults_and_overrides():
+    s = settings_from_args(BASE)
+    assert (s.recipe, s.schedule, s.decay_fraction, s.architecture_overrides) == ("gpt2", "cosine", None, {})
+    s = settings_from_args([*BASE, "--schedule", "wsd"])
+    assert (s.schedule, s.decay_fraction) == ("wsd", 0.2)  # recorded as resolved
+    s = settings_from_args([*BASE, "--recipe", "modern"])
+    assert s.schedule == "wsd" and s.architecture_overrides == dict(
+        pos_embedding="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, tie_head=False, logit_softcap=30.0)
+    s = settings_from_args([*BASE, "--recipe", "modern", "--schedule", "cosine", "--tie-head", "--logit-softcap", "0"])
+    # explicit flags win over the recipe
+    assert s.schedule == "cosine" and s.architecture_overrides["tie_head"] is True
+    assert s.architecture_overrides["logit_softcap"] is None and s.architecture_overrides["mlp"] == "relu2"
+    s = settings_from_args([*BASE, "--qk-norm", "--pos-embedding", "rope"])  # a piece without the recipe
+    assert s.recipe == "gpt2" and s.architecture_overrides == {"qk_norm": True, "pos_embedding": "rope"}
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--decay-fraction", "0.3"], "--decay-fraction applies to --schedule wsd only"),
+    (["--schedule", "wsd", "--decay-fraction", "0"], "--decay-fraction must be in (0, 1]"),
+    (["--schedule", "wsd", "--decay-fraction", "1.5"], "--decay-fraction must be in (0, 1]"),
+    (["--schedule", "wsd", "--max-steps", "100", "--warmup-steps", "50", "--decay-fraction", "0.6"],
+     "exceed the schedule length (100)"),
+    (["--logit-softcap", "-1"], "--logit-softcap must be a positive number"),
+])
+def test_bad_schedule_and_recipe_values_are_one_line_errors(flags, words):
+    with pytest.raises(UserError) as err:
+        settings_from_args([*BASE, *flags])
+    assert words in str(err.value) and "\n" not in str(err.value)

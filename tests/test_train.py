@@ -369,3 +369,62 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("launch/train.py: error: data folder") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_muon_exact_resume_and_kill9(corpus_data, tmp_path):
+    """Muon (ds_configs/zero2_muon.json, with accumulation) and the wsd schedule: 2N steps straight ==
+    kill -9, auto-resume to N, resume to 2N, bit for bit; the checkpoint holds Muon's momentum."""
+    config = json.loads((REPO / "ds_configs" / "zero2_muon.json").read_text())
+    config.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=2)
+    muon_config = tmp_path / "zero2_muon_mb2_ga2.json"
+    muon_config.write_text(json.dumps(config))
+    n = 6
+    common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=6, save_interval=2, sample_tokens=0,
+                  lr=config["optimizer"]["params"]["adam_lr"], schedule="wsd", decay_fraction=0.5)
+    straight = tmp_path / "straight"
+    run_ok(deepspeed_command(train_args(corpus_data, straight, muon_config, **common)), tmp_path)
+
+    run_dir = tmp_path / "resumed"
+    proc = subprocess.Popen(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **common)),
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while not (run_dir / "checkpoints" / "latest").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))["step"]
+    assert killed_at < n and not (run_dir / "model").exists(), "the kill came too late; the test needs more steps"
+    run_ok(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **{**common, "max_steps": n})), tmp_path)
+    output = run_ok(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **common)), tmp_path)
+    assert f"done: step {2 * n}" in output
+    assert_same_weights(load_weights(straight / "model"), load_weights(run_dir / "model"))
+
+    # Each rank's checkpoint: the hidden matrices on Muon (with their momentum buffer, at muon_lr / adam_lr
+    # times the schedule's lr), the rest (embeddings, gains, biases) on Adam.
+    tag_dir = checkpoint.latest_tag_dir(run_dir / "checkpoints")
+    params = config["optimizer"]["params"]
+    for rank in range(2):
+        optim = torch.load(tag_dir / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu",
+                           weights_only=False)["optimizer_state_dict"]["base_optimizer_state"]
+        groups = optim["param_groups"]
+        assert [g["use_muon"] for g in groups] == [True, False, False], [g.get("name") for g in groups]
+        assert groups[0]["lr"] == pytest.approx(groups[1]["lr"] * params["muon_lr"] / params["adam_lr"])
+        assert set(optim["state"][0]) == {"momentum_buffer"} and optim["state"][0]["momentum_buffer"].abs().sum() > 0
+        assert {"exp_avg", "exp_avg_sq"} <= set(optim["state"][1])
+    settings = json.loads((run_dir / "settings.json").read_text())["settings"]
+    assert settings["schedule"] == "wsd" and settings["recipe"] == "gpt2"
+
+
+def test_muon_trains_the_hidden_matrices_and_adam_the_rest():
+    from gpt_ds.model import GPT, PRESETS
+    from gpt_ds.train import hidden_matrices
+
+    hidden = hidden_matrices(GPT(PRESETS["tiny"]))
+    layers = PRESETS["tiny"].n_layer
+    assert hidden == {f"transformer.h.{i}.{name}.weight" for i in range(layers)
+                      for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
