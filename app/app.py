@@ -95,7 +95,8 @@ def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
         return [value for _, value in curves.series[tag]] if curves is not None and curves.has(tag) else None
 
     with st.container(border=True):
-        st.markdown(f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "") + f" · tokenizer `{card.tokenizer}`")
+        st.markdown(f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "")
+                    + f" · architecture **{card.architecture}** · tokenizer `{card.tokenizer}`")
         shape, training = st.columns(4), st.columns(4)
         shape[0].metric("Parameters", format_count(card.parameters), help=f"{card.parameters:,} parameters")
         shape[1].metric("Context", f"{card.context} tokens")

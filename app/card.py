@@ -1,6 +1,6 @@
 """The model card: what the page says about a model, and how its figures are written.
 
-Defines: `ModelCard` (the model's shape from its config, its training record from the model
+Defines: `ModelCard` (the model's shape and architecture from its config, its training record from the model
 folder's metadata, read as a `gpt_ds.record.RunRecord`), `model_card`, and the formatting of counts
 and losses (`format_count`, `format_loss`; "—" for unknown).
 """
@@ -32,6 +32,7 @@ class ModelCard:
     n_head: int
     n_embd: int
     tokenizer: str
+    architecture: str = "GPT-2"  # GPTConfig.architecture: "GPT-2" or e.g. "modern: rope, qk-norm, relu², untied, softcap 30"
     steps: int | None = None
     tokens: int | None = None
     train_loss: float | None = None
@@ -53,6 +54,7 @@ def model_card(model: GPT, info: ModelInfo) -> ModelCard:
         n_head=cfg.n_head,
         n_embd=cfg.n_embd,
         tokenizer=info.tokenizer,
+        architecture=cfg.architecture,
     )
     record = RunRecord.from_dict(info.metadata)
     if record == RunRecord():  # nothing recorded: not the record of a run that made no step

@@ -8,15 +8,17 @@ and one sampler:
 
 - Decoding: the prompt is run once to fill the KV cache; each new token then costs one position,
   not a pass over the whole sequence. A prompt longer than the context is cropped from the left.
-  Past the context the model sees a sliding window of the last block_size tokens; since positions are
-  learned and absolute, sliding shifts every position, so the cache is invalid and the window is
-  recomputed at each step. This keeps cached greedy decoding token-for-token equal to recomputing the
-  whole window at every step, also beyond the context.
+  Past the context the model sees a sliding window of the last block_size tokens, and the cache is
+  invalid once it slides: learned absolute positions all shift by one; rotary positions (rope) enter
+  attention only as relative offsets, but the kept tokens' keys and values from layer 1 on were
+  computed while they could still attend to the tokens that dropped out. So, for both, the window is
+  recomputed at each such step (positions 0..block_size-1, as in training). This keeps cached greedy
+  decoding token-for-token equal to recomputing the whole window at every step, also beyond the context.
 - Sampling: temperature, then top-k, then top-p (nucleus), from a seeded generator; greedy (argmax)
   when temperature == 0. Only real vocabulary entries exist in the logits
   (GPT.lm_head drops the padding), so padded ids are never produced.
 - A batch of prompts is decoded in groups of equal length (a batch needs one position per step for
-  every row; left padding would shift the learned positions). Several samples of one prompt, the
+  every row; left padding would shift the positions). Several samples of one prompt, the
   common case, therefore run as one batch. A row stops at stop_token (not returned); the group stops
   when every row has.
 """
@@ -146,7 +148,8 @@ def _decode(
         elif cache is not None and cache.length < context:
             logits = last_logits(tokens[:, -1:], cache)  # one new position on top of the cache
         else:
-            # No cache, or the window has slid: every position moved, so recompute the window.
+            # No cache, or the window has slid: every position moved (and with rope the cached keys
+            # and values still reflect the dropped tokens), so recompute the window.
             cache = None
             logits = last_logits(tokens, None)
         with torch.inference_mode():

@@ -8,6 +8,10 @@ The architectures are the same, so conversion is renaming plus three layout deta
 - the Hugging Face vocabulary is unpadded (gpt-ds model folders are unpadded too: no change);
 - the output head is tied to wte in both (`lm_head.weight` is not written; it is ignored on import
   when it equals wte).
+Only a GPT-2 architecture exports: a model folder of the modern recipe (rotary positions, QK-norm,
+ReLU^2, an untied head, soft-capped logits; any of them) has no GPT2LMHeadModel equivalent and is
+refused naming what differs (zero-initialised projections are only an initialisation: such a model
+exports). Import always makes a GPT-2 model folder.
 transformers is not needed to convert: both sides are plain safetensors + JSON (it is needed only by
 the tests that check the result loads and computes the same logits). Safetensors only: an HF folder
 that has only `pytorch_model.bin` (a pickle) is refused with the way to convert it.
@@ -33,6 +37,7 @@ from gpt_ds.model_io import (
     folder_state_dict,
     load_model,
     parse_dtype,
+    read_model_info,
     read_safetensors,
     save_model,
 )
@@ -92,6 +97,7 @@ def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype =
     from safetensors.torch import save_file
 
     dtype = parse_dtype(dtype)
+    check_exportable(read_model_info(model_dir).config, model_dir)  # before reading any weights
     model, info = load_model(model_dir, dtype=dtype)
     config = info.config
     # The model folder's tensors (no padding rows), with Hugging Face's Conv1D layout where it differs.
@@ -107,6 +113,17 @@ def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype =
         save_file(tensors, str(staging / HF_WEIGHTS), metadata={"format": "pt"})
         (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
     return Path(out)
+
+
+def check_exportable(config: GPTConfig, model_dir: str | Path) -> None:
+    """UserError naming what differs when the architecture is not GPT-2's (transformers' GPT-2 has
+    learned positions, tanh-GELU, a tied head and no logit cap)."""
+    differences = config.architecture_differences()
+    if differences:
+        raise UserError(
+            f"{model_dir} is not a GPT-2 architecture ({config.architecture}: {', '.join(differences)}), so it "
+            "cannot be exported as transformers' GPT2LMHeadModel; only models trained with the GPT-2 recipe export"
+        )
 
 
 def _hf_bias_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:

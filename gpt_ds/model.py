@@ -6,6 +6,13 @@ token + learned position embeddings, pre-LayerNorm blocks of causal multi-head s
 follow GPT-2 (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so checkpoints map 1:1 onto
 Hugging Face's GPT2LMHeadModel (see gpt_ds/hf.py).
 
+The architecture beyond GPT-2 is opt-in, field by field of GPTConfig (defaults: GPT-2), and
+together as MODERN_RECIPE / the `modern-*` presets: rotary position embeddings on q and k instead of
+wpe (pos_embedding="rope"), RMS-normalised queries and keys (qk_norm), a ReLU^2 MLP (mlp="relu2"),
+zero-initialised residual projections (zero_init_proj), an untied output head `lm_head.weight`
+(tie_head=False) and soft-capped logits (logit_softcap), as modded-nanogpt trains its GPT-2 speedruns.
+A GPT-2 config serialises exactly as before these fields existed (see GPTConfig.to_dict).
+
 It also holds what training needs around the model (optimizer parameter groups, activation
 checkpointing, FLOPs per token for MFU) and the per-layer key/value
 cache that gpt_ds/generate.py uses for incremental decoding. Nothing here knows about DeepSpeed.
@@ -32,18 +39,43 @@ VOCAB_PAD_MULTIPLE = 64
 INIT_STD = 0.02  # GPT-2's initialisation scale
 
 
+# The choices of the architecture fields beyond GPT-2's shape.
+POS_EMBEDDINGS = ("learned", "rope")
+MLP_ACTIVATIONS = ("gelu", "relu2")
+# Those fields at GPT-2's values: their defaults. A config with all of them at these values is GPT-2.
+GPT2_RECIPE: dict[str, Any] = dict(
+    pos_embedding="learned", rope_base=10000.0, qk_norm=False, mlp="gelu", zero_init_proj=False, tie_head=True,
+    logit_softcap=None,
+)
+# The opt-in modern recipe (modded-nanogpt's architecture changes of late 2024, on GPT-2's shapes):
+# rotary positions, QK-norm, ReLU^2, zero-initialised residual projections, an untied (zero-initialised)
+# output head, logits soft-capped at 30 (as modded-nanogpt then and Gemma 2).
+MODERN_RECIPE: dict[str, Any] = dict(
+    pos_embedding="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, tie_head=False, logit_softcap=30.0
+)
+
+
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape of a GPT model. Frozen so that a preset cannot be changed by accident; derive a variant
+    """Shape of a GPT model, and its architecture where it departs from GPT-2 (opt-in: every such
+    field defaults to GPT-2). Frozen so that a preset cannot be changed by accident; derive a variant
     with `config_from_preset(name, **overrides)` or `dataclasses.replace`."""
 
     n_layer: int
     n_head: int
     n_embd: int
-    block_size: int  # the context length: the number of learned positions
+    block_size: int  # the context length (the number of learned positions, with pos_embedding="learned")
     vocab_size: int = 50257  # GPT-2's BPE; the tokens the model can read and predict
     dropout: float = 0.0  # 0 for pretraining (as GPT-2 small / nanoGPT), >0 only when overfitting
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    # ---- the architecture beyond GPT-2 (defaults: GPT-2; MODERN_RECIPE sets them) ----
+    pos_embedding: str = "learned"  # "learned": GPT-2's wpe table; "rope": rotary q/k, no position parameters
+    rope_base: float = 10000.0  # the rotary base (RoFormer's 10000); used only with pos_embedding="rope"
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain) before attention
+    mlp: str = "gelu"  # "gelu": GPT-2's tanh-GELU; "relu2": ReLU(x)^2
+    zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj start at zero (else GPT-2's scaled normal)
+    tie_head: bool = True  # the output head is wte; False: an own `lm_head.weight`, initialised to zero
+    logit_softcap: float | None = None  # logits -> c * tanh(logits / c); None: no cap
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -57,6 +89,25 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"model config: dropout must be in [0, 1), got {self.dropout!r}")
+        for name, choices in (("pos_embedding", POS_EMBEDDINGS), ("mlp", MLP_ACTIVATIONS)):
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"model config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        for name in ("bias", "qk_norm", "zero_init_proj", "tie_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
+        if not _positive_number(self.rope_base):
+            raise UserError(f"model config: rope_base must be a positive number, got {self.rope_base!r}")
+        if self.logit_softcap is not None and not _positive_number(self.logit_softcap):
+            raise UserError(
+                f"model config: logit_softcap must be a positive number or null (no cap), got {self.logit_softcap!r}"
+            )
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise UserError(
+                f"model config: rotary embeddings rotate pairs of channels, so the head size n_embd / n_head "
+                f"({self.n_embd} / {self.n_head} = {self.head_dim}) must be even; change n_embd or n_head"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -67,12 +118,50 @@ class GPTConfig:
         """Rows of the embedding matrix: vocab_size rounded up to a multiple of 64 (50257 -> 50304)."""
         return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
+    @property
+    def uses_gpt2_recipe(self) -> bool:
+        """Every architecture/initialisation field at GPT-2's value (the default)."""
+        return all(getattr(self, name) == value for name, value in GPT2_RECIPE.items())
+
+    def architecture_differences(self) -> list[str]:
+        """What makes this architecture differ from GPT-2's, one entry per field ([] for GPT-2). The
+        initialisation (zero_init_proj) is not architecture: a model so trained is still a GPT-2."""
+        differences = []
+        for name in ("pos_embedding", "qk_norm", "mlp", "tie_head", "logit_softcap"):
+            if getattr(self, name) != GPT2_RECIPE[name]:
+                differences.append(f"{name}={getattr(self, name)!r} (GPT-2: {GPT2_RECIPE[name]!r})")
+        return differences
+
+    @property
+    def architecture(self) -> str:
+        """In words: "GPT-2", or e.g. "modern: rope, qk-norm, relu², untied, softcap 30"."""
+        parts = []
+        if self.pos_embedding == "rope":
+            parts.append("rope" if self.rope_base == GPT2_RECIPE["rope_base"] else f"rope (base {self.rope_base:g})")
+        if self.qk_norm:
+            parts.append("qk-norm")
+        if self.mlp == "relu2":
+            parts.append("relu²")
+        if not self.tie_head:
+            parts.append("untied")
+        if self.logit_softcap is not None:
+            parts.append(f"softcap {self.logit_softcap:g}")
+        return "modern: " + ", ".join(parts) if parts else "GPT-2"
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a JSON-ready dict. A config on GPT-2's recipe leaves the recipe fields out, so
+        its dict is exactly what gpt-ds wrote before they existed: an old checkpoint or model folder
+        equals (resume's check compares these dicts) and reads as (from_dict) a default config."""
+        d = dataclasses.asdict(self)
+        if self.uses_gpt2_recipe:
+            for name in GPT2_RECIPE:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        """Build from `to_dict()` output; unknown or missing fields are a UserError naming them."""
+        """Build from `to_dict()` output; unknown or missing fields are a UserError naming them (the
+        fields with defaults may be missing: a dict written before a field existed gets its default)."""
         if not isinstance(d, dict):
             raise UserError(f"model config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -84,6 +173,10 @@ class GPTConfig:
         if missing:
             raise UserError(f"model config: missing field(s) {', '.join(missing)}")
         return cls(**d)
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _nearest_divisor(n: int, near: int) -> int:
@@ -104,6 +197,10 @@ PRESETS: dict[str, GPTConfig] = {
     # after a prompt (bench/generate.py compares with transformers, which cannot go past the context).
     "small": GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=512),
 }
+
+
+# The modern recipe on the same shapes: modern-gpt2, modern-gpt2-medium, ..., modern-tiny, modern-small.
+PRESETS.update({f"modern-{name}": dataclasses.replace(config, **MODERN_RECIPE) for name, config in list(PRESETS.items())})
 
 
 def config_from_preset(name: str, **overrides: Any) -> GPTConfig:
@@ -131,8 +228,11 @@ class LayerKV:
 class KVCache:
     """Keys and values of every layer for the tokens seen so far (batch, head, position, head_dim).
 
-    Positions are learned and absolute, so a cache is valid only while the sequence fits in the
-    context: once it slides, every position shifts and the window must be recomputed (generate.py).
+    Keys are stored as attention uses them (after QK-norm and the rotary rotation at their absolute
+    position). A cache is valid only while the sequence fits in the context: once the window slides,
+    learned positions all shift, and with rotary positions the kept tokens' cached keys and values
+    (from layer 1 on) still reflect the dropped tokens they attended to; either way the window is
+    recomputed (generate.py).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
@@ -142,28 +242,57 @@ class KVCache:
         self.length = 0
 
 
+def rotary_cos_sin(
+    start: int, length: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (length, head_dim / 2) of the rotary angles of positions start..start+length-1:
+    channel pair i turns by position * base^(-2i / head_dim) (RoFormer). Computed in float32 from the
+    absolute positions alone, so a position gets the same angles in a full pass and in a cached step."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, head_dim) pairwise: channel i pairs with channel i + head_dim/2 (the
+    half-split layout of GPT-NeoX / Llama / modded-nanogpt), turned by the angle of its position."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.head_dim = config.head_dim
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
+        self.rope_base = config.rope_base if config.pos_embedding == "rope" else None
         # One fused projection for queries, keys and values: one big matmul beats three small ones.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of x (B, T, C), each (B, n_head, T, head_dim)."""
+    def _heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C) at positions start..start+T-1, each (B, n_head, T,
+        head_dim), queries and keys as attention uses them: RMS-normalised per head (qk_norm), then
+        rotated by their position (rope)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        if self.qk_norm:
+            # No gain (as modded-nanogpt): |q| = |k| = sqrt(head_dim), so a score is at most sqrt(head_dim).
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if self.rope_base is not None:
+            cos, sin = rotary_cos_sin(start, T, self.head_dim, self.rope_base, x.device, q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0) -> torch.Tensor:
         """Attend x (B, T, C) causally; with `past`, x holds positions start..start+T-1 and its keys and
         values are appended to the cache, so queries also see the positions before `start`."""
         B, T, C = x.shape
-        q, k, v = self._heads(x)
+        q, k, v = self._heads(x, start)
         mask = None
         is_causal = True
         if past is not None:
@@ -185,7 +314,8 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """The softmax attention weights (B, n_head, T, T), computed explicitly (SDPA does not return them)."""
+        """The softmax attention weights (B, n_head, T, T), computed explicitly (SDPA does not return
+        them) from the same queries and keys as forward (QK-norm and rotary positions included)."""
         q, k, _ = self._heads(x)
         T = x.shape[1]
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
@@ -193,17 +323,24 @@ class CausalSelfAttention(nn.Module):
         return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (So et al. 2021, "Primer"; modded-nanogpt's MLP activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GPT-2 used the tanh approximation of GELU; matching it keeps imported GPT-2 weights exact.
-        self.gelu = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate="tanh") if config.mlp == "gelu" else ReLUSquared()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -221,36 +358,81 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class OutputHead(nn.Module):
+    """Logits over the real vocabulary (..., vocab_size), soft-capped when the config says so.
+
+    Tied (GPT-2): the matrix is the token embedding's, and the head has no parameter of its own (one
+    tensor to save and shard, padded_vocab_size x n_embd parameters saved). Untied: its own `weight`
+    (state-dict name `lm_head.weight`, padded like wte). Either way the padded rows are multiplied (the
+    padded shape is what is fast) and then sliced off, so they are never sampled or scored.
+    """
+
+    def __init__(self, config: GPTConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.vocab_size = config.vocab_size
+        self.softcap = config.logit_softcap
+        # The embedding module, not registered as a child (it belongs to transformer.wte), and looked
+        # up at every call: loading (to_empty, .to) may replace its weight tensor.
+        object.__setattr__(self, "_tied_to", embedding if config.tie_head else None)
+        if not config.tie_head:
+            self.weight = nn.Parameter(torch.empty(config.padded_vocab_size, config.n_embd))
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The (padded_vocab_size, n_embd) output matrix: wte's when tied, else the head's own."""
+        return self._tied_to.weight if self._tied_to is not None else self.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.matrix)[..., : self.vocab_size]
+        if self.softcap is not None:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+
 class GPT(nn.Module):
-    """GPT-2: embeddings, n_layer blocks, final LayerNorm, output head tied to the token embedding."""
+    """GPT-2 (and the opt-in modern recipe): token embedding (+ learned positions), n_layer blocks,
+    final LayerNorm, output head (tied to the token embedding, or its own)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
         self.activation_checkpointing = False
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
+        if config.pos_embedding == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
-        # The output head has no weights of its own: it multiplies by wte (weight tying, as GPT-2),
-        # which saves padded_vocab_size x n_embd parameters and keeps one tensor to save and shard.
+        self.transformer = nn.ModuleDict(modules)
+        # `model.lm_head(hidden)` gives the logits (generation, evaluation, Hugging Face parity);
+        # `model.head_weight` is its matrix, which the training loss multiplies chunk by chunk.
+        self.lm_head = OutputHead(config, self.transformer.wte)
         self._init_weights()
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The output head's (padded_vocab_size, n_embd) matrix: wte's weight when tied, else lm_head's."""
+        return self.lm_head.matrix
 
     def _init_weights(self) -> None:
         # GPT-2: every weight N(0, 0.02), biases 0, LayerNorm (1, 0). The projections that write into
         # the residual stream (attn.c_proj, mlp.c_proj) get std 0.02/sqrt(2 n_layer), so the residual's
-        # variance does not grow with depth (2 such additions per block). Uses only torch's global RNG,
-        # so the initialisation is a function of torch.manual_seed alone.
-        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        # variance does not grow with depth (2 such additions per block); with zero_init_proj they
+        # start at zero, so every block starts as the identity (modded-nanogpt). An untied head starts
+        # at zero (modded-nanogpt): the first logits are uniform, the first loss exactly ln(vocab_size).
+        # Uses only torch's global RNG, so the initialisation is a function of torch.manual_seed alone
+        # (zeroed tensors draw nothing).
+        cfg = self.config
+        residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                std = residual_std if name.endswith("c_proj") else INIT_STD
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if name.endswith("c_proj") and cfg.zero_init_proj:
+                    nn.init.zeros_(module.weight)
+                else:
+                    std = residual_std if name.endswith("c_proj") else INIT_STD
+                    nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
@@ -259,6 +441,8 @@ class GPT(nn.Module):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if not cfg.tie_head:
+            nn.init.zeros_(self.lm_head.weight)
 
     # ---- forward ------------------------------------------------------------------------------
 
@@ -281,17 +465,15 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Token plus position embeddings (B, T, n_embd) of idx (B, T) at positions start..start+T-1."""
+        """Token plus learned position embeddings (B, T, n_embd) of idx (B, T) at positions
+        start..start+T-1 (token embeddings alone with rope: positions enter in attention)."""
         end = start + idx.size(1)
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than the context ({self.config.block_size}); crop it")
-        pos = torch.arange(start, end, dtype=torch.long, device=idx.device)
-        return self.transformer.wte(idx) + self.transformer.wpe(pos)
-
-    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over the real vocabulary (..., vocab_size). The padded rows of wte are multiplied
-        (the padded shape is what is fast) and then sliced off, so they are never sampled or scored."""
-        return F.linear(hidden, self.transformer.wte.weight)[..., : self.config.vocab_size]
+        x = self.transformer.wte(idx)
+        if self.config.pos_embedding == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, end, dtype=torch.long, device=idx.device))
+        return x
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100
@@ -301,8 +483,11 @@ class GPT(nn.Module):
         the B*T x vocab logits: gpt_ds.loss computes head, float32 loss and its gradients chunk by chunk."""
         if targets is None:
             return self.lm_head(self.hidden_states(idx)), None
-        loss = chunked_cross_entropy(self.hidden_states(idx).flatten(0, 1), self.transformer.wte.weight,
-                                     targets.flatten(), vocab_size=self.config.vocab_size, ignore_index=ignore_index)
+        # The head's matrix (wte's when tied, lm_head's own when not) and its softcap: the same logits
+        # as lm_head(hidden), never materialised.
+        loss = chunked_cross_entropy(self.hidden_states(idx).flatten(0, 1), self.head_weight, targets.flatten(),
+                                     vocab_size=self.config.vocab_size, softcap=self.config.logit_softcap,
+                                     ignore_index=ignore_index)
         return None, loss
 
     @torch.no_grad()
@@ -324,20 +509,26 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, counting the real vocabulary (the padding rows are a speed device, not model
-        capacity): gpt2 has 124,439,808, as GPT-2 / Hugging Face count it. non_embedding=True leaves
-        out the token and position embeddings (Kaplan et al.'s N; the tied head is the token embedding)."""
+        capacity): gpt2 has 124,439,808, as GPT-2 / Hugging Face count it. An untied head counts (it is
+        vocab_size x n_embd parameters of its own); rope has no position parameters. non_embedding=True
+        leaves out the token embedding, the learned position embedding and an untied head (Kaplan et
+        al.'s N: the blocks and the final LayerNorm, the same for a tied and an untied model)."""
         cfg = self.config
         total = sum(p.numel() for p in self.parameters())
-        total -= (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
+        padded_tables = 1 if cfg.tie_head else 2  # wte, and an untied head, are padded alike
+        total -= padded_tables * (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
         if non_embedding:
-            total -= cfg.vocab_size * cfg.n_embd + cfg.block_size * cfg.n_embd
+            total -= padded_tables * cfg.vocab_size * cfg.n_embd
+            if cfg.pos_embedding == "learned":
+                total -= cfg.block_size * cfg.n_embd
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token: 6N + 12 * n_layer * n_embd * seq_len, as in the
         PaLM paper's appendix B. N counts every weight used in a matmul: the non-embedding parameters
-        plus the output head (the tied token embedding); the position embedding is a lookup, not a matmul.
-        The attention term is the QK^T and AV products at sequence length seq_len (default: context)."""
+        plus the output head (vocab_size x n_embd, tied or untied: one matmul either way); the token and
+        position embeddings are lookups, not matmuls. The attention term is the QK^T and AV products at
+        sequence length seq_len (default: context); elementwise work (rotary, norms, softcap) is left out."""
         cfg = self.config
         seq_len = cfg.block_size if seq_len is None else seq_len
         matmul_params = self.num_params(non_embedding=True) + cfg.vocab_size * cfg.n_embd

@@ -3,7 +3,9 @@
 A model folder holds
 - `model.safetensors`: the weights under the GPT-2 names of gpt_ds.model (`transformer.wte.weight`,
   ...), with the token embedding at its real size (vocab_size rows: the padding to a multiple of 64
-  is a runtime speed device, re-added on load) and no separate output head (it is tied to wte);
+  is a runtime speed device, re-added on load); no separate output head when it is tied to wte (GPT-2),
+  `lm_head.weight` at its real size too when untied (tie_head=False); no `transformer.wpe.weight`
+  with rotary positions (pos_embedding="rope");
 - `config.json`: {"model": GPTConfig.to_dict(), "tokenizer": "r50k_base", "metadata": {...}}, the
   metadata being free-form (training writes its preset, steps, tokens, losses there).
 
@@ -35,8 +37,12 @@ CONFIG_FILE = "config.json"
 TOKEN_EMBEDDING = "transformer.wte.weight"
 # Prefixes that wrappers add to parameter names: DDP/DeepSpeed (`module.`), torch.compile (`_orig_mod.`).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# A tied output head some exporters include as a second name for wte; our model has none.
+# The output head: a model with tie_head=False stores it under this name; for a tied model (GPT-2) it
+# is a second name for wte that some exporters include, and dropped.
 TIED_HEAD = "lm_head.weight"
+OUTPUT_HEAD = TIED_HEAD
+# The tensors stored at vocab_size rows and padded (with zeros) to padded_vocab_size on load.
+VOCAB_ROWS = (TOKEN_EMBEDDING, OUTPUT_HEAD)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,25 +71,29 @@ def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost even for gpt2-xl
         model = GPT(config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    shapes[TOKEN_EMBEDDING] = (config.vocab_size, config.n_embd)
+    for name in VOCAB_ROWS:
+        if name in shapes:
+            shapes[name] = (config.vocab_size, config.n_embd)
     return shapes
 
 
 def folder_state_dict(weights: nn.Module | Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """The tensors to store for a model or a state dict (of GPT, possibly wrapped by DeepSpeed or
-    torch.compile): wrapper prefixes stripped, a tied `lm_head.weight` dropped, wte cut to
-    vocab_size rows, all contiguous on the CPU; checked against `config`."""
+    torch.compile): wrapper prefixes stripped, `lm_head.weight` dropped when the config ties the head
+    (a second name for wte), wte and an untied head cut to vocab_size rows, all contiguous on the CPU;
+    checked against `config`."""
     state = weights.state_dict() if isinstance(weights, nn.Module) else dict(weights)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
                 name = name[len(prefix) :]
-        if name == TIED_HEAD:
+        if name == TIED_HEAD and config.tie_head:
             continue
         tensors[name] = tensor
-    if TOKEN_EMBEDDING in tensors:
-        tensors[TOKEN_EMBEDDING] = tensors[TOKEN_EMBEDDING][: config.vocab_size]
+    for name in VOCAB_ROWS:
+        if name in tensors:
+            tensors[name] = tensors[name][: config.vocab_size]
     check_tensors(tensors, config, source="the weights to save")
     return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
@@ -222,7 +232,7 @@ def load_model(
     with torch.no_grad():
         for name, target in model.state_dict().items():
             source = tensors[name]
-            if name == TOKEN_EMBEDDING:
+            if name in VOCAB_ROWS:
                 target.zero_()  # the padding rows: never looked up, never scored
                 target[: source.shape[0]].copy_(source)
             else:

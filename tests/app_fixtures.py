@@ -12,6 +12,7 @@ Shared by tests/test_inference.py, tests/test_app_*.py, tests/test_app.py and te
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from gpt_ds import tags
 from gpt_ds.metrics import TensorBoard
-from gpt_ds.model import GPT, GPTConfig
+from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
 from gpt_ds.model_io import save_model
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
@@ -31,6 +32,9 @@ if str(APP_DIR) not in sys.path:
 
 # Small enough to load and sample in milliseconds; the context is short so "too long" is easy to hit.
 TINY_CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)
+# The same shape with the modern recipe (rope, qk-norm, relu², untied head, softcap 30).
+MODERN_TINY_CONFIG = dataclasses.replace(TINY_CONFIG, **MODERN_RECIPE)
+MODERN_ARCHITECTURE = "modern: rope, qk-norm, relu², untied, softcap 30"
 TARGET_LOSS = 5.0
 TARGET_STEP = 150  # the first val point at or below TARGET_LOSS
 STEPS = 200
@@ -45,8 +49,10 @@ def lr_at(step: int) -> float:
     return 6e-4 * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / STEPS)))
 
 
-def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True) -> Path:
-    """RUN_DIR with model/ (a tiny random GPT and its training record) and tb/; returns the model folder."""
+def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True, config: GPTConfig = TINY_CONFIG) -> Path:
+    """RUN_DIR with model/ (a tiny random GPT of `config` and its training record) and tb/; returns the
+    model folder. A modern config's zero-initialised projections and head get random weights, as
+    training would give them (else every continuation would be uniform noise)."""
     run = RunDir(run_dir)
     if with_tb:
         board = TensorBoard(run.tb, enabled=True)
@@ -63,6 +69,12 @@ def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True) -> Path:
         val_loss=train_loss_at(STEPS) + 0.1,
         target_loss=TARGET_LOSS,
         target_step=TARGET_STEP,
-        preset="tiny",
+        preset="tiny" if config.uses_gpt2_recipe else "modern-tiny",
     )
-    return save_model(run.model, GPT(TINY_CONFIG), TINY_CONFIG, metadata=record.to_dict())
+    model = GPT(config)
+    if config.zero_init_proj or not config.tie_head:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                    p.normal_(0.0, 0.02)
+    return save_model(run.model, model, config, metadata=record.to_dict())

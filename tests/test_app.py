@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from app_fixtures import APP_DIR, STEPS, TARGET_LOSS, TARGET_STEP, make_run, train_loss_at
+from app_fixtures import (
+    APP_DIR,
+    MODERN_ARCHITECTURE,
+    MODERN_TINY_CONFIG,
+    STEPS,
+    TARGET_LOSS,
+    TARGET_STEP,
+    make_run,
+    train_loss_at,
+)
 from streamlit.testing.v1 import AppTest
 
 import gpt_ds.inference
@@ -80,7 +89,7 @@ def test_generate_streams_text_without_reloading_the_weights(monkeypatch, good_m
     app = open_app(monkeypatch, "--model", str(good_model))
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Context"] == "64 tokens" and metrics["Steps"] == "200" and metrics["Layers · heads · width"] == "2 · 2 · 32"
-    assert "preset `tiny`" in texts(app.markdown)
+    assert "preset `tiny`" in texts(app.markdown) and "architecture **GPT-2**" in texts(app.markdown)
     target = next(m for m in app.metric if m.label == "Loss target")
     assert (target.value, target.delta) == (f"{TARGET_LOSS:.3f}", f"reached at step {TARGET_STEP}")
 
@@ -220,3 +229,22 @@ def test_streamlit_config_binds_to_localhost(repo_root):
     assert config["server"]["address"] == "127.0.0.1"
     assert config["browser"]["gatherUsageStats"] is False
     assert config["client"]["showErrorDetails"] == "none"
+
+
+def test_a_modern_model_shows_its_architecture_generates_and_shows_attention(monkeypatch, tmp_path):
+    modern = make_run(tmp_path / "runs" / "modern", config=MODERN_TINY_CONFIG)
+    app = open_app(monkeypatch, "--model", str(modern))
+    shown = texts(app.markdown)
+    assert f"architecture **{MODERN_ARCHITECTURE}**" in shown and "preset `modern-tiny`" in shown
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Context"] == "64 tokens" and metrics["Layers · heads · width"] == "2 · 2 · 32"
+    app.slider(key="max_new_tokens").set_value(8)
+    app.number_input(key="seed").set_value(1)
+    first = generate(app, "To be")
+    assert first.strip() and generate(app) == first  # the seed reproduces the text
+    app.selectbox(key="attn_layer").set_value(1).run()
+    app.selectbox(key="attn_head").set_value(1).run()
+    assert not app.exception and not app.error
+    cells = chart_data(app.get("vega_lite_chart")[2])[0]
+    n = len(encode_prompt("To be", "r50k_base"))
+    assert len(cells) == n * (n + 1) // 2 and "Layer 1, head 1" in texts(app.caption)

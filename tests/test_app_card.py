@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from app_fixtures import STEPS, TARGET_LOSS, TARGET_STEP, TINY_CONFIG, TRAIN_TOKENS, make_run, train_loss_at
+from app_fixtures import (
+    MODERN_ARCHITECTURE,
+    MODERN_TINY_CONFIG,
+    STEPS,
+    TARGET_LOSS,
+    TARGET_STEP,
+    TINY_CONFIG,
+    TRAIN_TOKENS,
+    make_run,
+    train_loss_at,
+)
 
 from card import format_count, format_loss, model_card
 from gpt_ds.inference import load_for_inference
@@ -19,6 +29,7 @@ def test_model_card_reports_config_and_training_metadata(tmp_path):
     assert (card.steps, card.tokens, card.target_loss, card.target_reached, card.target_step) == (
         STEPS, TRAIN_TOKENS, TARGET_LOSS, True, TARGET_STEP)
     assert card.train_loss == pytest.approx(train_loss_at(STEPS))
+    assert card.architecture == "GPT-2"
     assert format_count(124_439_808) == "124M" and format_count(None) == "—"
 
 
@@ -36,3 +47,12 @@ def test_a_model_without_a_training_record_has_its_shape_and_unknown_figures(tmp
 def test_format_loss():
     assert format_loss(3.14159) == "3.142"
     assert format_loss(float("nan")) == format_loss(None) == "—"
+
+
+def test_a_modern_model_card_names_its_architecture_and_counts_its_head(tmp_path):
+    model, info = load_for_inference(make_run(tmp_path / "modern", with_tb=False, config=MODERN_TINY_CONFIG))
+    card = model_card(model, info)
+    assert card.architecture == MODERN_ARCHITECTURE and card.preset == "modern-tiny"
+    gpt2 = GPT(TINY_CONFIG)
+    # No position table (64 x 32), an untied head (50257 x 32) of its own.
+    assert card.parameters == model.num_params() == gpt2.num_params() - 64 * 32 + 50257 * 32

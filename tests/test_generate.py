@@ -1,8 +1,10 @@
-"""Tests of gpt_ds.generate: KV-cache decoding equals recomputation (also past the context), sampling
-sets, seeds, stop tokens, batches of prompts, streaming, and bad settings."""
+"""Tests of gpt_ds.generate: KV-cache decoding equals recomputation (also past the context, for GPT-2's
+learned positions and the modern recipe's rotary ones), sampling sets, seeds, stop tokens, batches of
+prompts, streaming, and bad settings."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 
 import pytest
@@ -10,9 +12,10 @@ import torch
 
 from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, choose_next, detokenize_stream, generate, stream
-from gpt_ds.model import GPT, GPTConfig
+from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=100)
+MODERN = dataclasses.replace(CONFIG, **MODERN_RECIPE)  # rope, qk-norm, relu², untied head, softcap 30
 
 
 def greedy(n: int, stop_token: int | None = None) -> Sampling:
@@ -28,6 +31,17 @@ def model() -> GPT:
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(0.0, 1.0 if "wte" in name or "wpe" in name else 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def modern_model() -> GPT:
+    """The modern recipe with large random weights (fresh, its projections and head are zero: flat logits)."""
+    torch.manual_seed(0)
+    model = GPT(MODERN).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 1.0 if "wte" in name or "lm_head" in name else 0.3)
     return model
 
 
@@ -175,3 +189,31 @@ def test_detokenize_stream_never_splits_a_character(encoding):
     pieces = list(detokenize_stream(encoding, tokens))
     assert "".join(pieces) == text
     assert all("\ufffd" not in piece for piece in pieces)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 7, 16, 23])
+def test_rope_cached_decoding_equals_recomputation_also_past_the_context(modern_model, prompt_len):
+    # Cached queries and keys are rotated at their absolute positions; once the window slides it is
+    # recomputed at positions 0..block_size-1, as the reference (and training) sees it.
+    torch.manual_seed(prompt_len)
+    prompt = torch.randint(0, MODERN.vocab_size, (prompt_len,)).tolist()
+    steps = 2 * MODERN.block_size + 8
+    greedy_tokens = generate(modern_model, [prompt], greedy(steps))[0]
+    assert greedy_tokens == decode_by_recomputation(modern_model, prompt, steps, pick=lambda logits: logits.argmax())
+    assert len(set(greedy_tokens)) >= 2
+    assert generate(modern_model, [prompt], greedy(steps), use_cache=False)[0] == greedy_tokens
+    sampled = generate(modern_model, [prompt], Sampling(steps, seed=prompt_len, stop_token=None))[0]
+    generator = torch.Generator().manual_seed(prompt_len)
+    reference = decode_by_recomputation(modern_model, prompt, steps, pick=lambda l: choose_next(l, generator=generator))
+    assert sampled == reference
+    assert len(set(sampled[MODERN.block_size :])) >= 10
+
+
+def test_modern_model_samples_deterministically_with_a_seed(modern_model):
+    sampling = Sampling(40, seed=7, top_k=20, top_p=0.9, stop_token=None)
+    a = generate(modern_model, [[1, 2], [1, 2]], sampling)
+    assert a == generate(modern_model, [[1, 2], [1, 2]], sampling)
+    assert a[0] != a[1]  # rows of one batch draw their own samples
+    assert a[0] != generate(modern_model, [[1, 2]], replace(sampling, seed=8))[0]
+    assert list(stream(modern_model, [1, 2], sampling)) == generate(modern_model, [[1, 2]], sampling)[0]
+    assert all(0 <= t < MODERN.vocab_size for t in a[0])

@@ -1,9 +1,10 @@
 """Tests of gpt_ds.hf against real transformers GPT-2 models (randomly initialised, no download):
 import and export both give the same logits in fp32 (1e-5), the same greedy tokens and attention
-weights; non-GPT-2 folders are refused."""
+weights; non-GPT-2 folders are refused, and so is the export of a model of the modern recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, generate
 from gpt_ds.hf import import_hf
 from launch.hf import run
-from gpt_ds.model import GPT, GPTConfig
+from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
 from gpt_ds.model_io import load_model, read_model_info, save_model
 
 transformers = pytest.importorskip("transformers")
@@ -155,3 +156,35 @@ def test_cli_reports_a_bad_folder_in_one_line(tmp_path, repo_root):
     ]
     with pytest.raises(UserError, match="does not exist"):
         read_model_info(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "recipe, named",
+    [
+        (MODERN_RECIPE, "pos_embedding='rope' (GPT-2: 'learned'), qk_norm=True (GPT-2: False), mlp='relu2' (GPT-2: 'gelu'), "
+                        "tie_head=False (GPT-2: True), logit_softcap=30.0 (GPT-2: None)"),
+        (dict(logit_softcap=15.0), "logit_softcap=15.0 (GPT-2: None)"),
+        (dict(tie_head=False), "tie_head=False (GPT-2: True)"),
+    ],
+)
+def test_export_refuses_a_non_gpt2_architecture_in_one_line(tmp_path, recipe, named):
+    config = dataclasses.replace(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=VOCAB), **recipe)
+    model_dir = save_model(tmp_path / "model", GPT(config), config)
+    with pytest.raises(UserError, match="is not a GPT-2 architecture") as raised:
+        run(["export", str(model_dir), "--out", str(tmp_path / "hf")])
+    message = str(raised.value)
+    assert "\n" not in message and named in message and config.architecture in message
+    assert not (tmp_path / "hf").exists()
+
+
+def test_zero_initialised_projections_are_only_an_init_and_export(tmp_path, tokens):
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=VOCAB, zero_init_proj=True)
+    ours = GPT(config).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # "trained": the projections are no longer zero
+    assert config.architecture == "GPT-2"
+    assert run(["export", str(save_model(tmp_path / "model", ours, config)), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(hf_logits(hf, tokens), ours_logits(ours, tokens), **TOLERANCE)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_fixtures import make_run
+from app_fixtures import MODERN_TINY_CONFIG, make_run
 
 from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, generate
@@ -139,6 +139,21 @@ def test_attention_map_keeps_the_last_tokens_of_long_text(loaded):
     attention = attention_map(model, info.tokenizer, ids, layer=0, head=0, max_shown=16)
     assert len(attention.labels) == 16 and attention.first_position == 84 and attention.total_tokens == 100
     assert attention.labels[-1].startswith("99·")
+
+
+def test_a_modern_model_folder_streams_and_maps_its_attention(tmp_path):
+    model, info = load_for_inference(make_run(tmp_path / "modern", with_tb=False, config=MODERN_TINY_CONFIG), "cpu")
+    assert info.config == MODERN_TINY_CONFIG
+    prompt = encode_prompt("To be, or not to be", info.tokenizer, info.config.block_size)
+    sampling = Sampling(10, seed=3)
+    update = list(stream_continuation(model, info.tokenizer, prompt, sampling))[-1]
+    expected = generate(model, [prompt], sampling)[0]
+    assert (update.text, update.tokens) == (get_encoding().decode(expected), len(expected))
+    attention = attention_map(model, info.tokenizer, prompt, layer=1, head=0)
+    weights = torch.tensor(attention.weights)
+    assert torch.allclose(weights.sum(-1), torch.ones(len(prompt)), atol=1e-5)
+    assert torch.count_nonzero(torch.triu(weights, diagonal=1)) == 0
+    torch.testing.assert_close(weights, model.attention_weights(torch.tensor(prompt))[1, 0])
 
 
 def test_the_library_does_not_import_the_pages_libraries(repo_root):

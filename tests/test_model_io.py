@@ -1,7 +1,9 @@
-"""Tests of gpt_ds.model_io: the model folder round trip, what it stores, and every bad input."""
+"""Tests of gpt_ds.model_io: the model folder round trip (GPT-2 and the modern recipe), what it
+stores, and every bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt_ds.errors import UserError
-from gpt_ds.model import GPT, GPTConfig
-from gpt_ds.model_io import load_model, read_model_info, save_model
+from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
+from gpt_ds.model_io import expected_shapes, load_model, read_model_info, save_model
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=100)
+MODERN = dataclasses.replace(CONFIG, **MODERN_RECIPE)
 
 
 @pytest.fixture
@@ -135,3 +138,69 @@ def test_corrupt_or_foreign_weights_file(saved):
     save_file({"weight": torch.zeros(3)}, str(saved / "model.safetensors"))
     with pytest.raises(UserError, match="tensor transformer.wte.weight is missing"):
         load_model(saved)
+
+
+@pytest.fixture
+def modern_model() -> GPT:
+    torch.manual_seed(0)
+    model = GPT(MODERN)
+    with torch.no_grad():
+        for p in model.parameters():  # fresh, the head and projections are zero: make every tensor count
+            p.normal_(0.0, 0.3)
+    return model
+
+
+def test_modern_round_trip_stores_the_untied_head_and_no_position_table(tmp_path, modern_model):
+    folder = save_model(tmp_path / "modern", modern_model, MODERN, metadata={"preset": "modern-tiny"})
+    loaded, info = load_model(folder)
+    assert info.config == MODERN and info.config.architecture == "modern: rope, qk-norm, relu², untied, softcap 30"
+    torch.testing.assert_close(logits(loaded), logits(modern_model), rtol=0, atol=0)
+    tensors = load_file(folder / "model.safetensors")
+    assert "transformer.wpe.weight" not in tensors
+    assert tensors["lm_head.weight"].shape == tensors["transformer.wte.weight"].shape == (CONFIG.vocab_size, CONFIG.n_embd)
+    torch.testing.assert_close(tensors["lm_head.weight"], modern_model.lm_head.weight[: CONFIG.vocab_size])
+    assert set(tensors) == set(expected_shapes(MODERN))
+    assert torch.count_nonzero(loaded.lm_head.weight[CONFIG.vocab_size :]) == 0  # padding rows re-added as zeros
+    document = json.loads((folder / "config.json").read_text())
+    assert document["model"] == MODERN.to_dict() and document["model"]["pos_embedding"] == "rope"
+    # Wrapped state dicts (DeepSpeed, torch.compile) of an untied model keep their head.
+    wrapped = {f"module._orig_mod.{k}": v for k, v in modern_model.state_dict().items()}
+    again, _ = load_model(save_model(tmp_path / "wrapped", wrapped, MODERN))
+    torch.testing.assert_close(logits(again), logits(modern_model), rtol=0, atol=0)
+    loaded_bf16, _ = load_model(folder, dtype="bfloat16")
+    torch.testing.assert_close(logits(loaded_bf16), logits(modern_model), rtol=0.05, atol=0.1)
+
+
+def test_an_old_gpt2_folder_still_loads(saved, model):
+    # config.json as gpt-ds wrote it before the recipe fields existed: the 7 GPT-2 fields.
+    document = json.loads((saved / "config.json").read_text())
+    assert sorted(document["model"]) == sorted(["n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias"])
+    loaded, info = load_model(saved)
+    assert info.config == CONFIG and info.config.tie_head and info.config.pos_embedding == "learned"
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change, first_mismatch",
+    [
+        ({"tie_head": True}, "unexpected tensor lm_head.weight"),
+        ({"pos_embedding": "learned"}, "tensor transformer.wpe.weight is missing"),
+        ({"qk_norm": "no"}, "qk_norm must be true or false"),
+    ],
+)
+def test_a_modern_folder_whose_config_was_changed_is_refused(tmp_path, modern_model, change, first_mismatch):
+    folder = save_model(tmp_path / "modern", modern_model, MODERN)
+    document = json.loads((folder / "config.json").read_text())
+    document["model"].update(change)
+    (folder / "config.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match=first_mismatch):
+        load_model(folder)
+
+
+def test_a_tied_model_drops_a_tied_head_but_an_untied_config_needs_its_own(tmp_path, model):
+    untied = dataclasses.replace(CONFIG, tie_head=False)
+    with pytest.raises(UserError, match="tensor lm_head.weight is missing"):
+        save_model(tmp_path / "m", model, untied)  # a tied model's weights lack the head
+    state = {**model.state_dict(), "lm_head.weight": model.transformer.wte.weight}
+    loaded, _ = load_model(save_model(tmp_path / "tied", state, CONFIG))  # dropped: wte's second name
+    assert "lm_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")

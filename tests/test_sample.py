@@ -1,4 +1,5 @@
-"""Tests of launch/sample.py: run as a program on a saved tiny model, and its bad inputs."""
+"""Tests of launch/sample.py: run as a program on a saved tiny model (GPT-2 and the modern recipe),
+and its bad inputs."""
 
 from __future__ import annotations
 
@@ -81,3 +82,29 @@ def test_bad_settings_are_refused_before_loading(tmp_path, args, message):
     # The model folder does not exist: the setting must be reported first, without loading anything.
     with pytest.raises(UserError, match=message):
         run(["--model", str(tmp_path / "missing"), *args])
+
+
+@pytest.fixture(scope="module")
+def modern_model_dir(tmp_path_factory, encoding):
+    torch.manual_seed(0)
+    config = config_from_preset("modern-tiny")
+    model = GPT(config)
+    with torch.no_grad():  # fresh, the head and projections are zero: give them weights
+        for name, p in model.named_parameters():
+            if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                p.normal_(0.0, 0.02)
+    return save_model(tmp_path_factory.mktemp("sample") / "modern", model, config)
+
+
+def test_a_modern_model_samples_greedy_and_seeded(modern_model_dir, encoding, capsys):
+    args = ["--model", str(modern_model_dir), "--prompt", PROMPT, "--max-new-tokens", "10"]
+    assert run([*args, "--greedy"]) == 0
+    out = capsys.readouterr()
+    model, _ = load_model(modern_model_dir)
+    continuation = generate(model, [encoding.encode(PROMPT)], Sampling(10, temperature=0))[0]
+    assert out.out == PROMPT + encoding.decode(continuation) + "\n"
+    assert "2 layers" in out.err
+    assert run([*args, "--seed", "5"]) == 0
+    first = capsys.readouterr().out
+    assert run([*args, "--seed", "5"]) == 0
+    assert capsys.readouterr().out == first and first.startswith(PROMPT)
