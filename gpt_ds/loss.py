@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import torch
 
-# Rows per chunk: 2**23 / 50257 ~ 166 -> 128..256 rows keep one chunk's float32 logits near 32 MB, in
-# the last-level cache's neighbourhood on a CPU and tiny on a GPU; fewer, larger chunks cost the
-# per-chunk V x C weight-gradient accumulation more often. Measured on the bench (see README).
-DEFAULT_CHUNK_ELEMENTS = 2**24
+# Rows per chunk: 2**25 / 50257 -> 667 rows, whose float32 log-probabilities take 134 MB (small's whole
+# batch of 4096 rows held 824 MB of float32 logits, plus a bf16 copy and the gradient). Each chunk also
+# adds a V x C product into the weight gradient, so chunks of a few hundred rows or fewer cost more on the
+# CPU (measured for tiny/small in bf16: 256 rows ~20% slower than 1024; 512..2048 alike).
+DEFAULT_CHUNK_ELEMENTS = 2**25
 
 
 def default_chunk_rows(vocab_size: int) -> int:
@@ -71,29 +72,32 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, n, rows):
                 end = min(start + rows, n)
                 h_c, tgt, keep = h[start:end], safe_targets[start:end], valid[start:end]
-                logits = (h_c @ w.t()).float()
+                logits = h_c @ w.t()  # (rows, V) in the compute dtype
+                capped = None
                 if softcap is not None:
-                    capped = torch.tanh(logits / softcap)
-                    logits = capped * softcap
-                lse = torch.logsumexp(logits, dim=1)
-                picked = logits.gather(1, tgt.unsqueeze(1)).squeeze(1)
-                loss_sum += torch.where(keep, lse - picked, torch.zeros_like(lse)).sum()
+                    capped = torch.tanh(logits.float() / softcap)
+                    log_p = torch.log_softmax(capped * softcap, dim=1)
+                else:  # one fused kernel: reads the bf16 logits, writes float32 log-probabilities
+                    log_p = torch.log_softmax(logits, dim=1, dtype=torch.float32)
+                picked = log_p.gather(1, tgt.unsqueeze(1)).squeeze(1)  # log p(target)
+                loss_sum -= torch.where(keep, picked, torch.zeros_like(picked)).sum()
                 if not with_grad:
                     continue
-                # d loss_row / d logits = softmax - onehot(target), zero for ignored rows (in place: the
-                # chunk's logits buffer becomes its gradient).
-                grad = logits.sub_(lse.unsqueeze(1)).exp_()
-                grad.scatter_add_(1, tgt.unsqueeze(1), torch.full_like(lse, -1.0).unsqueeze(1))
-                grad.mul_(keep.unsqueeze(1).to(grad.dtype))
-                if softcap is not None:
-                    grad.mul_(1.0 - capped * capped)  # d softcap*tanh(z/softcap) / dz
+                # d loss_row / d logits = softmax - onehot(target). The target's entry p - 1 is formed in
+                # float32 (in bf16, p close to 1 would lose it); ignored rows are zeroed through their
+                # rows of hidden (for the weight) and of the hidden gradient, not with a pass over V.
+                target_grad = picked.exp() - 1.0
+                if capped is None:
+                    grad = torch.exp(log_p, out=logits)  # the logits' buffer becomes their gradient
+                else:  # times d softcap*tanh(z/softcap) / dz = 1 - tanh^2
+                    target_grad = target_grad * (1.0 - capped.gather(1, tgt.unsqueeze(1)).squeeze(1) ** 2)
+                    grad = log_p.exp_().mul_(capped.square_().neg_().add_(1.0))
                     del capped
+                grad.scatter_(1, tgt.unsqueeze(1), target_grad.unsqueeze(1).to(grad.dtype))
                 grad = grad.to(compute_dtype)
-                grad_h[start:end] = grad @ w
-                if compute_dtype == torch.float32:
-                    grad_w[:vocab_size].addmm_(grad.t(), h_c)
-                else:
-                    grad_w[:vocab_size] += (grad.t() @ h_c).float()
+                keep_f = keep.unsqueeze(1).to(compute_dtype)
+                torch.mul(grad @ w, keep_f, out=grad_h[start:end])
+                grad_w[:vocab_size].add_(grad.t() @ (h_c * keep_f))
             count = valid.sum().to(torch.float32)
             loss = loss_sum / count
         if with_grad:
