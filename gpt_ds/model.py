@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gpt_ds.errors import UserError
+from gpt_ds.recipes import MODERN_RECIPE
 from gpt_ds.loss import chunked_cross_entropy
 
 # The embedding matrix is padded to a multiple of this many rows: matmuls whose dimensions are
@@ -47,14 +48,6 @@ GPT2_RECIPE: dict[str, Any] = dict(
     pos_embedding="learned", rope_base=10000.0, qk_norm=False, mlp="gelu", zero_init_proj=False, tie_head=True,
     logit_softcap=None,
 )
-# The opt-in modern recipe (modded-nanogpt's architecture changes of late 2024, on GPT-2's shapes):
-# rotary positions, QK-norm, ReLU^2, zero-initialised residual projections, an untied (zero-initialised)
-# output head, logits soft-capped at 30 (as modded-nanogpt then and Gemma 2).
-MODERN_RECIPE: dict[str, Any] = dict(
-    pos_embedding="rope", qk_norm=True, mlp="relu2", zero_init_proj=True, tie_head=False, logit_softcap=30.0
-)
-
-
 @dataclass(frozen=True)
 class GPTConfig:
     """Shape of a GPT model, and its architecture where it departs from GPT-2 (opt-in: every such

@@ -12,6 +12,7 @@ import torch
 
 from gpt_ds import checkpoint, sampler, settings as run_settings
 from gpt_ds.errors import UserError
+from gpt_ds.recipes import MUON_CONFIG, RECIPES
 from gpt_ds.model import GPTConfig
 from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import Schedule
@@ -88,10 +89,10 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
 def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float | None:
     """The recipe's optimizer against the JSON's, and what Muon needs; the Muon lr ratio (None: not Muon)."""
     muon = run_settings.is_muon(ds_config)
-    wanted = run_settings.RECIPES[settings.recipe]["optimizer"]
+    wanted = RECIPES[settings.recipe]["optimizer"]
     if wanted == "Muon" and not muon:
         raise UserError(f"--recipe {settings.recipe} trains with Muon, and {settings.deepspeed_config} has "
-                        f"{ds_config['optimizer'].get('type')}; pass --deepspeed_config {run_settings.MUON_CONFIG}")
+                        f"{ds_config['optimizer'].get('type')}; pass --deepspeed_config {MUON_CONFIG}")
     if not muon:
         return None
     ratio = run_settings.muon_lr_ratio(ds_config)

@@ -20,21 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from gpt_ds.errors import UserError
+from gpt_ds.recipes import ARCHITECTURE_FIELDS, MUON_CONFIG, RECIPES
 from gpt_ds.schedule import DEFAULT_DECAY_FRACTION, SCHEDULES
 
 DEFAULT_WARMUP = 100  # warmup steps of a long run; shorter schedules warm up over their first 10%
-# A recipe turns several switches on together; each stays a setting of its own (recorded in settings.json,
-# the model config and every checkpoint), and an explicit flag overrides the recipe's value.
-# gpt2: today's GPT-2 exactly. modern: modded-nanogpt's late-2024 architecture changes on the preset's
-# shape, the warmup-stable-decay schedule, and Muon for the hidden matrices (the DeepSpeed JSON's optimizer).
-ARCHITECTURE_FIELDS = ("pos_embedding", "qk_norm", "mlp", "zero_init_proj", "tie_head", "logit_softcap")
-RECIPES: dict[str, dict[str, Any]] = {
-    "gpt2": {"schedule": "cosine", "optimizer": None, "architecture": {}},
-    "modern": {"schedule": "wsd", "optimizer": "Muon",
-               "architecture": dict(pos_embedding="rope", qk_norm=True, mlp="relu2", zero_init_proj=True,
-                                    tie_head=False, logit_softcap=30.0)},
-}
-MUON_CONFIG = "ds_configs/zero2_muon.json"
 RESUME_HELP = "auto: from RUN_DIR's latest complete checkpoint if any; never: start fresh; PATH: a checkpoint tag folder"
 
 
