@@ -30,6 +30,8 @@ import torch
 
 from gpt_ds import atomic, checkpoint, distributed, metrics, sampler, settings as run_settings, tags
 from gpt_ds.checkpoint import Checkpointer
+from gpt_ds.errors import UserError
+from gpt_ds.lock import FolderLock
 from gpt_ds.monitor import Monitor
 from gpt_ds.plan import Plan, changed_settings, plan_run
 from gpt_ds.record import RunRecord
@@ -55,7 +57,7 @@ class TrainResult:
 def run(settings: RunSettings) -> TrainResult:
     """Train in this process (one rank of WORLD_SIZE), from RUN_DIR's checkpoint when resuming."""
     preemption = PreemptionFlag()  # first: a signal during start-up is honoured at the first step
-    dist_env, plan, engine, record = start(settings)
+    dist_env, plan, engine, record, run_lock = start(settings)
     monitor = open_monitor(plan, record, dist_env)
     checkpointer = Checkpointer(engine, plan.run_dir, settings.save_interval, settings.keep_checkpoints,
                                 last_saved=record.step if plan.resume_from is not None else None)
@@ -81,15 +83,18 @@ def run(settings: RunSettings) -> TrainResult:
     finally:
         preemption.restore()
         monitor.close()
-    return finish(plan, record, preempted, dist_env, monitor)
+    result = finish(plan, record, preempted, dist_env, monitor)
+    run_lock.release()
+    return result
 
 
-def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRecord]:
-    """Check everything, start the ranks, build the engine, resume; write RUN_DIR/settings.json."""
+def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRecord, FolderLock]:
+    """Check everything, start the ranks, lock RUN_DIR, build the engine, resume; write RUN_DIR/settings.json."""
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
     plan = plan_run(settings, dist_env.world_size)
     distributed.init(dist_env)
+    run_lock = lock_run_dir(plan, dist_env)
     engine = build_engine(plan)
     record = RunRecord()
     if plan.resume_from is not None:
@@ -102,7 +107,25 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRec
     if dist_env.is_main:
         plan.run_dir.root.mkdir(parents=True, exist_ok=True)
         atomic.write_text(plan.run_dir.settings, json.dumps(client_state(plan, record), indent=2))
-    return dist_env, plan, engine, record
+    return dist_env, plan, engine, record, run_lock
+
+
+def lock_run_dir(plan: Plan, dist_env: distributed.DistEnv) -> FolderLock:
+    """One run per RUN_DIR: rank 0 holds its lock for the run's life (the kernel drops it if the
+    process dies). All ranks learn the outcome in one all-reduce, so a refused run stops everywhere."""
+    run_lock = FolderLock(plan.run_dir.root, "training run")
+    refused = None
+    if dist_env.is_main:
+        try:
+            run_lock.acquire()
+        except UserError as err:
+            refused = err
+    (failed,) = distributed.all_reduce_sum([float(refused is not None)])
+    if refused is not None:
+        raise refused
+    if failed:
+        raise UserError(f"rank 0 could not lock {plan.run_dir}: another run uses it (rank 0 says which)")
+    return run_lock
 
 
 def finish(plan: Plan, record: RunRecord, preempted: bool, dist_env: distributed.DistEnv,

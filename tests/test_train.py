@@ -428,3 +428,28 @@ def test_muon_trains_the_hidden_matrices_and_adam_the_rest():
     layers = PRESETS["tiny"].n_layer
     assert hidden == {f"transformer.h.{i}.{name}.weight" for i in range(layers)
                       for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_kill9_leaves_no_lock(corpus_data, small_ds_config,
+                                                                              tmp_path):
+    run_dir = tmp_path / "run"
+    args = train_args(corpus_data, run_dir, small_ds_config, max_steps=10_000, eval_interval=10_000,
+                      save_interval=10_000, sample_tokens=0)
+    first = subprocess.Popen([sys.executable, TRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (run_dir / "settings.json").exists():  # written once the run holds the folder
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        second = subprocess.run([sys.executable, TRAIN, *args], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=RUN_TIMEOUT)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+        assert f"is in use by another training run (pid {first.pid} on " in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    third = subprocess.run([sys.executable, TRAIN, *train_args(corpus_data, run_dir, small_ds_config, max_steps=3,
+                                                                 sample_tokens=0)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert third.returncode == 0, third.stderr[-2000:]  # kill -9 left no lock behind
