@@ -178,17 +178,19 @@ def main() -> None:
 
     with torch.device("meta"):
         flops_per_token = GPT(plan.model_config).flops_per_token(plan.seq_len)
-    peak, source = metrics.device_peak_flops(torch.float32)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
+    peaks = {"plain": metrics.device_peak_flops(torch.float32), "gpt-ds": metrics.device_peak_flops(dtype)}
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: tokens / v for k, v in med.items()}
     print(f"model {args.model} (block {plan.seq_len}), global batch {plan.micro_batch * world} x {plan.seq_len} tokens, "
           f"{args.device}; gpt-ds: {world} rank(s) x {ds_threads} thread(s), {plan.precision}, ZeRO stage "
           f"{plan.ds_config['zero_optimization']['stage']}{', compiled' if args.compile else ''}; plain: 1 process x "
           f"{cores if world > 1 and device.type == 'cpu' else ds_threads} thread(s), fp32; {args.steps} steps per side, "
-          f"alternating; peak fp32 {peak / 1e12:.2f} TFLOP/s ({source})")
+          "alternating; MFU of each side against the peak of its own precision:")
     for name in ("plain", "gpt-ds"):
+        peak, source = peaks[name]
         print(f"{name:7s}: median step {med[name] * 1e3:8.1f} ms  {tps[name]:10,.0f} tokens/s  "
-              f"MFU {tps[name] * flops_per_token / peak:6.1%}")
+              f"MFU {tps[name] * flops_per_token / peak:6.1%} of {peak / 1e12:.2f} TFLOP/s ({source})")
     print(f"gpt-ds / plain tokens/s: {tps['gpt-ds'] / tps['plain']:.2f}x")
 
 
