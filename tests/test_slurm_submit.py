@@ -311,6 +311,9 @@ def test_two_nodes_train_through_a_preemption(tmp_path, ds_config, data_dir, loc
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         # Slurm holds a requeued job ~2 minutes (BeginTime); release it at once
         _wait_for(lambda: _squeue(job_id, "%r") == "BeginTime", "the requeue", timeout_s=60)
+        # Slurm compares credential times by the second: a job requeued and restarted within the second its
+        # old credential was revoked is killed ("Job credential revoked"); let that second pass first
+        time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
         code = run.wait()
     output = run.output
