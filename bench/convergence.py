@@ -9,12 +9,13 @@ windows (gpt_ds.sampler, rank 0), and is scored on the same validation windows, 
   (c) modern  python launch/train.py --recipe modern with ds_configs/zero2_muon.json
 
 Time is training time (the steps; start-up, evaluation and checkpoints left out), read for gpt-ds
-from its TensorBoard log (train/seconds at the step of the first val loss at or below the target).
+from its TensorBoard log (train/seconds at each evaluation), interpolated linearly between the last
+evaluation above the target and the first at or below it.
 Runs one after the other (a run takes minutes, so A B alternation is not possible); rerun on a quiet
 machine for figures to quote. Writes OUT/convergence.png (val loss against training seconds) and
 OUT/convergence.json, and ends with the line `time-to-target ratios vs plain: gpt2 X, modern Y`.
 
-    python bench/convergence.py [--data DIR] [--target-loss 5.6] [--max-steps 1500] [--model tiny]
+    python bench/convergence.py [--data DIR] [--target-loss 5.4] [--max-steps 800] [--model tiny]
                                 [--device cpu|cuda] [--out runs/convergence]
 """
 
@@ -104,7 +105,17 @@ def gpt_ds_run(args: argparse.Namespace, data: Path, name: str, ds_config: str, 
 
 
 def time_to_target(points: list[tuple[int, float, float]], target: float) -> float | None:
-    return next((secs for _, secs, loss in points if loss <= target), None)
+    """Training seconds at which the val loss reaches `target`: linear between the last evaluation above
+    it and the first at or below it (so the evaluation interval does not round the figure)."""
+    before = None
+    for _, secs, loss in points:
+        if loss <= target:
+            if before is None:
+                return secs
+            (t0, l0), (t1, l1) = before, (secs, loss)
+            return t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
+        before = (secs, loss)
+    return None
 
 
 def main() -> None:
@@ -114,11 +125,11 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="the micro-batch of ds_configs/zero2*.json (one rank)")
-    parser.add_argument("--target-loss", type=float, default=5.6)
-    parser.add_argument("--max-steps", type=int, default=1500)
+    parser.add_argument("--target-loss", type=float, default=5.4)
+    parser.add_argument("--max-steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak lr of (a) and (b) (the modern recipe has its own)")
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--eval-interval", type=int, default=25)
+    parser.add_argument("--eval-interval", type=int, default=50)
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -453,3 +453,16 @@ def test_a_second_run_into_the_same_folder_is_refused_and_kill9_leaves_no_lock(c
                                                                  sample_tokens=0)],
                            cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert third.returncode == 0, third.stderr[-2000:]  # kill -9 left no lock behind
+
+
+@pytest.mark.slow
+def test_compile_trains_and_exports(corpus_data, small_ds_config, tmp_path):
+    """--compile: the engine's torch.compile (inductor on the CPU) trains, checkpoints and exports like eager."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, TRAIN, *train_args(corpus_data, run_dir, small_ds_config, max_steps=3,
+                                                                sample_tokens=0), "--compile"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [loss for _, loss in metrics.read_scalars(run_dir / "tb")["train/loss"]]
+    assert len(losses) == 3 and all(loss == loss and loss < 20 for loss in losses)
+    assert (run_dir / "model" / "model.safetensors").is_file()
