@@ -171,6 +171,23 @@ def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, tmp_path):
         assert torch.equal(bf16_weights[name], module[name]), name
 
 
+def kill9_after_a_checkpoint(command: list[str], run_dir: Path, cwd: Path, within_s: float) -> int:
+    """Start `command`, kill -9 its launcher and ranks (a crashed node) at a random moment within `within_s`
+    after its first checkpoint; the step of the checkpoint it left."""
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while not (run_dir / "checkpoints" / "latest").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, within_s))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))["step"]
+
+
 @pytest.mark.slow
 def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path):
     """2N steps straight == kill -9 at a random step, auto-resume to N, resume to 2N: bit for bit
@@ -182,18 +199,8 @@ def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path):
 
     # kill -9 of the launcher and its ranks (a crashed node) at a random step after the first checkpoint
     run_dir = tmp_path / "resumed"
-    proc = subprocess.Popen(deepspeed_command(train_args(corpus_data, run_dir, accumulating_ds_config, **common)),
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + RUN_TIMEOUT
-        while not (run_dir / "checkpoints" / "latest").exists():
-            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.8))
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))["step"]
+    killed_at = kill9_after_a_checkpoint(deepspeed_command(train_args(corpus_data, run_dir, accumulating_ds_config,
+                                                                      **common)), run_dir, tmp_path, within_s=0.8)
     assert killed_at < n and not (run_dir / "model").exists(), "the kill came too late; the test needs more steps"
 
     # auto-resume, stopping at N (same --lr-decay-steps), then a resumed run from N to 2N
@@ -386,18 +393,8 @@ def test_muon_exact_resume_and_kill9(corpus_data, tmp_path):
     run_ok(deepspeed_command(train_args(corpus_data, straight, muon_config, **common)), tmp_path)
 
     run_dir = tmp_path / "resumed"
-    proc = subprocess.Popen(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **common)),
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + RUN_TIMEOUT
-        while not (run_dir / "checkpoints" / "latest").exists():
-            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.5))
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = checkpoint.read_client_state(checkpoint.latest_tag_dir(run_dir / "checkpoints"))["step"]
+    killed_at = kill9_after_a_checkpoint(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **common)),
+                                         run_dir, tmp_path, within_s=0.5)
     assert killed_at < n and not (run_dir / "model").exists(), "the kill came too late; the test needs more steps"
     run_ok(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **{**common, "max_steps": n})), tmp_path)
     output = run_ok(deepspeed_command(train_args(corpus_data, run_dir, muon_config, **common)), tmp_path)
