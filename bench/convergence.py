@@ -15,7 +15,7 @@ Runs one after the other (a run takes minutes, so A B alternation is not possibl
 machine for figures to quote. Writes OUT/convergence.png (val loss against training seconds) and
 OUT/convergence.json, and ends with the line `time-to-target ratios vs plain: gpt2 X, modern Y`.
 
-    python bench/convergence.py [--data DIR] [--target-loss 5.4] [--max-steps 800] [--model tiny]
+    python bench/convergence.py [--data DIR] [--target-loss 5.45] [--max-steps 800] [--model tiny]
                                 [--device cpu|cuda] [--out runs/convergence]
 """
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="the micro-batch of ds_configs/zero2*.json (one rank)")
-    parser.add_argument("--target-loss", type=float, default=5.4)
+    parser.add_argument("--target-loss", type=float, default=5.45)
     parser.add_argument("--max-steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak lr of (a) and (b) (the modern recipe has its own)")
     parser.add_argument("--warmup", type=int, default=50)
