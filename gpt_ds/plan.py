@@ -36,7 +36,7 @@ class Plan:
 
     @property
     def run_dir(self) -> RunDir:
-        return RunDir(self.settings.out)
+        return self.settings.run_dir
 
     @property
     def precision(self) -> str:
@@ -142,7 +142,7 @@ def open_data(data_dir: str, model_config: GPTConfig, seq_len: int) -> tuple[sam
 
 def resolve_resume(settings: RunSettings, model_config: GPTConfig, world_size: int) -> Path | None:
     """The checkpoint to resume from, checked against this run; nothing in RUN_DIR is touched."""
-    run_dir = RunDir(settings.out)
+    run_dir = settings.run_dir
     if run_dir.root.exists() and not run_dir.root.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a folder; choose another path")
     if settings.resume == "never":

@@ -21,6 +21,7 @@ from typing import Any
 
 from gpt_ds.errors import UserError
 from gpt_ds.recipes import ARCHITECTURE_FIELDS, MUON_CONFIG, RECIPES
+from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import DEFAULT_DECAY_FRACTION, SCHEDULES
 
 DEFAULT_WARMUP = 100  # warmup steps of a long run; shorter schedules warm up over their first 10%
@@ -70,8 +71,8 @@ class RunSettings:
     logit_softcap: float | None = None
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.out)
+    def run_dir(self) -> RunDir:
+        return RunDir(self.out)
 
     @property
     def decay_steps(self) -> int:

@@ -315,7 +315,7 @@ def launch(spec: JobSpec, train_argv: list[str], dry_run: bool = False, wait: bo
     out, err = out or sys.stdout, err or sys.stderr
     spec.check()
     settings = check_training_args(train_argv, spec)
-    folder = RunDir(settings.run_dir.resolve()).slurm
+    folder = RunDir(settings.run_dir.root.resolve()).slurm
     if spec.cluster == "local":
         if dry_run:
             print(f"# --cluster local: {spec.world_size} task(s) as processes on this machine, submitit folder "

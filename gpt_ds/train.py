@@ -104,8 +104,7 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRec
             print(f"resumed from {plan.resume_from} at step {record.step}"
                   f"{changed_settings(saved['settings'], settings)}", flush=True)
     record = dataclasses.replace(record, **plan.record_fields())
-    if dist_env.is_main:
-        plan.run_dir.root.mkdir(parents=True, exist_ok=True)
+    if dist_env.is_main:  # RUN_DIR exists: rank 0 made it to hold its lock
         atomic.write_text(plan.run_dir.settings, json.dumps(client_state(plan, record), indent=2))
     return dist_env, plan, engine, record, run_lock
 
