@@ -1,9 +1,9 @@
 """Faster to the same loss: tokens/s of gpt-ds's default training step against a plain PyTorch loop.
 
-The baseline is what a ~300-line GPT-2 script does on a CPU (nanoGPT's train.py): the model written
-out here (same shape: layers, heads, width, context, GPT-2's vocabulary padded to 50304, tied head),
-float32, the (B*T, V) logits into F.cross_entropy, loss.backward(), clip_grad_norm_, torch.optim.AdamW,
-no compile, loss.item() every step. gpt-ds's side is its own default step: the engine from
+The baseline is bench/baseline.py's PlainTrainer, what a ~300-line GPT-2 script does on a CPU
+(nanoGPT's model written out: same shape, GPT-2's vocabulary padded to 50304, tied head; float32,
+the (B*T, V) logits into F.cross_entropy, loss.backward(), clip_grad_norm_, torch.optim.AdamW, no
+compile, loss.item() every step). gpt-ds's side is its own default step: the engine from
 ds_configs/zero2.json (bf16 ZeRO-2) built by gpt_ds.train.build_engine, gpt_ds.train.train_step
 (chunked head + cross-entropy) and agree (the step's one all-reduce and host read). Same batch size
 (the global batch), same windows of the same data. Both run in one program, alternating step by step
@@ -21,7 +21,6 @@ in a barrier, and so on, step by step.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -33,79 +32,14 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from bench.baseline import PlainTrainer  # noqa: E402
 from gpt_ds import distributed, metrics, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
 from gpt_ds.train import agree, build_engine, set_lr, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---- the plain script's model (nanoGPT's, condensed) --------------------------------------------
-
-class PlainBlock(nn.Module):
-    def __init__(self, n_embd: int, n_head: int) -> None:
-        super().__init__()
-        self.n_head = n_head
-        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.c_attn, self.attn_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
-        self.c_fc, self.mlp_proj = nn.Linear(n_embd, 4 * n_embd), nn.Linear(4 * n_embd, n_embd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(B, T, C)
-        x = x + self.attn_proj(y)
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-
-class PlainGPT(nn.Module):
-    def __init__(self, n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int = 50304) -> None:
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
-        self.h = nn.ModuleList([PlainBlock(n_embd, n_head) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
-                nn.init.normal_(p, std=std)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
-        for block in self.h:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-
-def plain_loop(plan: Plan, batch: int, device: torch.device):
-    """The baseline's step over `batch` rows (the global batch), fp32, torch.optim.AdamW."""
-    cfg = plan.model_config
-    torch.manual_seed(plan.settings.seed)
-    model = PlainGPT(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    params = plan.ds_config["optimizer"]["params"]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": params.get("weight_decay", 0.1)},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=params["lr"],
-                                  betas=tuple(params["betas"]), eps=params["eps"])
-
-    def step(index: int) -> float:
-        x, y = sampler.train_batch(plan.train, batch, seed=plan.settings.seed, step=index, rank=0, micro_step=0)
-        loss = model(x.to(device), y.to(device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
 
 
 def make_plan(args: argparse.Namespace, world_size: int) -> Plan:
@@ -146,7 +80,11 @@ def main() -> None:
     engine = build_engine(plan)
     ds_threads = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0))
-    plain_step = plain_loop(plan, plan.micro_batch * world, device) if rank == 0 else None
+    plain_threads = cores if world > 1 and device.type == "cpu" else ds_threads  # rank 0 alone: all the cores
+    params = plan.ds_config["optimizer"]["params"]
+    plain_step = PlainTrainer(plan.model_config, plan.train, None, plan.micro_batch * world, plan.schedule,
+                              seed=plan.settings.seed, weight_decay=params.get("weight_decay", 0.1),
+                              betas=tuple(params["betas"]), eps=params["eps"], device=device).step if rank == 0 else None
 
     def ds_step(i: int) -> None:
         set_lr(engine, plan.schedule.lr(i))
@@ -154,7 +92,7 @@ def main() -> None:
 
     def plain(i: int) -> None:
         if plain_step is not None:
-            torch.set_num_threads(cores if world > 1 and device.type == "cpu" else ds_threads)
+            torch.set_num_threads(plain_threads)
             plain_step(i)
             torch.set_num_threads(ds_threads)
         if world > 1:
@@ -179,13 +117,15 @@ def main() -> None:
     with torch.device("meta"):
         flops_per_token = GPT(plan.model_config).flops_per_token(plan.seq_len)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
-    peaks = {"plain": metrics.device_peak_flops(torch.float32), "gpt-ds": metrics.device_peak_flops(dtype)}
+    peaks = {"gpt-ds": metrics.device_peak_flops(dtype)}
+    torch.set_num_threads(plain_threads)  # the CPU's peak is measured, and cached, per number of threads
+    peaks["plain"] = metrics.device_peak_flops(torch.float32)
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: tokens / v for k, v in med.items()}
     print(f"model {args.model} (block {plan.seq_len}), global batch {plan.micro_batch * world} x {plan.seq_len} tokens, "
           f"{args.device}; gpt-ds: {world} rank(s) x {ds_threads} thread(s), {plan.precision}, ZeRO stage "
           f"{plan.ds_config['zero_optimization']['stage']}{', compiled' if args.compile else ''}; plain: 1 process x "
-          f"{cores if world > 1 and device.type == 'cpu' else ds_threads} thread(s), fp32; {args.steps} steps per side, "
+          f"{plain_threads} thread(s), fp32; {args.steps} steps per side, "
           "alternating; MFU of each side against the peak of its own precision:")
     for name in ("plain", "gpt-ds"):
         peak, source = peaks[name]
