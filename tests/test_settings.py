@@ -1,13 +1,22 @@
-"""gpt_ds.settings: the command line of launch/train.py and the values that need nothing but themselves."""
+"""gpt_ds.settings: the command line of launch/train.py, the values that need nothing but themselves, and the
+DeepSpeed JSON held against what DeepSpeed knows (unknown keys, optimizer values), on real files."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 from gpt_ds.errors import UserError
-from gpt_ds.settings import DEFAULT_WARMUP, settings_from_args
+from gpt_ds.plan import changed_settings
+from gpt_ds.settings import DEFAULT_WARMUP, resolve_ds_config, settings_from_args
 
-BASE = ["--deepspeed_config", "ds.json", "--data", "data", "--out", "run"]
+REPO = Path(__file__).resolve().parents[1]
+ZERO2 = REPO / "ds_configs" / "zero2.json"
+MUON = REPO / "ds_configs" / "zero2_muon.json"
+FP16 = REPO / "ds_configs" / "zero2_fp16.json"
+BASE = ["--deepspeed_config", str(ZERO2), "--data", "data", "--out", "run"]
 
 
 def test_defaults_and_shape_overrides():
@@ -71,3 +80,148 @@ def test_bad_schedule_and_recipe_values_are_one_line_errors(flags, words):
     with pytest.raises(UserError) as err:
         settings_from_args([*BASE, *flags])
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------ the command line's own errors
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--max-steps", "x"], "argument --max-steps: invalid int value: 'x'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--recipe", "nope"], "argument --recipe: invalid choice: 'nope'"),
+])
+def test_argparse_errors_are_one_line_user_errors_for_every_rank(flags, words, capsys):
+    with pytest.raises(UserError) as err:
+        settings_from_args([*BASE, *flags])
+    message = str(err.value)
+    assert message.startswith(words) and "--help" in message and "\n" not in message
+    assert err.value.every_rank and capsys.readouterr().err == ""  # no usage printed: run_cli prints the one line
+
+
+def test_help_still_prints_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        settings_from_args(["--help"])
+    assert exit_info.value.code == 0 and "--strict-config" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ the DeepSpeed JSON
+
+
+def ds_config(tmp_path: Path, source: Path = ZERO2, edit=None) -> Path:
+    """A copy of `source` with `edit(config)` applied."""
+    config = json.loads(source.read_text())
+    if edit is not None:
+        edit(config)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("shipped", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)
+def test_the_shipped_configs_have_no_unknown_keys(shipped, capsys):
+    settings_from_args(["--deepspeed_config", str(shipped), "--data", "data", "--out", "run"])
+    assert "warning:" not in capsys.readouterr().err
+
+
+def _set(section: str, key: str, value):
+    def edit(config):
+        (config.setdefault(section, {}) if section else config)[key] = value
+    return edit
+
+
+def _set_param(key: str, value):
+    def edit(config):
+        config["optimizer"]["params"][key] = value
+    return edit
+
+
+# Keys DeepSpeed ignores without a word: a warning, or an error under --strict-config.
+IGNORED = [
+    (ZERO2, _set("", "wall_clock_breakdwn", False), "wall_clock_breakdwn (did you mean wall_clock_breakdown?)"),
+    (ZERO2, _set("", "gradient_clipin", 1.0), "gradient_clipin (did you mean gradient_clipping?)"),
+    (ZERO2, _set("checkpoint", "tag_validaton", "Warn"), "checkpoint.tag_validaton (did you mean tag_validation?)"),
+    (ZERO2, _set("optimizer", "parms", {}), "optimizer.parms (did you mean params?)"),
+    (MUON, _set_param("momentun", 0.9), "optimizer.params.momentun (did you mean momentum?)"),
+]
+# Keys DeepSpeed would fail on once the engine starts (a traceback on every rank): refused before any work.
+REFUSED = [
+    (ZERO2, _set("zero_optimization", "stgae", 2), "zero_optimization.stgae (did you mean stage?)"),
+    (ZERO2, _set("zero_optimization", "offload_optimizer", {"devcie": "cpu"}),
+     "zero_optimization.offload_optimizer.devcie (did you mean device?)"),
+    (ZERO2, _set("bf16", "enabeld", True), "bf16.enabeld (did you mean enabled?)"),
+    (FP16, _set("fp16", "loss_scale_windw", 500), "fp16.loss_scale_windw (did you mean loss_scale_window?)"),
+    (ZERO2, _set_param("weigth_decay", 0.1), "optimizer.params.weigth_decay (did you mean weight_decay?)"),
+]
+
+
+@pytest.mark.parametrize("source, edit, words", IGNORED, ids=[w.split()[0] for *_, w in IGNORED])
+def test_a_key_deepspeed_ignores_is_one_warning_line_or_an_error_when_strict(source, edit, words, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    argv = ["--deepspeed_config", str(ds_config(tmp_path, source, edit)), "--data", "data", "--out", "run"]
+    settings_from_args(argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("launch/train.py: warning: DeepSpeed config ")
+    assert f"unknown key {words}; DeepSpeed ignores it" in err and "--strict-config" in err
+    with pytest.raises(UserError) as refused:
+        settings_from_args([*argv, "--strict-config"])
+    assert f"unknown key {words}; DeepSpeed ignores it and --strict-config refuses it" in str(refused.value)
+    monkeypatch.setenv("RANK", "1")  # the other ranks read the same file: rank 0 alone says so
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    settings_from_args(argv)
+    assert "warning:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, edit, words", REFUSED, ids=[w.split()[0] for *_, w in REFUSED])
+def test_a_key_deepspeed_would_fail_on_is_refused_before_any_work(source, edit, words, tmp_path):
+    argv = ["--deepspeed_config", str(ds_config(tmp_path, source, edit)), "--data", "data", "--out", "run"]
+    with pytest.raises(UserError) as err:
+        settings_from_args(argv)
+    message = str(err.value)
+    assert f"unknown key {words}; DeepSpeed would fail on it when its engine starts" in message and "\n" not in message
+
+
+def test_every_unknown_key_is_named_in_one_line(tmp_path, capsys):
+    def edit(config):
+        config["steps_per_prnt"] = 10
+        config["optimizer"]["params"]["momentun"] = 0.9
+    settings_from_args(["--deepspeed_config", str(ds_config(tmp_path, MUON, edit)), "--data", "d", "--out", "r"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown keys optimizer.params.momentun (did you mean momentum?), " \
+        "steps_per_prnt (did you mean steps_per_print?); DeepSpeed ignores them" in err  # in the file's order
+
+
+def test_an_optimizer_type_deepspeed_lacks_is_refused_with_the_nearest(tmp_path):
+    path = ds_config(tmp_path, edit=_set("optimizer", "type", "AdamWW"))
+    with pytest.raises(UserError, match=r"optimizer.type 'AdamWW' is neither .* \(did you mean AdamW\?\)"):
+        settings_from_args(["--deepspeed_config", str(path), "--data", "d", "--out", "r"])
+    resolve_ds_config(ds_config(tmp_path, edit=_set("optimizer", "type", "SGD")), 1)  # torch.optim's: fine
+
+
+def test_a_folder_for_the_config_is_named_a_folder(tmp_path):
+    with pytest.raises(UserError) as err:
+        settings_from_args(["--deepspeed_config", str(tmp_path), "--data", "d", "--out", "r"])
+    assert str(err.value) == (f"DeepSpeed config {tmp_path} is a folder; pass a JSON file to --deepspeed_config, "
+                              "e.g. ds_configs/zero2.json")
+
+
+@pytest.mark.parametrize("source, key, value, words", [
+    (ZERO2, "lr", "fast", "optimizer.params.lr must be a number >= 0 (got 'fast')"),
+    (ZERO2, "lr", True, "optimizer.params.lr must be a number >= 0 (got True)"),
+    (ZERO2, "weight_decay", "0.1", "optimizer.params.weight_decay must be a number >= 0 (got '0.1')"),
+    (ZERO2, "eps", -1e-8, "optimizer.params.eps must be a number >= 0 (got -1e-08)"),
+    (ZERO2, "betas", [0.9, 1.5], "optimizer.params.betas must be two numbers in [0, 1), e.g. [0.9, 0.95] "
+                                 "(got [0.9, 1.5])"),
+    (MUON, "muon_lr", "high", "optimizer.params.muon_lr must be a number >= 0 (got 'high')"),
+    (MUON, "adam_lr", None, "optimizer.params.adam_lr must be a number >= 0 (got None)"),
+])
+def test_optimizer_numbers_that_are_not_show_their_value(source, key, value, words, tmp_path):
+    path = ds_config(tmp_path, source, _set_param(key, value))
+    with pytest.raises(UserError) as err:
+        resolve_ds_config(path, world_size=1)
+    assert str(err.value) == f"DeepSpeed config {path}: {words}"
+
+
+def test_strict_config_is_not_a_changed_setting_on_resume():
+    saved = settings_from_args(BASE).to_dict()
+    assert changed_settings(saved, settings_from_args([*BASE, "--strict-config"])) == ""

@@ -1,0 +1,58 @@
+"""gpt_ds.errors under several ranks: launch/train.py through the deepspeed launcher on 2 real ranks, where a bad
+flag (argparse's own error) and a bad DeepSpeed config value each print one `error:` line (rank 0's) and exit
+non-zero, and a key that DeepSpeed ignores is one warning line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpt_ds.distributed import launcher_command
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "launch" / "train.py")
+ZERO2 = REPO / "ds_configs" / "zero2.json"
+RUN_TIMEOUT = 240
+
+
+def two_ranks(tmp_path: Path, ds_config: Path, *flags: str) -> tuple[int, str]:
+    """launch/train.py on 2 ranks (run in tmp_path, so nothing lands in the repository): exit code, output."""
+    args = ["--deepspeed_config", str(ds_config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+            *flags]
+    proc = subprocess.run(launcher_command(2, TRAIN, args), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def lines_with(output: str, words: str) -> list[str]:
+    return [line for line in output.splitlines() if words in line]
+
+
+@pytest.mark.slow
+def test_a_bad_flag_value_is_one_error_line_under_two_ranks(tmp_path):
+    code, output = two_ranks(tmp_path, ZERO2, "--max-steps", "x")
+    assert code != 0, output[-3000:]
+    assert lines_with(output, "error:") == [
+        "launch/train.py: error: argument --max-steps: invalid int value: 'x' (see launch/train.py --help)"], output
+    assert "usage:" not in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_bad_config_value_is_one_error_line_and_an_ignored_key_one_warning_under_two_ranks(tmp_path):
+    config = json.loads(ZERO2.read_text())
+    config["optimizer"]["params"]["lr"] = "fast"
+    config["wall_clock_breakdwn"] = False
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    code, output = two_ranks(tmp_path, path)
+    assert code != 0, output[-3000:]
+    assert lines_with(output, "error:") == [
+        f"launch/train.py: error: DeepSpeed config {path}: optimizer.params.lr must be a number >= 0 (got 'fast')"], \
+        output
+    assert lines_with(output, "warning: DeepSpeed config") == [
+        f"launch/train.py: warning: DeepSpeed config {path}: unknown key wall_clock_breakdwn (did you mean "
+        "wall_clock_breakdown?); DeepSpeed ignores it (--strict-config makes this an error)"], output
+    assert "Traceback" not in output and not (tmp_path / "run").exists()
