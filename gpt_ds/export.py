@@ -4,7 +4,9 @@
 ZeRO-2 keeps the fp32 master weights split across the ranks' optimizer partitions; DeepSpeed's
 zero_to_fp32 API merges them into one state dict (no engine, no ranks needed). We write it with
 gpt_ds.model_io.save_model into RUN_DIR/model/, with the training metadata from the checkpoint's
-client state (preset, steps, tokens, final losses, target reached or not).
+client state (preset, steps, tokens, final losses, target reached or not). The output folder is
+checked before any work: never inside, onto or above the run's checkpoints/ (the input), and
+replacing anything but a model folder only when forced (gpt_ds.model_io.check_output_folder).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
-               out: str | Path | None = None) -> Path:
-    """Write RUN_DIR/model (or `out`) from checkpoint `tag` (default: latest); return the folder."""
+               out: str | Path | None = None, force: bool = False) -> Path:
+    """Write RUN_DIR/model (or `out`) from checkpoint `tag` (default: latest); return the folder.
+    `force`: replace whatever folder `out` is (never the checkpoints' folder or one inside or above it)."""
     from gpt_ds.model import GPTConfig
-    from gpt_ds.model_io import parse_dtype, save_model
+    from gpt_ds.model_io import MODEL_KIND, check_output_folder, parse_dtype, save_model
 
     run_dir = RunDir(run_dir)
     checkpoints = run_dir.checkpoints
@@ -47,12 +50,14 @@ def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float3
         found = sorted(p.name for p in checkpoints.iterdir() if checkpoint.is_complete(p))
         raise UserError(f"checkpoint {tag_dir.name} not found or incomplete in {checkpoints}; "
                         f"complete tags: {', '.join(found) or 'none'}")
+    target = Path(out) if out else run_dir.model
+    check_output_folder(target, MODEL_KIND, force=force, inputs=(checkpoints,))  # before the slow part
     state = checkpoint.read_client_state(tag_dir)
     config = GPTConfig.from_dict(state["model"])
     target_dtype = parse_dtype(dtype)
     weights = {name: t.to(target_dtype) for name, t in consolidated_state_dict(tag_dir).items()}
     metadata = {**RunRecord.from_dict(state).to_dict(), "checkpoint": tag_dir.name, "dtype": dtype}
-    return save_model(Path(out) if out else run_dir.model, weights, config, metadata=metadata)
+    return save_model(target, weights, config, metadata=metadata, force=force, inputs=(checkpoints,))
 
 
 if __name__ == "__main__":  # `python -m gpt_ds.export`: the program is launch/export.py

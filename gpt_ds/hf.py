@@ -15,6 +15,9 @@ exports). Import always makes a GPT-2 model folder.
 transformers is not needed to convert: both sides are plain safetensors + JSON (it is needed only by
 the tests that check the result loads and computes the same logits). Safetensors only: an HF folder
 that has only `pytorch_model.bin` (a pickle) is refused with the way to convert it.
+Neither direction writes into its input, inside it or above it, and neither replaces an existing folder
+of the other kind or with other files unless forced (gpt_ds.model_io.check_output_folder); both check
+that before reading any weights.
 """
 
 from __future__ import annotations
@@ -29,22 +32,29 @@ import torch
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPTConfig
 from gpt_ds.model_io import (
+    CONFIG_FILE,
+    HF_KIND,
+    MODEL_KIND,
     TIED_HEAD,
     TOKEN_EMBEDDING,
+    WEIGHTS_FILE,
     atomic_folder,
+    check_output_folder,
     check_tensors,
     expected_shapes,
+    folder_kind,
     folder_state_dict,
     load_model,
     parse_dtype,
     read_model_info,
     read_safetensors,
+    require_folder,
     save_model,
 )
 from gpt_ds.tokenizer import DEFAULT_ENCODING, EOT_TOKEN
 
-HF_CONFIG = "config.json"
-HF_WEIGHTS = "model.safetensors"
+HF_CONFIG = CONFIG_FILE  # transformers' names are gpt-ds's: the folders differ in config.json's shape
+HF_WEIGHTS = WEIGHTS_FILE
 HF_INDEX = "model.safetensors.index.json"  # sharded checkpoints (large models)
 # The projections Hugging Face keeps as Conv1D, i.e. with transposed weights.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -92,12 +102,17 @@ def hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
-def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype = torch.float32) -> Path:
-    """Write the model folder `model_dir` as a transformers GPT-2 folder `out` (atomically)."""
+def export_hf(
+    model_dir: str | Path, out: str | Path, dtype: str | torch.dtype = torch.float32, force: bool = False
+) -> Path:
+    """Write the model folder `model_dir` as a transformers GPT-2 folder `out` (atomically). `force`:
+    replace whatever folder `out` is (never `model_dir` or a folder inside or above it)."""
     from safetensors.torch import save_file
 
     dtype = parse_dtype(dtype)
-    check_exportable(read_model_info(model_dir).config, model_dir)  # before reading any weights
+    # Before reading any weights: the input is a GPT-2 model folder, the output may be written.
+    check_exportable(read_model_info(model_dir).config, model_dir)
+    check_output_folder(out, HF_KIND, force=force, inputs=(model_dir,))
     model, info = load_model(model_dir, dtype=dtype)
     config = info.config
     # The model folder's tensors (no padding rows), with Hugging Face's Conv1D layout where it differs.
@@ -109,7 +124,7 @@ def export_hf(model_dir: str | Path, out: str | Path, dtype: str | torch.dtype =
         # GPT-2 always has biases; a model trained without them equals one whose biases are zero.
         for name, shape in _hf_bias_shapes(config).items():
             tensors[name] = torch.zeros(shape, dtype=dtype)
-    with atomic_folder(out, (HF_CONFIG, HF_WEIGHTS)) as staging:
+    with atomic_folder(out, HF_KIND, force=force, inputs=(model_dir,)) as staging:
         save_file(tensors, str(staging / HF_WEIGHTS), metadata={"format": "pt"})
         (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
     return Path(out)
@@ -137,14 +152,19 @@ def _hf_bias_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
 def read_hf_config(hf_dir: Path) -> GPTConfig:
     """The GPTConfig of a transformers GPT-2 folder; UserError for anything that is not plain GPT-2."""
     path = hf_dir / HF_CONFIG
-    if not hf_dir.is_dir():
-        raise UserError(f"Hugging Face folder {hf_dir} does not exist; pass a folder saved by save_pretrained")
+    require_folder(hf_dir, "Hugging Face folder", "pass a folder saved by save_pretrained",
+                   "a folder saved by save_pretrained")
     if not path.is_file():
         raise UserError(f"{hf_dir} has no {HF_CONFIG}; pass a Hugging Face model folder (made by save_pretrained)")
     try:
         hf = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err})") from err
+    if folder_kind(hf_dir) == MODEL_KIND:
+        raise UserError(f"{hf_dir} is a gpt-ds model folder already, not a Hugging Face one; use it as it is "
+                        f"(python -m gpt_ds.hf export {hf_dir} --out HF_DIR makes a Hugging Face folder of it)")
+    if not isinstance(hf, dict):
+        raise UserError(f"{path} is not a JSON object, so not a Hugging Face config; pass a folder saved by save_pretrained")
     model_type = hf.get("model_type")
     architectures = hf.get("architectures") or []
     if model_type != "gpt2":
@@ -206,10 +226,12 @@ def read_hf_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{hf_dir} has no {HF_WEIGHTS}; pass a Hugging Face GPT-2 folder with safetensors weights")
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCODING) -> Path:
-    """Convert the transformers GPT-2 folder `hf_dir` into the model folder `out`."""
+def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCODING, force: bool = False) -> Path:
+    """Convert the transformers GPT-2 folder `hf_dir` into the model folder `out`. `force`: replace
+    whatever folder `out` is (never `hf_dir` or a folder inside or above it)."""
     hf_dir = Path(hf_dir)
     config = read_hf_config(hf_dir)
+    check_output_folder(out, MODEL_KIND, force=force, inputs=(hf_dir,))  # before reading any weights
     state: dict[str, torch.Tensor] = {}
     for name, tensor in read_hf_tensors(hf_dir).items():
         if name.endswith(HF_BUFFER_SUFFIXES):
@@ -223,7 +245,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCO
         raise UserError(f"{hf_dir}: lm_head.weight differs from transformer.wte.weight (untied head); gpt-ds ties them")
     check_tensors(state, config, source=str(hf_dir))  # names the first tensor that does not fit
     metadata = {"source": "huggingface", "hf_folder": str(hf_dir.resolve())}
-    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer)
+    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer, force=force, inputs=(hf_dir,))
 
 
 if __name__ == "__main__":  # `python -m gpt_ds.hf`: the program is launch/hf.py

@@ -5,21 +5,32 @@ A model folder holds
   ...), with the token embedding at its real size (vocab_size rows: the padding to a multiple of 64
   is a runtime speed device, re-added on load); no separate output head when it is tied to wte (GPT-2),
   `lm_head.weight` at its real size too when untied (tie_head=False); no `transformer.wpe.weight`
-  with rotary positions (pos_embedding="rope");
-- `config.json`: {"model": GPTConfig.to_dict(), "tokenizer": "r50k_base", "metadata": {...}}, the
-  metadata being free-form (training writes its preset, steps, tokens, losses there).
+  with rotary positions (pos_embedding="rope"). Its header's metadata records the model config the
+  weights were saved with (`CONFIG_RECORD`);
+- `config.json`: {"model": GPTConfig.to_dict(), "tokenizer": "r50k_base", "metadata": {...},
+  "weights_sha256": "..."}, the metadata being free-form (training writes its preset, steps, tokens,
+  losses there).
 
 Training's export, the app, launch/sample.py and the Hugging Face converters all go through
 `save_model` / `load_model`. Loading reads safetensors only, so opening a model never unpickles.
-Saving is atomic: the folder is assembled under a temporary name and renamed into place.
+Trust what is on disk: a load compares config.json's architecture with the one recorded in the
+weights (a mismatch is an error naming the field) and the weights' sha256 with the recorded one (a
+mismatch is a warning on stderr); folders saved before these records load without the checks.
+Saving is atomic: the folder is assembled under a temporary name and renamed into place, and never
+into its own input nor over a folder that is something else unless forced (`check_output_folder`,
+shared with gpt_ds.hf's Hugging Face folders, which name their files alike: `folder_kind` tells the
+two apart by config.json's shape).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +57,18 @@ VOCAB_ROWS = (TOKEN_EMBEDDING, OUTPUT_HEAD)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# Both kinds of folder that gpt-ds writes hold these two names; what tells them apart is config.json's shape.
+FOLDER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+MODEL_KIND = "gpt-ds"  # config.json {"model": {...}, "tokenizer": ..., "metadata": ...}
+HF_KIND = "huggingface"  # config.json of transformers: {"model_type": ..., ...}
+KIND_NAMES = {MODEL_KIND: "a gpt-ds model folder", HF_KIND: "a Hugging Face model folder"}
+# The weights file's header metadata key holding the model config (JSON) they were saved with.
+CONFIG_RECORD = "gpt_ds_model_config"
+SHA256_KEY = "weights_sha256"  # config.json's record of model.safetensors' sha256
+# Config fields that only training reads (a loaded model computes the same whatever they say), so
+# config.json may differ from the weights' record in them.
+TRAINING_ONLY_FIELDS = ("dropout", "zero_init_proj")
+
 
 @dataclass
 class ModelInfo:
@@ -55,6 +78,7 @@ class ModelInfo:
     tokenizer: str
     metadata: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
+    weights_sha256: str | None = None  # None: saved before gpt-ds recorded it
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -115,20 +139,114 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], config: GPTConfig, source
         raise UserError(f"{source}: unexpected tensor {unexpected[0]} (not part of a GPT with this config); {fix}")
 
 
-@contextlib.contextmanager
-def atomic_folder(folder: str | Path, file_names: Sequence[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside `folder` to write `file_names` into; on success it replaces
-    `folder` by renames, so `folder` is at every moment either complete or absent (or the complete
-    old version). An existing `folder` holding other files is refused, so a typo cannot wipe a run."""
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """The sha256 of a file, read in chunks (a model's weights may not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_folder(path: Path, what: str, fix: str, example: str) -> None:
+    """UserError unless `path` is a folder, telling a missing path from a file (a common slip: the
+    weights file or config.json passed instead of the folder that holds them)."""
+    if path.is_dir():
+        return
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist; {fix}")
+    if path.name in FOLDER_FILES:
+        instead = f"the folder that holds it, {path.parent}"
+    else:
+        instead = f"the folder that holds {CONFIG_FILE} and {WEIGHTS_FILE} ({example})"
+    raise UserError(f"{path} is a file, not a {what}; pass {instead}")
+
+
+def folder_kind(folder: Path) -> str | None:
+    """MODEL_KIND or HF_KIND by the shape of `folder`/config.json; None when it has none or another."""
+    try:
+        document = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
+        return None
+    if not isinstance(document, dict):
+        return None
+    if "model_type" in document:
+        return HF_KIND
+    return MODEL_KIND if isinstance(document.get("model"), dict) else None
+
+
+def _same(a: Path, b: Path) -> bool:
+    # Resolved paths are equal, or the same directory reached another way (a bind mount).
+    return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_not_input(out: str | Path, inputs: Sequence[str | Path]) -> None:
+    """UserError when `out` is one of `inputs`, lies inside one or holds one (symlinks resolved):
+    writing it would destroy the input, so no flag allows it."""
+    target = Path(out).resolve()
+    for source in inputs:
+        origin = Path(source).resolve()
+        if _same(target, origin):
+            relation = "is"
+        elif any(_same(parent, origin) for parent in target.parents):
+            relation = "is inside"
+        elif any(_same(parent, target) for parent in origin.parents):
+            relation = "holds"
+        else:
+            continue
+        resolved = [f"{given} is {real}" for given, real in ((out, target), (source, origin))
+                    if Path(given).absolute() != real]
+        via = f" ({', '.join(resolved)} once links are resolved)" if resolved else ""
+        raise UserError(
+            f"the output folder {out} {relation} the input {source}{via}, so writing it would destroy the "
+            f"input; choose an output folder that is neither {source}, inside it nor above it (--force does not "
+            "change this)"
+        )
+
+
+def check_output_folder(
+    folder: str | Path, kind: str, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> None:
+    """UserError unless `folder` may be written as a `kind` folder (MODEL_KIND or HF_KIND): a new or
+    empty folder, or a previous output of the same kind (only FOLDER_FILES, config.json of that
+    shape). Anything else is refused unless `force`, which replaces the folder with all it holds.
+    Never allowed, whatever `force` says: a file at `folder`, or `folder` being one of `inputs`,
+    inside one or above one (check_not_input)."""
     folder = Path(folder)
-    if folder.exists():
-        if not folder.is_dir():
-            raise UserError(f"{folder} exists and is not a folder; choose another output path")
-        others = sorted(p.name for p in folder.iterdir() if p.name not in file_names)
-        if others:
-            raise UserError(
-                f"{folder} exists and holds other files ({', '.join(others[:3])}); choose a new or empty folder"
-            )
+    check_not_input(folder, inputs)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise UserError(f"{folder} exists and is not a folder; choose another output path")
+    entries = sorted(p.name for p in folder.iterdir())
+    found = folder_kind(folder)
+    others = [name for name in entries if name not in FOLDER_FILES]
+    if not entries or (found == kind and not others) or force:
+        return
+    if found is not None and found != kind:
+        what = f"is {KIND_NAMES[found]}"
+    elif others:
+        what = f"holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    elif CONFIG_FILE in entries:
+        what = f"holds a {CONFIG_FILE} of no model folder (neither gpt-ds's nor Hugging Face's)"
+    else:
+        what = f"holds {WEIGHTS_FILE} without a {CONFIG_FILE}"
+    raise UserError(
+        f"{folder} exists and {what}: writing {KIND_NAMES[kind]} there would replace it; choose a new or "
+        "empty folder, or pass --force to replace it and everything in it"
+    )
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    folder: str | Path, kind: str, force: bool = False, inputs: Sequence[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to write a `kind` folder into; on success it replaces
+    `folder` by renames, so `folder` is at every moment either complete or absent (or the complete
+    old version). What `folder` may be beforehand is check_output_folder's rule, so a typo cannot wipe
+    a run and no command overwrites its own input."""
+    folder = Path(folder)
+    check_output_folder(folder, kind, force=force, inputs=inputs)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -152,30 +270,36 @@ def save_model(
     config: GPTConfig,
     metadata: dict[str, Any] | None = None,
     tokenizer: str = DEFAULT_ENCODING,
+    force: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Write a model folder atomically and return its path. An existing model folder at `folder` is
-    replaced; a folder holding anything else is refused (see atomic_folder)."""
+    replaced; anything else only with `force`, and never one of `inputs` (the folders the weights were
+    read from) or a folder inside or above one (see check_output_folder). The weights' header records
+    `config`, config.json their sha256: load_model checks both."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     tensors = folder_state_dict(state_dict_or_model, config)
     document = {"model": config.to_dict(), "tokenizer": tokenizer, "metadata": dict(metadata or {})}
     try:
-        config_text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+        json.dumps(document)
     except TypeError as err:
         raise UserError(f"model metadata must be JSON-serialisable: {err}") from err
+    record = {"format": "pt", CONFIG_RECORD: json.dumps(config.to_dict(), sort_keys=True)}
 
-    with atomic_folder(folder, (WEIGHTS_FILE, CONFIG_FILE)) as staging:
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        (staging / CONFIG_FILE).write_text(config_text)
+    with atomic_folder(folder, MODEL_KIND, force=force, inputs=inputs) as staging:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata=record)
+        document[SHA256_KEY] = file_sha256(staging / WEIGHTS_FILE)
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
     return folder
 
 
 def read_model_info(folder: str | Path) -> ModelInfo:
     """Read config.json of a model folder (no weights); UserError if it is missing or malformed."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"model folder {folder} does not exist; pass a folder made by training's export or gpt_ds.hf import")
+    require_folder(folder, "model folder", "pass a folder made by training's export or gpt_ds.hf import",
+                   "e.g. RUN_DIR/model")
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise UserError(
@@ -187,6 +311,9 @@ def read_model_info(folder: str | Path) -> ModelInfo:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}); re-export the model") from err
     if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+        if folder_kind(folder) == HF_KIND:
+            raise UserError(f"{folder} is a Hugging Face model folder, not a gpt-ds one; convert it first: "
+                            f"python -m gpt_ds.hf import {folder} --out MODEL_DIR")
         raise UserError(f"{path} has no \"model\" object with the model config; re-export the model")
     try:
         config = GPTConfig.from_dict(document["model"])
@@ -194,33 +321,91 @@ def read_model_info(folder: str | Path) -> ModelInfo:
         raise UserError(f"{path}: {err}") from err
     tokenizer = document.get("tokenizer", DEFAULT_ENCODING)
     metadata = document.get("metadata") or {}
-    if not isinstance(tokenizer, str) or not isinstance(metadata, dict):
-        raise UserError(f"{path}: \"tokenizer\" must be a string and \"metadata\" an object; re-export the model")
-    return ModelInfo(config=config, tokenizer=tokenizer, metadata=metadata, folder=folder)
+    sha256 = document.get(SHA256_KEY)
+    if not isinstance(tokenizer, str) or not isinstance(metadata, dict) or not isinstance(sha256, (str, type(None))):
+        raise UserError(
+            f"{path}: \"tokenizer\" and \"{SHA256_KEY}\" must be strings and \"metadata\" an object; re-export the model"
+        )
+    return ModelInfo(config=config, tokenizer=tokenizer, metadata=metadata, folder=folder, weights_sha256=sha256)
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Any failure to read the safetensors file `path` as one UserError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err}); write it again") from err
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file on the CPU (never unpickles); UserError if unreadable."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    try:
+    with _readable(Path(path)):
         return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable safetensors file ({err}); write it again") from err
+
+
+def saved_config(path: str | Path) -> GPTConfig | None:
+    """The model config recorded in the header of the weights file `path` when it was saved (the
+    header alone is read); None for a file saved before gpt-ds recorded it."""
+    from safetensors import safe_open
+
+    with _readable(Path(path)), safe_open(str(path), framework="pt", device="cpu") as weights:
+        record = (weights.metadata() or {}).get(CONFIG_RECORD)
+    if record is None:
+        return None
+    try:
+        return GPTConfig.from_dict(json.loads(record))
+    except (ValueError, UserError) as err:
+        raise UserError(f"{path}: the model config recorded in its header is unreadable ({err}); re-export the model") from err
+
+
+def check_saved_architecture(folder: Path, config: GPTConfig) -> None:
+    """UserError naming the first field where config.json's `config` differs from the config the
+    weights were saved with (shapes may agree, e.g. n_head 4 -> 8, yet the model would be another)."""
+    saved = saved_config(folder / WEIGHTS_FILE)
+    if saved is None:
+        return
+    for name in (f.name for f in dataclasses.fields(GPTConfig) if f.name not in TRAINING_ONLY_FIELDS):
+        if getattr(config, name) != getattr(saved, name):
+            said, was = json.dumps(getattr(config, name)), json.dumps(getattr(saved, name))
+            raise UserError(
+                f"{folder / CONFIG_FILE} says {name} {said} but {WEIGHTS_FILE} was saved with {name} {was}; "
+                f"set \"{name}\": {was} back in {CONFIG_FILE} (the weights are of that model), or re-export the model"
+            )
+
+
+def warn_if_changed(path: Path, recorded: str | None) -> None:
+    """One line on stderr when the file at `path` is not the one whose sha256 config.json recorded
+    (damaged, or replaced since the save); loading goes on, as the weights may be changed on purpose."""
+    if recorded is None:
+        return
+    found = file_sha256(path)
+    if found != recorded:
+        print(
+            f"gpt-ds: warning: {path} has sha256 {found[:16]}... but {CONFIG_FILE} recorded {recorded[:16]}... at "
+            "save: the weights were changed or damaged since; re-export the model unless you changed them yourself",
+            file=sys.stderr,
+        )
 
 
 def load_model(
     folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
 ) -> tuple[GPT, ModelInfo]:
-    """Load a model folder into a GPT in eval mode on `device` in `dtype`, with its ModelInfo."""
+    """Load a model folder into a GPT in eval mode on `device` in `dtype`, with its ModelInfo; config.json
+    is checked against the weights' records (check_saved_architecture, warn_if_changed)."""
     info = read_model_info(folder)
     dtype = parse_dtype(dtype)
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise UserError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export the model (its weights are missing)")
+    warn_if_changed(path, info.weights_sha256)  # first: it explains whatever error may follow
     tensors = read_safetensors(path)
-    check_tensors(tensors, info.config, source=str(path))
+    check_tensors(tensors, info.config, source=str(path))  # a changed shape: names the tensor
+    check_saved_architecture(Path(folder), info.config)  # shapes alike (n_head, qk_norm, ...): names the field
 
     # Build on the meta device and materialise uninitialised memory: the weights are about to be
     # overwritten, so running the random initialisation (seconds for gpt2-xl) would be wasted.

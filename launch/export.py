@@ -1,7 +1,10 @@
 """Consolidate a run's ZeRO checkpoint into a model folder:
 
-    python launch/export.py RUN_DIR [--tag step_00001000] [--dtype float32|bfloat16|float16] [--out FOLDER]
+    python launch/export.py RUN_DIR [--tag step_00001000] [--dtype float32|bfloat16|float16] [--out FOLDER] [--force]
     (also `python -m gpt_ds.export ...` and the console script gpt-ds-export)
+
+--out never goes into, onto or above RUN_DIR/checkpoints/ (--force or not); an --out that exists and is
+not a model folder is refused unless --force, which replaces it with everything in it.
 
 Thin entry point: the consolidation is gpt_ds.export.export_run.
 """
@@ -30,8 +33,10 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                         help="dtype of the exported weights (the master weights are fp32)")
     parser.add_argument("--out", default=None, help="model folder to write (default: RUN_DIR/model)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out whatever it holds (never the run's checkpoints/ or a folder holding it)")
     args = parser.parse_args(argv)
-    folder = export_run(args.run_dir, tag=args.tag, dtype=args.dtype, out=args.out)
+    folder = export_run(args.run_dir, tag=args.tag, dtype=args.dtype, out=args.out, force=args.force)
     print(f"exported {folder} (sample: python launch/sample.py --model {folder})")
     return 0
 

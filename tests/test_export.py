@@ -1,9 +1,12 @@
 """gpt_ds.export: a run's ZeRO checkpoint consolidated into a model folder whose metadata is the
-checkpoint's RunRecord; one-line errors for a folder that is not a run or a tag that is not complete."""
+checkpoint's RunRecord; one-line errors for a folder that is not a run or a tag that is not complete;
+the program (`python -m gpt_ds.export`, a real process) never writes --out into or over the run's
+checkpoints and replaces an --out that is not a model folder only with --force."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +69,52 @@ def test_settings_json_is_the_run_written_at_its_start(trained_run):
     settings = json.loads(trained_run.settings.read_text())
     assert settings["settings"]["n_layer"] == 1 and settings["model"]["n_embd"] == 32 and settings["step"] == 0
     assert settings["ds_config"]["train_batch_size"] == settings["world_size"] * 8
+
+
+
+def export_program(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpt_ds.export", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (hidden ones too) with its bytes: to show a refusal touched nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-ds-export: error: "), result.stderr
+    return lines[0].removeprefix("gpt-ds-export: error: ")
+
+
+@pytest.mark.parametrize("where, relation", [("checkpoints", "is"), ("a tag", "is inside"), ("RUN_DIR", "holds"),
+                                             ("a link to checkpoints", "is")])
+def test_out_never_goes_into_or_over_the_checkpoints_even_with_force(trained_run, tmp_path, where, relation):
+    out = {"checkpoints": trained_run.checkpoints, "a tag": trained_run.checkpoints / checkpoint.tag_for(3),
+           "RUN_DIR": trained_run.root, "a link to checkpoints": tmp_path / "link"}[where]
+    if where.startswith("a link"):
+        os.symlink(trained_run.checkpoints, out)
+    before = snapshot(trained_run.root)
+    message = one_error_line(export_program(trained_run, "--out", out, "--force"))
+    assert message.startswith(f"the output folder {out} {relation} the input {trained_run.checkpoints}")
+    assert message.endswith("(--force does not change this)")
+    assert snapshot(trained_run.root) == before
+
+
+def test_an_out_holding_other_files_is_replaced_only_with_force(trained_run, tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("keep me")
+    assert one_error_line(export_program(trained_run, "--out", out)) == (
+        f"{out} exists and holds other files (todo.txt): writing a gpt-ds model folder there would replace it; "
+        "choose a new or empty folder, or pass --force to replace it and everything in it")
+    assert snapshot(out) == {"todo.txt": b"keep me"}
+    forced = export_program(trained_run, "--out", out, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    again = export_program(trained_run, "--tag", checkpoint.tag_for(2), "--out", out)  # a model folder: replaced
+    assert again.returncode == 0, again.stderr
+    assert load_model(out)[1].metadata["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no staging folder left beside it

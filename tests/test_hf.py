@@ -1,11 +1,15 @@
 """Tests of gpt_ds.hf against real transformers GPT-2 models (randomly initialised, no download):
 import and export both give the same logits in fp32 (1e-5), the same greedy tokens and attention
-weights; non-GPT-2 folders are refused, and so is the export of a model of the modern recipe."""
+weights; non-GPT-2 folders are refused, and so is the export of a model of the modern recipe. The
+program (`python -m gpt_ds.hf`, a real process) never writes into its input and replaces an existing
+--out of the other kind or with other files only with --force."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +22,7 @@ from gpt_ds.generate import Sampling, generate
 from gpt_ds.hf import import_hf
 from launch.hf import run
 from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
-from gpt_ds.model_io import load_model, read_model_info, save_model
+from gpt_ds.model_io import HF_KIND, MODEL_KIND, folder_kind, load_model, read_model_info, save_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -188,3 +192,111 @@ def test_zero_initialised_projections_are_only_an_init_and_export(tmp_path, toke
     assert run(["export", str(save_model(tmp_path / "model", ours, config)), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     torch.testing.assert_close(hf_logits(hf, tokens), ours_logits(ours, tokens), **TOLERANCE)
+
+
+
+# ---- what --out may be (the program, run as a process) -------------------------------------------
+
+
+def hf_program(repo_root, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpt_ds.hf", *map(str, args)], capture_output=True, text=True,
+                          cwd=repo_root, timeout=180)
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file below `folder` (hidden ones too) with its bytes: to show a refusal touched nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def small_model_folder(folder):
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=VOCAB)
+    return save_model(folder, GPT(config), config)
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpt-ds-hf: error: "), result.stderr
+    return lines[0].removeprefix("gpt-ds-hf: error: ")
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+@pytest.mark.parametrize(
+    "relation, force", [("is", False), ("is", True), ("is inside", True), ("holds", True), ("is (a symlink to)", True)]
+)
+def test_no_command_writes_into_its_own_input_even_with_force(tmp_path, repo_root, hf_dir, command, relation, force):
+    work = tmp_path / "work"
+    work.mkdir()
+    if command == "export":
+        source = small_model_folder(work / "model")
+    else:
+        source = work / "hf"
+        shutil.copytree(hf_dir, source)
+    out = {"is": source, "is inside": source / "sub", "holds": work, "is (a symlink to)": tmp_path / "link"}[relation]
+    if relation.startswith("is ("):
+        os.symlink(source, out)
+    before = snapshot(tmp_path)
+    message = one_error_line(hf_program(repo_root, command, source, "--out", out, *(["--force"] if force else [])))
+    word = "is" if relation.startswith("is (") else relation
+    assert message.startswith(f"the output folder {out} {word} the input {source}")
+    assert message.endswith(f"so writing it would destroy the input; choose an output folder that is neither {source}, "
+                            "inside it nor above it (--force does not change this)")
+    assert snapshot(tmp_path) == before  # the input untouched, nothing half-written beside it
+
+
+def test_an_existing_out_of_the_other_kind_or_with_other_files_needs_force(tmp_path, repo_root, hf_dir):
+    model = small_model_folder(tmp_path / "model")
+    other_model = small_model_folder(tmp_path / "other-model")
+    hf_copy = tmp_path / "hf"
+    shutil.copytree(hf_dir, hf_copy)  # as save_pretrained wrote it (with generation_config.json)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    needs_force = "choose a new or empty folder, or pass --force to replace it and everything in it"
+
+    # export onto a gpt-ds model folder: the bug this guards against replaced it and exited 0
+    before = snapshot(other_model)
+    assert one_error_line(hf_program(repo_root, "export", model, "--out", other_model)) == (
+        f"{other_model} exists and is a gpt-ds model folder: writing a Hugging Face model folder there would "
+        f"replace it; {needs_force}")
+    assert snapshot(other_model) == before
+    # import onto a Hugging Face folder, and onto a folder with other files
+    before = snapshot(hf_copy)
+    assert one_error_line(hf_program(repo_root, "import", hf_dir, "--out", hf_copy)) == (
+        f"{hf_copy} exists and is a Hugging Face model folder: writing a gpt-ds model folder there would "
+        f"replace it; {needs_force}")
+    assert snapshot(hf_copy) == before
+    assert one_error_line(hf_program(repo_root, "import", hf_dir, "--out", notes)) == (
+        f"{notes} exists and holds other files (todo.txt): writing a gpt-ds model folder there would replace it; "
+        f"{needs_force}")
+    assert (notes / "todo.txt").read_text() == "keep me"
+
+    # --force replaces each; a previous output of the same kind is replaced without it
+    assert hf_program(repo_root, "export", model, "--out", other_model, "--force").returncode == 0
+    assert folder_kind(other_model) == HF_KIND
+    assert hf_program(repo_root, "export", model, "--out", other_model).returncode == 0
+    assert transformers.GPT2LMHeadModel.from_pretrained(other_model).config.n_layer == 1
+    assert hf_program(repo_root, "import", hf_dir, "--out", hf_copy, "--force").returncode == 0
+    assert folder_kind(hf_copy) == MODEL_KIND and sorted(p.name for p in hf_copy.iterdir()) == [
+        "config.json", "model.safetensors"]
+    assert hf_program(repo_root, "import", hf_dir, "--out", hf_copy).returncode == 0
+    assert read_model_info(hf_copy).metadata["source"] == "huggingface"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "model", "notes", "other-model"]  # no leftovers
+
+
+def test_a_file_given_as_a_folder_is_named_a_file_with_the_folder_to_pass(tmp_path, repo_root, hf_dir):
+    model = small_model_folder(tmp_path / "model")
+    assert one_error_line(hf_program(repo_root, "export", model / "model.safetensors", "--out", tmp_path / "out")) == (
+        f"{model / 'model.safetensors'} is a file, not a model folder; pass the folder that holds it, {model}")
+    assert one_error_line(hf_program(repo_root, "import", hf_dir / "config.json", "--out", tmp_path / "out")) == (
+        f"{hf_dir / 'config.json'} is a file, not a Hugging Face folder; pass the folder that holds it, {hf_dir}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_importing_a_gpt_ds_model_folder_says_it_is_one_already(tmp_path):
+    model = small_model_folder(tmp_path / "model")
+    with pytest.raises(UserError) as raised:
+        import_hf(model, tmp_path / "out")
+    assert str(raised.value) == (f"{model} is a gpt-ds model folder already, not a Hugging Face one; use it as it is "
+                                 f"(python -m gpt_ds.hf export {model} --out HF_DIR makes a Hugging Face folder of it)")
+    assert not (tmp_path / "out").exists()

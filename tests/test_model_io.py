@@ -1,18 +1,24 @@
 """Tests of gpt_ds.model_io: the model folder round trip (GPT-2 and the modern recipe), what it
-stores, and every bad input."""
+stores, and every bad input; the records that let a load trust what is on disk (the architecture in
+the weights' header, their sha256 in config.json), and what an existing output folder may be."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
-from gpt_ds.model_io import expected_shapes, load_model, read_model_info, save_model
+from gpt_ds.model_io import CONFIG_RECORD, expected_shapes, load_model, read_model_info, save_model
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=100)
 MODERN = dataclasses.replace(CONFIG, **MODERN_RECIPE)
@@ -204,3 +210,188 @@ def test_a_tied_model_drops_a_tied_head_but_an_untied_config_needs_its_own(tmp_p
     state = {**model.state_dict(), "lm_head.weight": model.transformer.wte.weight}
     loaded, _ = load_model(save_model(tmp_path / "tied", state, CONFIG))  # dropped: wte's second name
     assert "lm_head.weight" not in load_file(tmp_path / "tied" / "model.safetensors")
+
+
+
+# ---- trusting what is on disk ----------------------------------------------------------------
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file below `folder` (hidden ones too) with its bytes: to show a refusal touched nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def edit_config(folder, **change) -> None:
+    document = json.loads((folder / "config.json").read_text())
+    document["model"].update(change)
+    (folder / "config.json").write_text(json.dumps(document))
+
+
+def as_saved_before_the_records(folder) -> None:
+    """Rewrite `folder` as gpt-ds wrote it before it recorded the architecture and the sha256."""
+    save_file(load_file(folder / "model.safetensors"), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    document = json.loads((folder / "config.json").read_text())
+    del document["weights_sha256"]
+    (folder / "config.json").write_text(json.dumps(document))
+
+
+def test_save_records_the_architecture_in_the_weights_and_their_sha256_in_config_json(saved):
+    with safe_open(str(saved / "model.safetensors"), framework="pt") as weights:
+        assert json.loads(weights.metadata()[CONFIG_RECORD]) == CONFIG.to_dict()
+    document = json.loads((saved / "config.json").read_text())
+    assert document["weights_sha256"] == hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
+    assert read_model_info(saved).weights_sha256 == document["weights_sha256"]
+
+
+def test_changed_weights_warn_in_one_line_on_stderr_and_still_load(saved, capsys):
+    load_model(saved)
+    assert capsys.readouterr().err == ""  # an intact folder: no warning
+    weights = saved / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 0x01  # one flipped bit in the last tensor's data (a damaged disk, a bad copy)
+    weights.write_bytes(bytes(data))
+    model, info = load_model(saved)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gpt-ds: warning: {weights} has sha256 ")
+    assert "changed or damaged" in lines[0] and info.config == CONFIG and not model.training
+
+
+@pytest.mark.parametrize(
+    "config, change, field, said, was",
+    [
+        (CONFIG, {"n_head": 4}, "n_head", "4", "2"),  # 32 wide either way: every shape agrees
+        (CONFIG, {"n_head": 1}, "n_head", "1", "2"),
+        (MODERN, {"qk_norm": False}, "qk_norm", "false", "true"),  # the norm has no gain: no tensor
+        (MODERN, {"mlp": "gelu"}, "mlp", '"gelu"', '"relu2"'),
+        (MODERN, {"rope_base": 500000.0}, "rope_base", "500000.0", "10000.0"),
+        (MODERN, {"logit_softcap": None}, "logit_softcap", "null", "30.0"),
+        (MODERN, {"block_size": 64}, "block_size", "64", "16"),  # rope: no position table to disagree
+    ],
+)
+def test_a_config_json_edited_to_another_architecture_with_the_same_shapes_names_the_field(
+    tmp_path, config, change, field, said, was
+):
+    folder = save_model(tmp_path / "m", GPT(config), config)
+    edit_config(folder, **change)
+    with pytest.raises(UserError) as raised:
+        load_model(folder)
+    assert str(raised.value) == (
+        f"{folder / 'config.json'} says {field} {said} but model.safetensors was saved with {field} {was}; "
+        f"set \"{field}\": {was} back in config.json (the weights are of that model), or re-export the model"
+    )
+
+
+def test_training_only_fields_may_differ_and_folders_from_before_the_records_load(saved, model, capsys):
+    edit_config(saved, dropout=0.1, zero_init_proj=True)  # what a fine-tuning run would change: allowed
+    loaded, info = load_model(saved)
+    assert info.config.dropout == 0.1
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+    as_saved_before_the_records(saved)
+    loaded, info = load_model(saved)
+    assert info.weights_sha256 is None and capsys.readouterr().err == ""
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+
+
+def test_a_file_given_as_the_model_folder_is_named_a_file_with_the_folder_to_pass(saved, tmp_path):
+    with pytest.raises(UserError) as raised:
+        load_model(saved / "model.safetensors")
+    assert str(raised.value) == (
+        f"{saved / 'model.safetensors'} is a file, not a model folder; pass the folder that holds it, {saved}"
+    )
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"")
+    with pytest.raises(UserError, match=r"is a file, not a model folder; pass the folder that holds config.json "
+                                        r"and model.safetensors \(e.g. RUN_DIR/model\)"):
+        read_model_info(other)
+
+
+def test_a_hugging_face_folder_given_as_a_model_folder_says_to_import_it(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    with pytest.raises(UserError) as raised:
+        read_model_info(hf)
+    assert str(raised.value) == (f"{hf} is a Hugging Face model folder, not a gpt-ds one; convert it first: "
+                                 f"python -m gpt_ds.hf import {hf} --out MODEL_DIR")
+
+
+def hf_folder(folder):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    save_file({"x": torch.zeros(2)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_an_existing_folder_of_another_kind_is_replaced_only_with_force(tmp_path, model):
+    hf = hf_folder(tmp_path / "hf")
+    before = snapshot(hf)
+    with pytest.raises(UserError) as raised:
+        save_model(hf, model, CONFIG)
+    assert str(raised.value) == (
+        f"{hf} exists and is a Hugging Face model folder: writing a gpt-ds model folder there would replace it; "
+        "choose a new or empty folder, or pass --force to replace it and everything in it"
+    )
+    assert snapshot(hf) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    unknown = tmp_path / "unknown"  # the two file names, but a config.json of neither kind
+    unknown.mkdir()
+    (unknown / "config.json").write_text("[]")
+    with pytest.raises(UserError, match=r"holds a config.json of no model folder \(neither gpt-ds's nor Hugging Face's\)"):
+        save_model(unknown, model, CONFIG)
+    save_model(hf, model, CONFIG, force=True)
+    assert read_model_info(hf).config == CONFIG and sorted(p.name for p in hf.iterdir()) == [
+        "config.json", "model.safetensors"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        save_model(tmp_path / "file", model, CONFIG, force=True)
+
+
+@pytest.mark.parametrize("relation", ["is", "is inside", "holds", "is (a symlink to)"])
+def test_a_save_into_its_own_input_is_refused_even_with_force(tmp_path, model, relation):
+    source = hf_folder(tmp_path / "input")
+    out = {"is": source, "is inside": source / "out", "holds": tmp_path, "is (a symlink to)": tmp_path / "link"}[relation]
+    if relation.startswith("is ("):
+        os.symlink(source, out)
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError) as raised:
+        save_model(out, model, CONFIG, force=True, inputs=(source,))
+    message = str(raised.value)
+    word = "is" if relation.startswith("is (") else relation
+    assert message.startswith(f"the output folder {out} {word} the input {source}")
+    assert message.endswith("so writing it would destroy the input; choose an output folder that is neither "
+                            f"{source}, inside it nor above it (--force does not change this)")
+    assert ("once links are resolved" in message) == relation.startswith("is (") and "\n" not in message
+    assert snapshot(tmp_path) == before
+
+
+def sample_program(repo_root, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/sample.py", *args], capture_output=True, text=True, cwd=repo_root,
+                          timeout=180, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+
+
+def test_sampling_reports_a_file_an_edited_architecture_and_changed_weights(tmp_path, repo_root, encoding):
+    # The real program on real folders: what a user meets when a model folder was tampered with.
+    config = dataclasses.replace(CONFIG, vocab_size=50257)
+    folder = save_model(tmp_path / "model", GPT(config), config)
+    args = ("--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu")
+
+    result = sample_program(repo_root, "--model", str(folder / "config.json"), *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"gpt-ds-sample: error: {folder / 'config.json'} is a file, not a model folder; pass the folder that holds "
+        f"it, {folder}"
+    ]
+
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 0x01  # the lowest bit of the last number: the model still samples
+    weights.write_bytes(bytes(data))
+    result = sample_program(repo_root, "--model", str(folder), *args)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gpt-ds: warning: {weights} has sha256")
+
+    edit_config(folder, n_head=4)
+    result = sample_program(repo_root, "--model", str(folder), *args)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"gpt-ds-sample: error: {folder / 'config.json'} says n_head 4 but model.safetensors was saved with n_head 2;")
