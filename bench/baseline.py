@@ -5,7 +5,7 @@ script does it on a CPU (nanoGPT's model.py and train.py without their extras).
 positions, GELU, the head tied to `wte`, GPT-2's vocabulary padded to 50304, GPT-2's init.
 `PlainTrainer` is its loop: float32 weights and activations, the whole (B*T, 50304) logits into
 F.cross_entropy, loss.backward(), clip_grad_norm_, torch.optim.AdamW (decay on the matrices only),
-no compile, no DeepSpeed, loss.item() every step. It takes gpt-ds's batches (gpt_ds.sampler, rank 0)
+no compile, no DeepSpeed, loss.item() every step. It takes gpt-ds's batches (gpt_ds.sampler.TrainStream, the whole global batch)
 and validation windows, so that only the training machinery differs between the two sides.
 """
 
@@ -79,11 +79,12 @@ class PlainTrainer:
                                            lr=schedule.peak, betas=betas, eps=eps)
         self.train, self.val, self.batch_size, self.schedule = train, val, batch_size, schedule
         self.seed, self.clip, self.eval_tokens, self.device = seed, clip, eval_tokens, device
+        self.stream = sampler.TrainStream(train, batch_size, seed)  # gpt-ds's batches: the global batch of each step
 
     def step(self, step: int) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr(step)
-        x, y = sampler.train_batch(self.train, self.batch_size, seed=self.seed, step=step, rank=0, micro_step=0)
+        x, y = self.stream.micro_batch(step, self.batch_size)
         loss = self.model(x.to(self.device), y.to(self.device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)

@@ -4,7 +4,7 @@ Builds gpt-ds's own engine (gpt_ds.train.build_engine, ds_configs/zero2.json by 
 tokens, runs --warmup steps, then profiles --steps steps of exactly gpt_ds.train's step (train_step +
 agree) under torch.profiler with labelled regions, and prints the mean milliseconds per step of each:
 
-    data        sampler.train_batch (the window gather) and the copy to the device
+    data        sampler.TrainStream.micro_batch (the window gather) and the copy to the device
     forward     the model's forward without the head + loss
     loss        head + cross-entropy (gpt_ds.loss, or --loss plain: F.cross_entropy of full logits, the old way)
     backward    engine.backward without DeepSpeed's gradient hooks
@@ -66,7 +66,7 @@ def instrument(engine, loss: str) -> None:
     """Label the regions; nothing else changes."""
     ce = plain_cross_entropy if loss == "plain" else model_module.chunked_cross_entropy
     model_module.chunked_cross_entropy = labelled("loss", ce)
-    sampler.train_batch = labelled("data", sampler.train_batch)  # gpt_ds.train looks it up at each call
+    sampler.TrainStream.micro_batch = labelled("data", sampler.TrainStream.micro_batch)  # looked up at each call
     zero = engine.optimizer
     for name in ("reduce_independent_p_g_buckets_and_remove_grads", "reduce_ready_partitions_and_remove_grads",
                  "reduce_ipg_grads"):

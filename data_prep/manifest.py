@@ -10,7 +10,7 @@ from typing import Callable
 
 from gpt_ds import atomic
 from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, open_split
-from data_prep.writer import file_sha256
+from gpt_ds.atomic import file_sha256
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).

@@ -19,6 +19,7 @@ from data_prep.settings import PrepareSettings
 from data_prep.split import SPLITS, DocumentRouter
 from data_prep.tokenize import check_fits_uint16, encode_batch, init_worker
 from data_prep.writer import ShardWriter
+from gpt_ds.atomic import full_disk_as_error
 from gpt_ds.data import MAGIC, VERSION, HEADER_BYTES
 from gpt_ds.errors import UserError
 from gpt_ds.lock import FolderLock
@@ -58,11 +59,13 @@ def _prepare(settings: PrepareSettings, files: list[Path], total_bytes: int, wan
         say(f"{settings.out} is up to date: {_describe(existing)}")
         return existing
     started = time.perf_counter()
-    try:
-        counts, shards = _tokenize(settings, files, total_bytes)
-    except BaseException:
-        abandon_output(settings.out)
-        raise
+    # Shards take ~2 bytes a token, and text ~2-4 bytes a token: the corpus's size bounds what is written
+    with full_disk_as_error(settings.out, total_bytes, "preparing"):
+        try:
+            counts, shards = _tokenize(settings, files, total_bytes)
+        except BaseException:
+            abandon_output(settings.out)
+            raise
     manifest = {
         "format": {"magic": MAGIC, "version": VERSION, "header_bytes": HEADER_BYTES, "token_bytes": 2},
         "encoding": encoding.name,

@@ -12,19 +12,11 @@ from typing import Iterator
 
 import numpy as np
 
-from gpt_ds.atomic import temp_path
+from gpt_ds.atomic import file_sha256, temp_path
 from gpt_ds.data import TOKEN_DTYPE, shard_header, shard_name
 
 COPY_TOKENS = 1 << 22  # tokens per read when copying documents back out of the spool
 WRITE_TOKENS = 1 << 20  # small writes (short documents) are gathered up to this many tokens
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardWriter:

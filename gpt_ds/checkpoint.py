@@ -10,6 +10,11 @@ Completeness: DeepSpeed writes `latest` itself as soon as rank 0 is done, not wh
 We save with save_latest=False, wait for all ranks, then write `client_state.json` and finally
 `latest`, each atomically (temp name + rename). A checkpoint cut off while written therefore never
 has a `client_state.json` nor becomes `latest`, and is removed before a save reuses its name.
+
+Trust: `client_state.json` records every file's size and sha256 (`files`), and a load first
+verifies them (rank 0, agreed by all ranks before any of them reads a file), then unpickles through
+gpt_ds.safe_load, which runs no code from a file. A damaged file is one line naming it and the
+previous complete checkpoint to resume from instead.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gpt_ds import atomic
+from gpt_ds import atomic, safe_load
 from gpt_ds.errors import UserError
 from gpt_ds.run_dir import RunDir
 
 LATEST = "latest"
 CLIENT_STATE = "client_state.json"
+UNIVERSAL_SUFFIX = ".universal"  # step_N.universal: the universal copy of step_N (gpt_ds.checkpoint.convert_to_universal)
+FILES = "files"  # client_state.json's record of the tag folder's files: {name: {"bytes": n, "sha256": hex}}
 _TAG = re.compile(r"^step_(\d+)$")
 
 
@@ -94,30 +101,84 @@ def check_fresh_run_dir(run_dir: RunDir | Path) -> None:
 
 def save(engine: Any, checkpoints: Path, step: int, client_state: dict[str, Any], keep: int) -> Path:
     """Save a checkpoint of all ranks at `step` into `checkpoints` (a collective: every rank calls it),
-    mark it complete, point `latest` at it, and keep only the newest `keep` complete checkpoints."""
+    mark it complete, point `latest` at it, and keep only the newest `keep` complete checkpoints.
+    A full disk (checked before, or met while writing on any rank) stops every rank with one line; the
+    part-written folder goes, and `latest` still names the previous complete checkpoint."""
     from gpt_ds import distributed
 
     tag = tag_for(step)
     tag_dir = checkpoints / tag
-    if engine.global_rank == 0:
+    is_main = engine.global_rank == 0
+    needed = checkpoint_bytes(engine, checkpoints)
+
+    def make_room() -> None:
         checkpoints.mkdir(parents=True, exist_ok=True)
         if tag_dir.exists():  # a part-written copy from a crashed run, or an older save of the same step
             shutil.rmtree(tag_dir)
-    distributed.barrier()
-    engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"gpt_ds": client_state}, save_latest=False)
-    distributed.barrier()  # every rank's files are written: only now may the tag count as complete
-    if engine.global_rank == 0:
-        atomic.write_text(tag_dir / CLIENT_STATE, json.dumps(client_state, indent=2, sort_keys=True))
+        free = atomic.free_bytes(checkpoints)
+        if free is not None and free < needed:
+            raise atomic.disk_full(tag_dir, needed, "for the checkpoint")
+
+    distributed.agreed(make_room, here=is_main, what=f"the checkpoint {tag_dir}")
+    try:
+        engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"gpt_ds": client_state}, save_latest=False)
+        failure = None
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError("... write failed")
+        failure = err
+        # DeepSpeed's save ends with a barrier that the other ranks wait in: meet them there (0.19's
+        # save_checkpoint has no collective between its writes and that barrier)
+        distributed.barrier()
+
+    def check_written() -> None:
+        if failure is not None:
+            if atomic.is_full_disk(failure) or "write failed" in str(failure) or (atomic.free_bytes(tag_dir) or 1) == 0:
+                raise atomic.disk_full(tag_dir, needed, "saving the checkpoint") from failure
+            raise UserError(f"saving the checkpoint {tag_dir} failed: {str(failure).splitlines()[0][:200]}") from failure
+
+    try:
+        distributed.agreed(check_written, here=True, what=f"the checkpoint {tag_dir}")
+    except UserError:
+        if is_main:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        raise
+
+    def mark_complete() -> None:  # every rank's files are written: only now may the tag count as complete
+        recorded = {**client_state, FILES: file_records(tag_dir)}
+        atomic.write_text(tag_dir / CLIENT_STATE, json.dumps(recorded, indent=2, sort_keys=True))
         atomic.write_text(checkpoints / LATEST, tag)
         prune(checkpoints, keep)
-    distributed.barrier()
+
+    try:
+        distributed.agreed(mark_complete, here=is_main, what=f"the checkpoint {tag_dir}")
+    except UserError:
+        if is_main and read_latest(checkpoints) != tag:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        raise
     return tag_dir
 
 
+def checkpoint_bytes(engine: Any, checkpoints: Path) -> int:
+    """What the next checkpoint takes on disk: the newest complete one's recorded files, else an upper
+    bound from the parameter count (16 bytes each: 16-bit weights, fp32 master copy and two moments)."""
+    latest = checkpoints / LATEST
+    if latest.is_file():
+        tag_dir = checkpoints / latest.read_text().strip()
+        if is_complete(tag_dir):
+            recorded = read_client_state(tag_dir).get(FILES)
+            if recorded:
+                return sum(f["bytes"] for f in recorded.values())
+    return 16 * sum(p.numel() for p in engine.module.parameters())
+
+
+def read_latest(checkpoints: Path) -> str | None:
+    latest = checkpoints / LATEST
+    return latest.read_text().strip() if latest.is_file() else None
+
+
 def prune(checkpoints: Path, keep: int) -> None:
-    """Remove incomplete tag folders and all but the newest `keep` complete ones (never `latest`)."""
-    latest_file = checkpoints / LATEST
-    latest = latest_file.read_text().strip() if latest_file.is_file() else None
+    """Remove incomplete tag folders and all but the newest `keep` complete ones (never `latest`), with
+    their universal copies, and universal conversions cut off mid-way."""
+    latest = read_latest(checkpoints)
     tags = sorted((p for p in checkpoints.iterdir() if p.is_dir() and _TAG.match(p.name)),
                   key=lambda p: int(_TAG.match(p.name).group(1)))
     complete = [p for p in tags if is_complete(p)]
@@ -125,15 +186,113 @@ def prune(checkpoints: Path, keep: int) -> None:
     for path in doomed:
         if path.name != latest:
             shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(universal_dir(path), ignore_errors=True)
+    for path in checkpoints.glob(f".*{UNIVERSAL_SUFFIX}.tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def load(engine: Any, tag_dir: Path) -> dict[str, Any]:
-    """Load model, optimizer partitions and DeepSpeed's counters from `tag_dir` into `engine`;
-    return our client state."""
-    load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                          load_optimizer_states=True, load_lr_scheduler_states=False)
+def universal_dir(tag_dir: Path) -> Path:
+    """Where the universal copy of the checkpoint `tag_dir` lies: beside it, `step_N.universal`."""
+    return tag_dir.with_name(tag_dir.name + UNIVERSAL_SUFFIX)
+
+
+def convert_to_universal(tag_dir: Path) -> Path:
+    """DeepSpeed's universal checkpoint of `tag_dir` (ds_to_universal: every parameter's fp32 weights and
+    optimizer states whole, loadable by any number of ranks and ZeRO stage 1 or 2), made once beside it.
+    The conversion writes into a temporary folder that is renamed into place only when it is complete,
+    so a cut-off conversion is never used; the original is only read (through gpt_ds.safe_load)."""
+    import argparse
+    import contextlib
+    import io
+    import os
+
+    target = universal_dir(tag_dir)
+    if target.is_dir():
+        return target
+    staging = tag_dir.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    args = argparse.Namespace(input_folder=str(tag_dir), output_folder=str(staging), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    try:
+        # its progress goes to stdout; our one line says what happened
+        with safe_load.enforced(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ds_to_universal(args)
+    except UserError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as err:  # DeepSpeed's own assertion or error, said plainly
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"converting {tag_dir} to a universal checkpoint failed ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}); the checkpoint is "
+                        "untouched: resume it with its own number of ranks and ZeRO stage") from err
+    finally:
+        (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's own pointer: unused
+    os.replace(staging, target)
+    return target
+
+
+def file_records(tag_dir: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file DeepSpeed wrote into `tag_dir` (what `verify` checks)."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": atomic.file_sha256(p)}
+            for p in sorted(tag_dir.iterdir()) if p.is_file() and p.name != CLIENT_STATE}
+
+
+def previous_complete(tag_dir: Path) -> Path | None:
+    """The newest complete checkpoint older than `tag_dir` in its folder (where to go back to)."""
+    step = _TAG.match(tag_dir.name)
+    older = [p for p in tag_dir.parent.iterdir() if p.is_dir() and (m := _TAG.match(p.name)) and is_complete(p)
+             and (step is None or int(m.group(1)) < int(step.group(1)))]
+    return max(older, key=lambda p: int(_TAG.match(p.name).group(1)), default=None)
+
+
+def verify(tag_dir: Path) -> None:
+    """Every recorded file present with its size and sha256, and every file loadable without running
+    code (safe_load.check); a UserError naming the first file that is not, and where to go back to."""
+    recorded = read_client_state(tag_dir).get(FILES)  # None: a checkpoint from before the record
+    previous = previous_complete(tag_dir)
+    back = (f"the previous complete checkpoint is {previous} (train on from it with --resume {previous}, "
+            f"export it with --tag {previous.name})" if previous else
+            "no earlier complete checkpoint exists: --resume never with a new --out starts over")
+    for name, want in (recorded or {}).items():
+        path = tag_dir / name
+        if not path.is_file():
+            raise UserError(f"checkpoint file {path} is missing; {back}")
+        if path.stat().st_size != want["bytes"]:
+            raise UserError(f"checkpoint file {path} has {path.stat().st_size:,} bytes, {want['bytes']:,} when "
+                            f"saved (truncated or overwritten); {back}")
+        if atomic.file_sha256(path) != want["sha256"]:
+            raise UserError(f"checkpoint file {path} differs from the one saved (sha256 mismatch); {back}")
+    for path in sorted(tag_dir.glob("*.pt")):
+        try:
+            safe_load.check(path)
+        except UserError as err:
+            raise UserError(f"{err}; {back}") from err
+
+
+def load(engine: Any, tag_dir: Path, reshard: str | None = None) -> dict[str, Any]:
+    """Load model, optimizer partitions and DeepSpeed's counters from `tag_dir` into `engine`; return
+    our client state. Rank 0 verifies the files first and all ranks learn the verdict, so a damaged
+    checkpoint stops every rank with one message instead of failing on one and hanging the others.
+    `reshard` (what changed, e.g. "2 -> 1 ranks"): rank 0 converts the checkpoint to a universal one
+    first, and the engine (built with "checkpoint": {"load_universal": true}) loads that."""
+    from gpt_ds import distributed
+
+    def check() -> Path:
+        verify(tag_dir)
+        return convert_to_universal(tag_dir) if reshard else tag_dir
+
+    is_main = engine.global_rank == 0
+    distributed.agreed(check, here=is_main, what=f"the checkpoint {tag_dir}")
+    source = universal_dir(tag_dir) if reshard else tag_dir
+    if reshard and is_main:
+        print(f"resharding {tag_dir.name} ({reshard}) through DeepSpeed's universal checkpoint {source}", flush=True)
+    with safe_load.enforced():
+        load_path, _ = engine.load_checkpoint(str(source.parent), tag=source.name,
+                                              load_optimizer_states=True, load_lr_scheduler_states=False)
     if load_path is None:
-        raise UserError(f"DeepSpeed could not load the checkpoint {tag_dir}; resume from another tag "
+        raise UserError(f"DeepSpeed could not load the checkpoint {source}; resume from another tag "
                         "or start over with --resume never")
     return read_client_state(tag_dir)
 

@@ -164,6 +164,27 @@ def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
     return shards
 
 
+def check_tokens(tokens: np.memmap, vocab_size: int, *, full: bool = False, sample: int = 1 << 16,
+                 chunk: int = 1 << 22) -> None:
+    """ShardError when the shard holds a token id >= vocab_size (bytes overwritten, or another tokenizer):
+    `full` reads every token; otherwise `sample` tokens in 16 runs spread evenly over the shard."""
+    n = len(tokens)
+    if full or n <= sample:
+        spans = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    else:
+        run = sample // 16
+        spans = [(start, start + run) for start in np.linspace(0, n - run, 16).astype(np.int64).tolist()]
+    for start, stop in spans:
+        bad = np.flatnonzero(np.asarray(tokens[start:stop]) >= vocab_size)
+        if bad.size:
+            where = start + int(bad[0])
+            raise ShardError(
+                f"shard {tokens.filename} holds token id {int(tokens[where])} at position {where:,}, outside the "
+                f"model's vocabulary ({vocab_size} tokens): the shard is damaged or was tokenized otherwise; "
+                f"check the folder with python -m data_prep --verify {Path(tokens.filename).parent} and prepare it "
+                "again with --force")
+
+
 def _foreign_shards(data_dir: Path, split: str) -> list[Path]:
     """Shards named by llm.c's convention (`<name>_<split>_NNNNNN.bin` or `<split>_NNNNNN.bin`), sorted."""
     paths = set(data_dir.glob(f"{split}_*.bin")) | set(data_dir.glob(f"*_{split}_*.bin"))

@@ -9,7 +9,7 @@ applies it to a plain `srun python launch/train.py`. A lone `python launch/train
 size 1 and a free local port, so it runs the same code path without DeepSpeed looking for MPI.
 
 Defines `DistEnv`, `fill_env`, `current`, `env_from_job`, `master_port_for`, `share_cpu_threads`,
-`init`, `device`, `all_reduce_sum`, `barrier`, `launcher_command` and `free_port`. torch (and DeepSpeed) load
+`init`, `device`, `all_reduce_sum`, `agreed`, `barrier`, `launcher_command` and `free_port`. torch (and DeepSpeed) load
 only inside the functions that use them, so the translation runs before either is imported.
 """
 
@@ -20,9 +20,11 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from gpt_ds.errors import UserError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import submitit
@@ -195,6 +197,29 @@ def all_reduce_sum(values: "list[float] | torch.Tensor") -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def agreed(check: "Callable[[], T]", *, here: bool, what: str) -> "T | None":
+    """Run `check` where `here` (rank 0 alone for a lock or a read of shared files; every rank for its
+    own writes) and let every rank learn the outcome in one all-reduce, so that all ranks stop
+    together instead of one failing and the others hanging in their next collective. A rank whose
+    check failed raises its UserError, the others a quiet PeerFailed; when every rank failed, the
+    error is the same everywhere and only rank 0 prints it. Returns `check`'s result where it ran."""
+    from gpt_ds.errors import PeerFailed
+
+    refused, result = None, None
+    if here:
+        try:
+            result = check()
+        except UserError as err:
+            refused = err
+    (failed,) = all_reduce_sum([float(refused is not None)])
+    if refused is not None:
+        refused.every_rank = refused.every_rank or failed == current().world_size
+        raise refused
+    if failed:
+        raise PeerFailed(f"another rank failed on {what} (its message says why)")
+    return result
 
 
 def barrier() -> None:

@@ -3,18 +3,51 @@
 Every entry point raises `UserError` for bad input (a missing path, an inconsistent config, ...)
 with a message that names the problem and the fix; `run_cli` prints it as one line on stderr and
 exits non-zero, so users never see a traceback for a mistake they can correct.
+
+Under several ranks every rank runs the same checks on the same files and reaches the same verdict;
+such an error (`every_rank`, set by the training plan, and `PeerFailed`, which a rank raises when
+rank 0's check failed) is printed by rank 0 alone, so that the console shows it once.
+`ArgumentParser` raises argparse's own errors (an unknown flag, a bad value) as such an error, where
+argparse would print its usage and exit on every rank.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, NoReturn
+
+
+QUIET_RANK_DELAY_S = 2.0
 
 
 class UserError(Exception):
     """Bad input or environment that the user can fix; the message says how."""
 
     exit_code = 2
+    every_rank = False  # True: every rank raised this same error; only rank 0 prints it
+
+
+class PeerFailed(UserError):
+    """Rank 0's check failed and rank 0 says why; this rank stops without a message of its own."""
+
+    every_rank = True
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are a one-line UserError marked every_rank (each rank parses the same command
+    line); --help still prints and exits 0."""
+
+    def error(self, message: str) -> NoReturn:
+        err = UserError(f"{message} (see {self.prog} --help)")
+        err.every_rank = True
+        raise err
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
@@ -22,9 +55,23 @@ def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
     try:
         code = main()
     except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        if not err.every_rank or _is_rank0():
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        else:  # a launcher kills the other ranks when one exits: leave rank 0 the time to print the message
+            import time
+
+            time.sleep(QUIET_RANK_DELAY_S)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write that no caller turned into its own message: still one line, not a traceback
+        print(f"{prog}: error: no space left on the device writing {err.filename or 'a file'}; free some space "
+              "there or choose a folder on another disk, then rerun the same command", file=sys.stderr)
+        sys.exit(UserError.exit_code)
     sys.exit(code or 0)

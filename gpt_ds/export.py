@@ -15,26 +15,29 @@ from pathlib import Path
 
 import torch
 
-from gpt_ds import checkpoint
+from gpt_ds import checkpoint, safe_load
 from gpt_ds.errors import UserError
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """The fp32 weights of all ranks' partitions of the checkpoint `tag_dir`, merged."""
+    """The fp32 weights of all ranks' partitions of the checkpoint `tag_dir`, merged (every file
+    unpickled by gpt_ds.safe_load: zero_to_fp32 runs no code from them)."""
     import logging
 
     from deepspeed.utils import logger as ds_logger
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ds_logger.setLevel(logging.WARNING)
-    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    with safe_load.enforced():
+        return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 
 def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float32",
-               out: str | Path | None = None, force: bool = False) -> Path:
+               out: str | Path | None = None, verify: bool = True, force: bool = False) -> Path:
     """Write RUN_DIR/model (or `out`) from checkpoint `tag` (default: latest); return the folder.
+    `verify`: check the checkpoint's recorded sizes and sha256 first (the run that just saved it skips this).
     `force`: replace whatever folder `out` is (never the checkpoints' folder or one inside or above it)."""
     from gpt_ds.model import GPTConfig
     from gpt_ds.model_io import MODEL_KIND, check_output_folder, parse_dtype, save_model
@@ -52,6 +55,8 @@ def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float3
                         f"complete tags: {', '.join(found) or 'none'}")
     target = Path(out) if out else run_dir.model
     check_output_folder(target, MODEL_KIND, force=force, inputs=(checkpoints,))  # before the slow part
+    if verify:
+        checkpoint.verify(tag_dir)
     state = checkpoint.read_client_state(tag_dir)
     config = GPTConfig.from_dict(state["model"])
     target_dtype = parse_dtype(dtype)

@@ -124,7 +124,8 @@ def export_hf(
         # GPT-2 always has biases; a model trained without them equals one whose biases are zero.
         for name, shape in _hf_bias_shapes(config).items():
             tensors[name] = torch.zeros(shape, dtype=dtype)
-    with atomic_folder(out, HF_KIND, force=force, inputs=(model_dir,)) as staging:
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    with atomic_folder(out, HF_KIND, force=force, inputs=(model_dir,), needed=needed) as staging:
         save_file(tensors, str(staging / HF_WEIGHTS), metadata={"format": "pt"})
         (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
     return Path(out)

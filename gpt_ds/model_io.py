@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from gpt_ds.atomic import file_sha256, full_disk_as_error
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPT, GPTConfig
 from gpt_ds.tokenizer import DEFAULT_ENCODING
@@ -139,15 +139,6 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], config: GPTConfig, source
         raise UserError(f"{source}: unexpected tensor {unexpected[0]} (not part of a GPT with this config); {fix}")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    """The sha256 of a file, read in chunks (a model's weights may not fit in memory twice)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def require_folder(path: Path, what: str, fix: str, example: str) -> None:
     """UserError unless `path` is a folder, telling a missing path from a file (a common slip: the
     weights file or config.json passed instead of the folder that holds them)."""
@@ -239,18 +230,20 @@ def check_output_folder(
 
 @contextlib.contextmanager
 def atomic_folder(
-    folder: str | Path, kind: str, force: bool = False, inputs: Sequence[str | Path] = ()
+    folder: str | Path, kind: str, force: bool = False, inputs: Sequence[str | Path] = (), needed: int | None = None
 ) -> Iterator[Path]:
     """Yield a temporary folder beside `folder` to write a `kind` folder into; on success it replaces
     `folder` by renames, so `folder` is at every moment either complete or absent (or the complete
     old version). What `folder` may be beforehand is check_output_folder's rule, so a typo cannot wipe
-    a run and no command overwrites its own input."""
+    a run and no command overwrites its own input. A full disk (`needed`: the bytes to be written) is
+    one line, and the old `folder` stays."""
     folder = Path(folder)
     check_output_folder(folder, kind, force=force, inputs=inputs)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        yield staging
+        with full_disk_as_error(folder, needed):
+            yield staging
         if folder.exists():
             # A directory cannot be renamed over a non-empty one: move the old one aside first.
             retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
@@ -288,7 +281,8 @@ def save_model(
         raise UserError(f"model metadata must be JSON-serialisable: {err}") from err
     record = {"format": "pt", CONFIG_RECORD: json.dumps(config.to_dict(), sort_keys=True)}
 
-    with atomic_folder(folder, MODEL_KIND, force=force, inputs=inputs) as staging:
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    with atomic_folder(folder, MODEL_KIND, force=force, inputs=inputs, needed=needed) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata=record)
         document[SHA256_KEY] = file_sha256(staging / WEIGHTS_FILE)
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")

@@ -4,6 +4,7 @@ the schedule and the checkpoint to resume from into one `Plan`; the loop then on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ class Plan:
     resume_from: Path | None
     world_size: int
     muon_lr_ratio: float | None = None  # Muon: the matrices' lr over the schedule's (muon_lr / adam_lr); else None
+    reshard: str | None = None  # a resume on another world size or ZeRO stage: what changed ("2 -> 1 ranks")
+
+    @functools.cached_property
+    def stream(self) -> sampler.TrainStream:
+        """The run's training stream: the global batch of each step, sliced per rank and micro-step."""
+        return sampler.TrainStream(self.train, self.ds_config["train_batch_size"], self.settings.seed,
+                                   self.settings.sampling)
 
     @property
     def run_dir(self) -> RunDir:
@@ -80,10 +88,36 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
     if seq_len > model_config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
                         f"use --seq-len <= {model_config.block_size} or a larger --block-size")
-    train, val = open_data(settings.data, model_config, seq_len)
-    resume_from = resolve_resume(settings, model_config, world_size)
+    train, val = open_data(settings.data, model_config, seq_len, verify=settings.verify_data)
+    resume_from = resolve_resume(settings, model_config)
+    reshard = None
+    if resume_from is not None:
+        ds_config, reshard = fit_to_checkpoint(settings, ds_config, checkpoint.read_client_state(resume_from),
+                                               world_size)
     return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size,
-                muon_lr_ratio)
+                muon_lr_ratio, reshard)
+
+
+def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: dict[str, Any], world_size: int
+                      ) -> tuple[dict[str, Any], str | None]:
+    """A resume keeps its checkpoint's global batch (the data stream is a function of it): on another
+    world size the accumulation is derived anew. Another world size or ZeRO stage than the checkpoint's
+    means loading through DeepSpeed's universal checkpoint; returns the config and what changed (or None)."""
+    saved_config = saved.get("ds_config") or {}
+    global_batch = saved_config.get("train_batch_size")
+    if global_batch is not None and global_batch != ds_config["train_batch_size"]:
+        ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size, global_batch=global_batch)
+    changes = []
+    if saved.get("world_size") != world_size:
+        changes.append(f"{saved.get('world_size')} -> {world_size} ranks")
+    stage = ds_config["zero_optimization"]["stage"]
+    saved_stage = (saved_config.get("zero_optimization") or {}).get("stage", stage)
+    if saved_stage != stage:
+        changes.append(f"ZeRO stage {saved_stage} -> {stage}")
+    if not changes:
+        return ds_config, None
+    ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+    return ds_config, ", ".join(changes)
 
 
 def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float | None:
@@ -122,13 +156,20 @@ def resolve_model(settings: RunSettings) -> GPTConfig:
         raise UserError(f"--model {settings.model} with {overrides or 'no overrides'}: {err}") from err
 
 
-def open_data(data_dir: str, model_config: GPTConfig, seq_len: int) -> tuple[sampler.TokenWindows,
-                                                                              sampler.TokenWindows | None]:
-    """Training windows of seq_len + 1 tokens, and validation windows where the folder has a val split."""
+def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool = False
+              ) -> tuple[sampler.TokenWindows, sampler.TokenWindows | None]:
+    """Training windows of seq_len + 1 tokens, and validation windows where the folder has a val split.
+    Every shard's size and header are checked as it opens, and its tokens against the model's vocabulary:
+    a sample of them, or with `verify` all of them and (where there is a manifest) every sha256."""
     from gpt_ds import data
 
-    train = sampler.TokenWindows(data.open_split(data_dir, "train"), seq_len, "train")
-    if (Path(data_dir) / data.MANIFEST_NAME).is_file():
+    has_manifest = (Path(data_dir) / data.MANIFEST_NAME).is_file()
+    if verify and has_manifest:
+        from data_prep.manifest import verify as verify_folder
+
+        verify_folder(Path(data_dir))
+    train_shards = data.open_split(data_dir, "train")
+    if has_manifest:
         manifest = data.load_manifest(data_dir)
         if int(manifest.get("vocab_size", 0)) > model_config.vocab_size:
             raise UserError(f"{data_dir} was tokenized with a vocabulary of {manifest['vocab_size']} tokens, "
@@ -136,11 +177,15 @@ def open_data(data_dir: str, model_config: GPTConfig, seq_len: int) -> tuple[sam
         has_val = bool((manifest["splits"].get("val") or {}).get("shards"))
     else:  # llm.c-style shards without a manifest: found by the very names open_split looks for
         has_val = bool(data._foreign_shards(Path(data_dir), "val"))
-    val = sampler.TokenWindows(data.open_split(data_dir, "val"), seq_len, "val") if has_val else None
+    val_shards = data.open_split(data_dir, "val") if has_val else []
+    for shard in train_shards + val_shards:
+        data.check_tokens(shard, model_config.vocab_size, full=verify)
+    train = sampler.TokenWindows(train_shards, seq_len, "train")
+    val = sampler.TokenWindows(val_shards, seq_len, "val") if has_val else None
     return train, val
 
 
-def resolve_resume(settings: RunSettings, model_config: GPTConfig, world_size: int) -> Path | None:
+def resolve_resume(settings: RunSettings, model_config: GPTConfig) -> Path | None:
     """The checkpoint to resume from, checked against this run; nothing in RUN_DIR is touched."""
     run_dir = settings.run_dir
     if run_dir.root.exists() and not run_dir.root.is_dir():
@@ -149,18 +194,14 @@ def resolve_resume(settings: RunSettings, model_config: GPTConfig, world_size: i
         checkpoint.check_fresh_run_dir(run_dir)
     resume_from = checkpoint.resolve_resume(settings.resume, run_dir)
     if resume_from is not None:
-        saved = checkpoint.read_client_state(resume_from)
-        checkpoint.check_same_model(saved, model_config.to_dict(), resume_from)
-        if saved.get("world_size") != world_size:
-            raise UserError(f"{resume_from} was written by {saved.get('world_size')} ranks, this run has "
-                            f"{world_size}; resume with the same number of ranks, or --resume never with a new --out")
+        checkpoint.check_same_model(checkpoint.read_client_state(resume_from), model_config.to_dict(), resume_from)
     return resume_from
 
 
 def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
     """'; changed: x 1 -> 2' for settings that differ from the checkpoint's (a changed seed, schedule
     length or config means the run no longer matches one made in one go)."""
-    routine = {"max_steps", "resume"}  # expected to change between a run and its resume
+    routine = {"max_steps", "resume", "verify_data", "strict_config"}  # expected to change between a run and its resume
     # A setting that a checkpoint predates had its default value then
     defaults = {**RunSettings(deepspeed_config="", data="", out="").to_dict(), "schedule": "cosine"}
     changes = [f"{k} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in now.to_dict().items()

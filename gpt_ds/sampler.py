@@ -1,17 +1,26 @@
-"""Deterministic batches from memmapped shards: training windows and the fixed validation set.
+"""Deterministic batches from memmapped shards: the run's training stream and the fixed validation set.
 
-A training batch is a pure function of (seed, step, rank, micro_step): no data loader, no iterator
-state. A resumed run therefore sees exactly the batches the uninterrupted run would have seen, and
-the checkpoint's "data position" is simply the step. Each rank draws from its own random stream,
-so ranks read different data.
+The training data belongs to the run, not to its ranks: the global batch of step s (train_batch_size
+windows) is a pure function of (seed, step), and rank r of W takes its slice of it, micro-batch by
+micro-batch (micro-step m of rank r reads rows (m * W + r) * micro_batch onwards). No data loader, no
+iterator state: a resumed run sees exactly the batches the uninterrupted run would have seen, the
+checkpoint's "data position" is simply the step, and with the global batch fixed a change of world
+size changes the gradient accumulation, not the samples (2 ranks x accumulation 1 and 1 rank x
+accumulation 2 train on the same windows at every step).
 
-Windows are `block_size + 1` tokens at uniformly random offsets over all shards (inputs are the
-first block_size tokens, targets the last block_size), like nanoGPT and llm.c's random loader.
+A window is `block_size + 1` tokens (inputs the first block_size, targets the last block_size). Two
+ways to choose them (`TrainStream.sampling`): "random", windows at uniformly random offsets over all
+shards, drawn anew for every step (nanoGPT's and llm.c's random loader); "epoch", the shards cut into
+non-overlapping windows (each token a target once) taken in a seeded permutation, a new one each
+epoch, without replacement (llm.c's and modded-nanogpt's sequential loaders, shuffled).
 Validation reads a fixed token budget: windows spread evenly over the whole val split, dealt
 out between ranks, identical at every evaluation and (all ranks together) for any world size.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,14 +73,82 @@ class TokenWindows:
         return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
 
 
-def train_batch(windows: TokenWindows, batch_size: int, *, seed: int, step: int, rank: int,
-                micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The micro-batch that `rank` trains on at (step, micro_step): the same on every call."""
-    # SeedSequence mixes the four integers into independent streams (no collisions between e.g.
-    # (step=1, rank=0) and (step=0, rank=1), as a naive seed + step + rank would have).
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, step, rank, micro_step])))
-    starts = rng.integers(0, windows.num_windows, size=batch_size)
-    return windows.batch(starts)
+SAMPLINGS = ("random", "epoch")
+
+
+@dataclass(frozen=True)
+class TrainStream:
+    """The run's training windows: the global batch of every step, a function of (seed, step) alone."""
+
+    windows: TokenWindows
+    global_batch: int  # train_batch_size: windows per optimizer step, all ranks and micro-batches together
+    seed: int
+    sampling: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise UserError(f"--sampling {self.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+
+    @property
+    def epoch_windows(self) -> int:
+        """Windows per epoch ("epoch" sampling): each shard's (len - 1) // block_size."""
+        return len(self._epoch_starts())
+
+    def starts(self, step: int) -> np.ndarray:
+        """The global start positions (TokenWindows.window's numbering) of step `step`'s global batch."""
+        if self.sampling == "random":
+            # SeedSequence mixes the integers into independent streams (no collisions between
+            # (seed=1, step=0) and (seed=0, step=1), as a naive seed + step would have)
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, step])))
+            return rng.integers(0, self.windows.num_windows, size=self.global_batch)
+        n = self.epoch_windows
+        first = step * self.global_batch
+        out = np.empty(self.global_batch, dtype=np.int64)
+        for epoch in range(first // n, (first + self.global_batch - 1) // n + 1):  # a batch may span epochs
+            lo, hi = max(first, epoch * n), min(first + self.global_batch, (epoch + 1) * n)
+            out[lo - first : hi - first] = self._epoch_order(epoch)[lo - epoch * n : hi - epoch * n]
+        return out
+
+    def micro_batch(self, step: int, micro_batch: int, *, rank: int = 0, world_size: int = 1,
+                    micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (micro_batch, block_size) that `rank` trains on at (step, micro_step)."""
+        first = (micro_step * world_size + rank) * micro_batch
+        if first + micro_batch > self.global_batch:
+            raise ValueError(f"micro-step {micro_step} of rank {rank}/{world_size} x {micro_batch} rows lies past "
+                             f"the global batch of {self.global_batch}")
+        return self.windows.batch(self.starts(step)[first : first + micro_batch])
+
+    def position(self, step: int) -> dict[str, int | float]:
+        """Where the stream stands after `step` steps: windows and tokens drawn; with "epoch", the epoch."""
+        drawn = step * self.global_batch
+        out: dict[str, int | float] = {"windows_seen": drawn, "tokens_seen": drawn * self.windows.block_size}
+        if self.sampling == "epoch":
+            out["epoch"] = drawn / self.epoch_windows
+        return out
+
+    def _epoch_starts(self) -> np.ndarray:
+        return _epoch_starts(self.windows)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return _epoch_order(self.windows, self.seed, epoch)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_starts(windows: TokenWindows) -> np.ndarray:
+    """Non-overlapping window starts, shard after shard: position k * block_size of each shard, for
+    every k with a whole window (block_size + 1 tokens) there."""
+    T = windows.block_size
+    counts = windows.cumulative - windows._shard_base  # starts per shard: len - T
+    return np.concatenate([base + np.arange(0, count, T, dtype=np.int64)
+                           for base, count in zip(windows._shard_base.tolist(), counts.tolist())])
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(windows: TokenWindows, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s windows in their seeded order (a permutation of _epoch_starts)."""
+    starts = _epoch_starts(windows)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 0xE90C])))
+    return starts[rng.permutation(len(starts))]
 
 
 def val_batches(windows: TokenWindows, token_budget: int, batch_size: int, *, rank: int,

@@ -7,23 +7,33 @@ optimizer lr, so the JSON stays the place where a DeepSpeed user looks for it.
 
 `resolve_ds_config` reads and checks the JSON for a given world size: it is the one place that
 makes `train_batch_size` consistent with the number of ranks (or explains why it cannot).
+`check_ds_config_keys` holds the JSON's keys against those DeepSpeed itself knows (read from its config
+reader, its pydantic models and its optimizers' constructors), since DeepSpeed ignores many unknown keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
+import difflib
+import functools
+import inspect
 import json
 import math
+import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt_ds.errors import UserError
+from gpt_ds import distributed
+from gpt_ds.errors import ArgumentParser, UserError
 from gpt_ds.recipes import ARCHITECTURE_FIELDS, MUON_CONFIG, RECIPES
 from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import DEFAULT_DECAY_FRACTION, SCHEDULES
 
+PROG = "launch/train.py"
 DEFAULT_WARMUP = 100  # warmup steps of a long run; shorter schedules warm up over their first 10%
 RESUME_HELP = "auto: from RUN_DIR's latest complete checkpoint if any; never: start fresh; PATH: a checkpoint tag folder"
 
@@ -53,9 +63,12 @@ class RunSettings:
     save_interval: int = 500
     keep_checkpoints: int = 2
     seed: int = 1337
+    sampling: str = "random"  # gpt_ds.sampler.SAMPLINGS: random windows every step, or epochs without replacement
     resume: str = "auto"
     activation_checkpointing: bool = False
     compile: bool = False
+    verify_data: bool = False  # at start, every shard's sha256 and every token (else: sizes, headers, a sample)
+    strict_config: bool = False  # a key of the DeepSpeed JSON that DeepSpeed ignores: an error (else a warning)
     log_interval: int = 10
     sample_tokens: int = 48
     peak_tflops: float | None = None  # the device's peak for MFU (None: the GPU table, or measured once on a CPU)
@@ -115,8 +128,8 @@ class RunSettings:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = RunSettings(deepspeed_config="", data="", out="")
-    p = argparse.ArgumentParser(
-        prog="launch/train.py",
+    p = ArgumentParser(  # its errors: one line, printed by rank 0 alone
+        prog=PROG,
         description="Train a GPT model inside a DeepSpeed engine (ZeRO, bf16/fp16) on prepared shards.",
     )
     p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, metavar="JSON",
@@ -146,9 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-interval", type=int, default=defaults.save_interval, metavar="N")
     p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, metavar="K")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--sampling", choices=("random", "epoch"), default=defaults.sampling,
+                   help="random: windows at random offsets, drawn anew each step (default); epoch: every token once "
+                        "per epoch, in a seeded order. Either way the global batch of a step is a function of "
+                        "(seed, step): the same for any number of ranks")
     p.add_argument("--resume", default=defaults.resume, metavar="auto|never|PATH", help=RESUME_HELP)
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--verify-data", action="store_true",
+                   help="check every shard's sha256 against the manifest and every token against the vocabulary "
+                        "before training (default: sizes, headers and a sample of the tokens)")
+    p.add_argument("--strict-config", action="store_true",
+                   help="refuse a DeepSpeed config with keys DeepSpeed does not know (default: a warning for "
+                        "those it ignores; those it would fail on are refused anyway)")
     p.add_argument("--log-interval", type=int, default=defaults.log_interval, metavar="N",
                    help="steps between TensorBoard scalar writes")
     p.add_argument("--sample-tokens", type=int, default=defaults.sample_tokens, metavar="N",
@@ -177,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: list[str]) -> RunSettings:
-    """Parse argv into RunSettings and check the values that need nothing but themselves."""
-    ns = build_parser().parse_args(argv)  # argparse itself reports unknown flags: one line, exit 2
+    """Parse argv into RunSettings and check the values that need nothing but themselves, and the DeepSpeed
+    JSON's keys against DeepSpeed's (`check_ds_config_keys`: once per process, before the plan reads the JSON)."""
+    ns = build_parser().parse_args(argv)
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(RunSettings)}
     settings = RunSettings(**values)
     check_values(settings)
+    check_ds_config_keys(settings.deepspeed_config, strict=settings.strict_config)
     # Record what the recipe resolved to, so settings.json and the checkpoints name the schedule itself.
     settings.schedule = settings.schedule_kind
     if settings.schedule == "wsd":
@@ -244,6 +269,9 @@ def check_schedule(s: RunSettings) -> None:
 def load_ds_config(path: str | Path) -> dict[str, Any]:
     """Read the DeepSpeed JSON, as a dict, with a clear error for a missing or malformed file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"DeepSpeed config {path} is a folder; pass a JSON file to --deepspeed_config, "
+                        "e.g. ds_configs/zero2.json")
     if not path.is_file():
         raise UserError(f"DeepSpeed config {path} not found; pass one of ds_configs/*.json to --deepspeed_config")
     try:
@@ -264,16 +292,21 @@ def _positive_int(config: dict, key: str, path: str) -> int | None:
     return value
 
 
-def resolve_ds_config(path: str | Path, world_size: int) -> dict[str, Any]:
+def resolve_ds_config(path: str | Path, world_size: int, global_batch: int | None = None) -> dict[str, Any]:
     """The DeepSpeed config for `world_size` ranks, with consistent batch sizes.
 
     DeepSpeed requires train_batch_size == micro_batch * grad_accum * world_size. Configs here give
     the micro-batch and accumulation (per-rank facts) and let the global batch follow the world
     size; a config that pins train_batch_size gets the accumulation derived from it, and an error
-    that shows the arithmetic when no whole number of accumulation steps fits.
+    that shows the arithmetic when no whole number of accumulation steps fits. `global_batch` (a
+    resume's: the checkpoint's train_batch_size) pins it the same way, whatever the JSON says.
     """
     config = load_ds_config(path)
     where = str(path)
+    if global_batch is not None:
+        where = f"{path} (keeping the checkpoint's global batch of {global_batch})"
+        config["train_batch_size"] = global_batch
+        config.pop("gradient_accumulation_steps", None)
     micro = _positive_int(config, "train_micro_batch_size_per_gpu", where)
     accum = _positive_int(config, "gradient_accumulation_steps", where)
     total = _positive_int(config, "train_batch_size", where)
@@ -289,9 +322,12 @@ def resolve_ds_config(path: str | Path, world_size: int) -> dict[str, Any]:
     elif accum is None:
         accum, rest = divmod(total, micro * world_size)
         if rest or accum == 0:
+            fix = (f"resume on a number of ranks that divides {total // micro} (with this micro-batch), or set "
+                   "train_micro_batch_size_per_gpu so that micro-batch x ranks divides it" if global_batch else
+                   "remove train_batch_size (it then follows the world size) or change it")
             raise UserError(
                 f"DeepSpeed config {where}: train_batch_size {total} is not a multiple of micro-batch {micro} x "
-                f"{world_size} ranks; remove train_batch_size (it then follows the world size) or change it")
+                f"{world_size} ranks; {fix}")
     elif total != micro * accum * world_size:
         raise UserError(
             f"DeepSpeed config {where}: train_batch_size {total} != micro-batch {micro} x accumulation {accum} x "
@@ -313,10 +349,32 @@ def resolve_ds_config(path: str | Path, world_size: int) -> dict[str, Any]:
     optimizer = config.get("optimizer")
     if not isinstance(optimizer, dict) or "type" not in optimizer:
         raise UserError(f"DeepSpeed config {where}: needs an \"optimizer\" section with a \"type\" (e.g. AdamW)")
+    _check_optimizer_params(optimizer, where)
     if "scheduler" in config:
         raise UserError(f"DeepSpeed config {where}: remove the \"scheduler\" section; the learning-rate schedule "
                         "is set by --lr/--min-lr/--warmup-steps/--lr-decay-steps so that resumes follow it exactly")
     return config
+
+
+def _check_optimizer_params(optimizer: dict[str, Any], where: str) -> None:
+    """optimizer.params' numbers, which the schedule and the param groups read here and DeepSpeed hands to the
+    optimizer unchecked: the learning rates, weight_decay and eps >= 0, betas two numbers in [0, 1)."""
+    params = optimizer.get("params", {})
+    if not isinstance(params, dict):
+        raise UserError(f"DeepSpeed config {where}: optimizer.params must be a JSON object (got {params!r})")
+    for key in ("lr", "muon_lr", "adam_lr", "weight_decay", "eps"):
+        if key in params and not _non_negative(params[key]):
+            raise UserError(f"DeepSpeed config {where}: optimizer.params.{key} must be a number >= 0 "
+                            f"(got {params[key]!r})")
+    betas = params.get("betas")
+    if "betas" in params and not (isinstance(betas, list) and len(betas) == 2
+                                  and all(_non_negative(b) and b < 1 for b in betas)):
+        raise UserError(f"DeepSpeed config {where}: optimizer.params.betas must be two numbers in [0, 1), "
+                        f"e.g. [0.9, 0.95] (got {betas!r})")
+
+
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def precision_of(ds_config: dict[str, Any]) -> str:
@@ -339,10 +397,11 @@ def is_muon(ds_config: dict[str, Any]) -> bool:
 
 
 def _config_lr(ds_config: dict[str, Any], key: str) -> float | None:
-    """optimizer.params[key], falling back to optimizer.params.lr (DeepSpeed's own rule for muon_lr/adam_lr)."""
+    """optimizer.params[key], falling back to optimizer.params.lr (DeepSpeed's own rule for muon_lr/adam_lr);
+    numbers, as `_check_optimizer_params` made sure."""
     params = ds_config["optimizer"].get("params", {})
     lr = params.get(key, params.get("lr"))
-    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+    return None if lr is None else float(lr)
 
 
 def peak_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:
@@ -374,3 +433,195 @@ def floor_lr(settings: RunSettings, ds_config: dict[str, Any]) -> float:
 
 def weight_decay_of(ds_config: dict[str, Any]) -> float:
     return float(ds_config["optimizer"].get("params", {}).get("weight_decay", 0.0))
+
+
+# What DeepSpeed knows of its JSON. Read from DeepSpeed itself rather than copied, so that it follows upgrades:
+# the keys its config reader asks for, its pydantic models' fields and aliases, its optimizers' constructors.
+
+def check_ds_config_keys(path: str | Path, strict: bool = False) -> None:
+    """Every key of the DeepSpeed JSON that DeepSpeed does not know, with its path and the nearest known key, and
+    an optimizer.type it has not: an error where DeepSpeed would fail on it once the engine starts (a pydantic
+    section, an optimizer constructor), or with `strict`; else, as DeepSpeed ignores it, a warning on rank 0."""
+    config = load_ds_config(path)
+    try:
+        keys, optimizers = _keys_for(config), _optimizer_types()
+    except Exception:  # noqa: BLE001 - a DeepSpeed whose internals differ: left unchecked rather than a failed run
+        return
+    _check_optimizer_type(config, str(path), *optimizers)
+    unknown = _unknown_keys(config, keys)
+    if not unknown:
+        return
+    it = "it" if len(unknown) == 1 else "them"
+    what = (f"DeepSpeed config {path}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(text for text, _ in unknown)}")
+    if any(refused for _, refused in unknown):
+        raise UserError(f"{what}; DeepSpeed would fail on {it} when its engine starts: correct or remove {it}")
+    if strict:
+        raise UserError(f"{what}; DeepSpeed ignores {it} and --strict-config refuses {it}: correct or remove {it}")
+    if distributed.current().is_main:
+        print(f"{PROG}: warning: {what}; DeepSpeed ignores {it} (--strict-config makes this an error)",
+              file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The keys DeepSpeed knows in one object of its JSON, the objects nested in it that are checked too, and
+    whether DeepSpeed fails on another key (pydantic's extra="forbid", a constructor without **kwargs)."""
+
+    known: frozenset[str]
+    refused: bool = False
+    nested: dict[str, _Keys] = dataclasses.field(default_factory=dict)
+
+
+def _unknown_keys(config: dict[str, Any], keys: _Keys, prefix: str = "") -> list[tuple[str, bool]]:
+    """("path (did you mean key?)", whether DeepSpeed refuses it) for each key of `config` that `keys` lacks."""
+    found = []
+    for key, value in config.items():
+        if key not in keys.known:
+            near = difflib.get_close_matches(key, sorted(keys.known), n=1)
+            found.append((f"{prefix}{key}" + (f" (did you mean {near[0]}?)" if near else ""), keys.refused))
+        elif key in keys.nested and isinstance(value, dict):
+            found += _unknown_keys(value, keys.nested[key], f"{prefix}{key}.")
+    return found
+
+
+def _keys_for(config: dict[str, Any]) -> _Keys:
+    """`_deepspeed_keys`, with optimizer.params' keys for this config's optimizer."""
+    keys = _deepspeed_keys()
+    optimizer = config.get("optimizer")
+    params = _optimizer_params_keys(optimizer) if isinstance(optimizer, dict) else None
+    if params is None:
+        return keys
+    with_params = dataclasses.replace(keys.nested["optimizer"], nested={"params": params})
+    return dataclasses.replace(keys, nested={**keys.nested, "optimizer": with_params})
+
+
+@functools.cache
+def _deepspeed_keys() -> _Keys:
+    """The top level, "optimizer" and "checkpoint" as DeepSpeedConfig reads them (all ignore unknown keys), and
+    zero_optimization, bf16 and fp16 as DeepSpeed's pydantic models define them."""
+    from deepspeed.runtime.precision_config import (BFLOAT16, BFLOAT16_OLD, FP16, DeepSpeedBF16Config,
+                                                    DeepSpeedFP16Config)
+    from deepspeed.runtime.zero.config import ZERO_OPTIMIZATION, DeepSpeedZeroConfig
+
+    read = _keys_read_by_deepspeed()
+    bf16 = _model_keys(DeepSpeedBF16Config)
+    checkpoint = _Keys(read["checkpoint"], nested={"writer": _Keys(read["checkpoint.writer"])})
+    return _Keys(read[""], nested={
+        ZERO_OPTIMIZATION: _model_keys(DeepSpeedZeroConfig), BFLOAT16: bf16, BFLOAT16_OLD: bf16,
+        FP16: _model_keys(DeepSpeedFP16Config), "optimizer": _Keys(read["optimizer"]), "checkpoint": checkpoint})
+
+
+class _ReadRecorder(dict):
+    """A dict that records each key looked up in it; given to DeepSpeed's config reader, the keys it reads."""
+
+    def __init__(self, **items: Any) -> None:
+        super().__init__(**items)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def keys(self) -> collections.abc.KeysView:  # DeepSpeed asks `key in config.keys()`: answered by __contains__
+        return collections.abc.KeysView(self)
+
+
+def _keys_read_by_deepspeed() -> dict[str, frozenset[str]]:
+    """The keys DeepSpeedConfig reads at the top level, in "optimizer" and in "checkpoint" (and its "writer"):
+    its reader (_initialize_params, where it reads them all) run on recording, empty sections."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    writer = _ReadRecorder()
+    checkpoint = _ReadRecorder(writer=writer)
+    optimizer = _ReadRecorder(type="AdamW")  # with a type, the reader goes on to ask for "params"
+    top = _ReadRecorder(optimizer=optimizer, checkpoint=checkpoint)
+    DeepSpeedConfig.__new__(DeepSpeedConfig)._initialize_params(top)
+    return {name: frozenset(section.read) for name, section in
+            (("", top), ("optimizer", optimizer), ("checkpoint", checkpoint), ("checkpoint.writer", writer))}
+
+
+def _model_keys(model: type) -> _Keys:
+    """A DeepSpeed pydantic config model's fields and their aliases, with the models nested in it."""
+    from pydantic import BaseModel
+
+    known, nested = set(), {}
+    for name, field in model.model_fields.items():
+        names = {name, field.alias} - {None}
+        known |= names
+        inner = [t for t in (field.annotation, *typing.get_args(field.annotation))
+                 if isinstance(t, type) and issubclass(t, BaseModel)]
+        if inner:
+            nested.update(dict.fromkeys(names, _model_keys(inner[0])))
+    return _Keys(frozenset(known), refused=model.model_config.get("extra") == "forbid", nested=nested)
+
+
+def _optimizer_params_keys(optimizer: dict[str, Any]) -> _Keys | None:
+    """optimizer.params' keys for its type, as DeepSpeedEngine._configure_basic_optimizer hands them on (None:
+    a type whose keys are not checked)."""
+    import torch
+    from deepspeed.runtime import config as ds
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    name = str(optimizer.get("type", ""))
+    params = optimizer.get("params") if isinstance(optimizer.get("params"), dict) else {}
+    # Taken out by DeepSpeedEngine.get_optimizer_configuration before the constructor gets the rest.
+    taken = (ds.ADAM_W_MODE, ds.TORCH_ADAM_PARAM, "fp32_optimizer_states", "foreach")
+    if name.lower() == ds.MUON_OPTIMIZER:  # its Muon and Adam halves pick their keys; DeepSpeed ignores others
+        return _Keys(frozenset({*DeepSpeedEngine._MUON_HALF_KEYS, *DeepSpeedEngine._ADAM_HALF_KEYS, "muon_lr",
+                                "adam_lr", *taken}))
+    if name.lower() in (ds.ADAM_OPTIMIZER, ds.ADAMW_OPTIMIZER):
+        if params.get(ds.TORCH_ADAM_PARAM):
+            return _constructor_keys(torch.optim.AdamW, torch.optim.Adam, also=taken)
+        from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam  # on the GPU, or with the optimizer offloaded
+
+        return _constructor_keys(FusedAdam, DeepSpeedCPUAdam, also=taken)
+    if name.lower() not in ds.DEEPSPEED_OPTIMIZERS and isinstance(getattr(torch.optim, name, None), type):
+        return _constructor_keys(getattr(torch.optim, name))  # DeepSpeed's fallback: torch.optim.<type>(**params)
+    return None
+
+
+def _constructor_keys(*constructors: Any, also: tuple[str, ...] = ()) -> _Keys:
+    """The keyword arguments after the parameters themselves; another key is a TypeError unless one takes **kwargs."""
+    known, refused = set(also), True
+    for constructor in constructors:
+        for parameter in list(inspect.signature(constructor).parameters.values())[1:]:
+            if parameter.kind is parameter.VAR_KEYWORD:
+                refused = False
+            else:
+                known.add(parameter.name)
+    return _Keys(frozenset(known), refused=refused)
+
+
+@functools.cache
+def _optimizer_types() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """DeepSpeed's own optimizer names (matched in any case) and torch.optim's classes (its fallback)."""
+    import torch
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+
+    return tuple(DEEPSPEED_OPTIMIZERS), tuple(
+        n for n, v in vars(torch.optim).items()
+        if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer)
+
+
+def _check_optimizer_type(config: dict[str, Any], where: str, deepspeeds: tuple[str, ...],
+                          torchs: tuple[str, ...]) -> None:
+    """optimizer.type: one that DeepSpeed builds (DeepSpeedEngine._is_supported_optimizer's rule)."""
+    optimizer = config.get("optimizer")
+    if not isinstance(optimizer, dict) or "type" not in optimizer:
+        return  # resolve_ds_config asks for one
+    name = optimizer["type"]
+    if isinstance(name, str) and (name.lower() in deepspeeds or name in torchs):
+        return
+    near = difflib.get_close_matches(str(name), [*torchs, *deepspeeds], n=1)
+    raise UserError(f"DeepSpeed config {where}: optimizer.type {name!r} is neither one of DeepSpeed's optimizers "
+                    f"nor a torch.optim class" + (f" (did you mean {near[0]}?)" if near else "")
+                    + "; e.g. AdamW")

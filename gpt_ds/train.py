@@ -92,13 +92,17 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRec
     """Check everything, start the ranks, lock RUN_DIR, build the engine, resume; write RUN_DIR/settings.json."""
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
-    plan = plan_run(settings, dist_env.world_size)
+    try:
+        plan = plan_run(settings, dist_env.world_size)
+    except UserError as err:
+        err.every_rank = True  # the same files and flags on every rank: the same verdict, printed once
+        raise
     distributed.init(dist_env)
     run_lock = lock_run_dir(plan, dist_env)
     engine = build_engine(plan)
     record = RunRecord()
     if plan.resume_from is not None:
-        saved = checkpoint.load(engine, plan.resume_from)
+        saved = checkpoint.load(engine, plan.resume_from, reshard=plan.reshard)
         record = RunRecord.from_dict(saved)
         if dist_env.is_main:
             print(f"resumed from {plan.resume_from} at step {record.step}"
@@ -113,17 +117,7 @@ def lock_run_dir(plan: Plan, dist_env: distributed.DistEnv) -> FolderLock:
     """One run per RUN_DIR: rank 0 holds its lock for the run's life (the kernel drops it if the
     process dies). All ranks learn the outcome in one all-reduce, so a refused run stops everywhere."""
     run_lock = FolderLock(plan.run_dir.root, "training run")
-    refused = None
-    if dist_env.is_main:
-        try:
-            run_lock.acquire()
-        except UserError as err:
-            refused = err
-    (failed,) = distributed.all_reduce_sum([float(refused is not None)])
-    if refused is not None:
-        raise refused
-    if failed:
-        raise UserError(f"rank 0 could not lock {plan.run_dir}: another run uses it (rank 0 says which)")
+    distributed.agreed(run_lock.acquire, here=dist_env.is_main, what=f"the lock of {plan.run_dir}")
     return run_lock
 
 
@@ -135,7 +129,7 @@ def finish(plan: Plan, record: RunRecord, preempted: bool, dist_env: distributed
     if dist_env.is_main and not preempted:
         from gpt_ds.export import export_run
 
-        result.model_dir = export_run(plan.run_dir, tag=checkpoint.tag_for(record.step))
+        result.model_dir = export_run(plan.run_dir, tag=checkpoint.tag_for(record.step), verify=False)
     if dist_env.is_main:
         if preempted:
             outcome = f"preempted: checkpoint {result.checkpoint} saved; run the same command to resume"
@@ -150,8 +144,10 @@ def finish(plan: Plan, record: RunRecord, preempted: bool, dist_env: distributed
 
 def client_state(plan: Plan, record: RunRecord) -> dict[str, Any]:
     """What every checkpoint carries beside the weights: the record, and what the run is. The data
-    position and the RNG need no saving: both are reseeded from (seed, step, rank) at every step."""
-    return {**plan.identity(), **record.to_dict(), "rng": "reseeded every step from (seed, step, rank)"}
+    position and the RNG need no saving: the batch is a function of (seed, step) and torch is reseeded
+    from (seed, step, rank) at every step; `data_position` says where the stream stands (windows, tokens, epoch)."""
+    return {**plan.identity(), **record.to_dict(), "data_position": plan.stream.position(record.step),
+            "rng": "reseeded every step from (seed, step, rank)"}
 
 
 def build_engine(plan: Plan) -> Any:
@@ -224,8 +220,8 @@ def train_step(engine: Any, plan: Plan, step: int, rank: int) -> torch.Tensor:
     losses are summed on the device, and `agree` reads the step's figures once."""
     total = None
     for micro_step in range(plan.accumulation):
-        x, y = sampler.train_batch(plan.train, plan.micro_batch, seed=plan.settings.seed, step=step, rank=rank,
-                                   micro_step=micro_step)
+        x, y = plan.stream.micro_batch(step, plan.micro_batch, rank=rank, world_size=plan.world_size,
+                                       micro_step=micro_step)
         _, loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
@@ -306,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     # Only the values here: `run` makes the full plan (data, resume, DeepSpeed JSON) itself, before any work.
-    settings = run_settings.settings_from_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = run_settings.settings_from_args(sys.argv[1:] if argv is None else argv)
+    except UserError as err:
+        err.every_rank = True
+        raise
     result = run(settings)
     return PREEMPTED_EXIT_CODE if result.preempted else 0

@@ -105,3 +105,26 @@ def encoding():
         return get_encoding()
     except UserError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory: small_disk(megabytes) -> an empty folder on a tmpfs of that size, mounted for this test
+    (unmounted after it): a real file system that fills up. Skips where mounting is not allowed (not root)."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def make(megabytes: float) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(megabytes * 1024)}k", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"a full-disk test mounts a small tmpfs, which needs root: {proc.stderr.strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield make
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -72,3 +72,41 @@ def test_resume_never_refuses_a_run_dir_with_checkpoints(tmp_path):
     atomic.write_text(checkpoints / checkpoint.LATEST, checkpoint.tag_for(2))
     with pytest.raises(UserError, match="--resume never"):
         checkpoint.check_fresh_run_dir(tmp_path)
+
+
+# ---- a full disk: real runs into a small tmpfs --------------------------------------------------------
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_full_disk_stops_every_rank_with_one_line_and_keeps_the_previous_checkpoint(small_disk, tmp_path, ranks):
+    """A 1-layer, 32-wide model's checkpoint takes ~23 MB (the 50k-row embedding's bf16 weights, fp32
+    master copy and two Adam moments): on a 32 MB file system the one at step 2 fits, the one at step 4
+    does not. The run stops before writing it: one error line, exit 2, step 2 still `latest` and whole."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from gpt_ds import distributed
+    from gpt_ds.data import write_shard
+
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    write_shard(data / "train_000000.bin", np.random.default_rng(0).integers(0, 50257, 20_000))
+    out = small_disk(32) / "run"
+    args = ["--deepspeed_config", str(repo / "ds_configs" / "zero2.json"), "--data", str(data), "--out", str(out),
+            "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--max-steps", "6",
+            "--save-interval", "2", "--sample-tokens", "0"]
+    script = str(repo / "launch" / "train.py")
+    command = distributed.launcher_command(ranks, script, args) if ranks > 1 else [sys.executable, script, *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if "launch/train.py: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert "no space left on the device for the checkpoint" in errors[0] and "step_00000004" in errors[0]
+    assert "MB is free" in errors[0] and "needs about" in errors[0]
+    checkpoints = out / "checkpoints"
+    assert checkpoint.read_latest(checkpoints) == checkpoint.tag_for(2)
+    checkpoint.verify(checkpoints / checkpoint.tag_for(2))  # whole: sizes and sha256 as recorded
+    assert not (checkpoints / checkpoint.tag_for(4)).exists()

@@ -456,3 +456,16 @@ def test_changed_shard_bytes_are_found_by_the_rerun_and_by_verify(tmp_path):
     assert rerun.returncode == 0 and "preparing it again" in rerun.stdout and "up to date" not in rerun.stdout
     assert run_cli("--verify", out).returncode == 0
     assert run_cli("--verify", tmp_path / "nothing").returncode == 2
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_that_looks_complete(small_disk, python_corpus, tmp_path):
+    out = small_disk(0.25) / "data"  # 256 kB: the ~400 kB corpus's shards do not fit
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "--input", str(python_corpus(400_000)), "--out", str(out),
+                           "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "no space left on the device preparing" in errors[0] and str(out) in errors[0]
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(ShardError):
+        open_split(out, "train")

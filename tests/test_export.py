@@ -118,3 +118,13 @@ def test_an_out_holding_other_files_is_replaced_only_with_force(trained_run, tmp
     assert again.returncode == 0, again.stderr
     assert load_model(out)[1].metadata["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no staging folder left beside it
+
+
+def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_folder(trained_run, small_disk):
+    out = small_disk(1) / "model"  # 1 MB: the 1-layer model's fp32 weights (6.5 MB) do not fit
+    proc = subprocess.run([sys.executable, "-m", "gpt_ds.export", str(trained_run.root), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "no space left on the device writing" in errors[0] and "needs about 6.5 MB" in errors[0]
+    assert not out.exists() and not list(out.parent.iterdir())  # no model folder, no staging left behind

@@ -60,12 +60,19 @@ def test_resume_is_checked_against_the_plan(shards, tmp_path):
     good = plan_for(shards, tmp_path)
     tag_dir = tmp_path / "run" / "checkpoints" / checkpoint.tag_for(4)
     tag_dir.mkdir(parents=True)
-    state = {"step": 4, "model": good.model_config.to_dict(), "world_size": 2}
+    saved_config = {**good.ds_config, "train_batch_size": 16, "gradient_accumulation_steps": 1}  # 2 ranks x 8
+    state = {"step": 4, "model": good.model_config.to_dict(), "world_size": 2, "ds_config": saved_config}
     (tag_dir / checkpoint.CLIENT_STATE).write_text(json.dumps(state))
     (tmp_path / "run" / "checkpoints" / checkpoint.LATEST).write_text(tag_dir.name)
-    assert plan_for(shards, tmp_path, world_size=2).resume_from == tag_dir
-    with pytest.raises(UserError, match="written by 2 ranks, this run has 1"):
-        plan_for(shards, tmp_path)
+    same = plan_for(shards, tmp_path, world_size=2)
+    assert same.resume_from == tag_dir and same.reshard is None and "checkpoint" not in same.ds_config
+    # another world size: the checkpoint's global batch is kept (accumulation derived) and the load reshards
+    one = plan_for(shards, tmp_path)
+    assert one.reshard == "2 -> 1 ranks" and one.ds_config["checkpoint"] == {"load_universal": True}
+    assert (one.ds_config["train_batch_size"], one.ds_config["gradient_accumulation_steps"]) == (16, 2)
+    assert one.stream.global_batch == 16
+    with pytest.raises(UserError, match=r"global batch of 16\).*not a multiple of micro-batch 8 x 4 ranks; resume on"):
+        plan_for(shards, tmp_path, world_size=4)  # 4 ranks x 8 rows are more than the step's 16 windows
     with pytest.raises(UserError, match="different model config"):
         plan_for(shards, tmp_path, "--n-layer", "3", world_size=2)
 
@@ -118,3 +125,36 @@ def test_a_checkpoint_from_before_the_recipe_settings_shows_no_change(shards, tm
         del saved[key]
     assert changed_settings(saved, plan_for(shards, tmp_path).settings) == ""
     assert "schedule 'cosine' -> 'wsd'" in changed_settings(saved, plan_for(shards, tmp_path, "--schedule", "wsd").settings)
+
+
+def overwrite_token(shard: Path, position: int, value: int) -> None:
+    """Overwrite one token in place (same size: what a stray write or a bad disk does)."""
+    with open(shard, "r+b") as fh:
+        fh.seek(1024 + 2 * position)
+        fh.write(np.uint16(value).tobytes())
+
+
+def test_tokens_outside_the_vocabulary_are_refused_at_the_start_sampled_or_all(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shard = write_shard(folder / "train_000000.bin", np.random.default_rng(0).integers(0, 50257, 1_000_000))
+    overwrite_token(shard, 30_000, 65535)  # between the 16 sampled runs (at 0, ~66k, ~133k, ...)
+    plan_for(folder, tmp_path)  # the cheap check samples: this one passes unseen
+    with pytest.raises(UserError, match=r"train_000000\.bin holds token id 65535 at position 30,000, outside the "
+                                        r"model's vocabulary \(50257 tokens\).*--verify"):
+        plan_for(folder, tmp_path, "--verify-data")
+    overwrite_token(shard, 100, 60000)  # inside the first sampled run
+    with pytest.raises(UserError, match="holds token id 60000 at position 100"):
+        plan_for(folder, tmp_path)
+
+
+def test_verify_data_checks_every_sha256_of_a_prepared_folder(tmp_path, python_corpus):
+    import data_prep
+
+    folder = tmp_path / "prepared"
+    data_prep.prepare([str(python_corpus(60_000))], folder, val_fraction=0.0, workers=1, verbose=False)
+    shard = folder / "train_000000.bin"
+    overwrite_token(shard, 5, 11)  # still a valid token: only the hash can tell
+    plan_for(folder, tmp_path)
+    with pytest.raises(UserError, match=r"train_000000\.bin.*sha256"):
+        plan_for(folder, tmp_path, "--verify-data")

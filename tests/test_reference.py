@@ -6,7 +6,7 @@ Everything the training path decides is written out again below rather than impo
 in any of it fails this test: the initialisation seed, the two AdamW parameter groups (decay on
 >= 2-D parameters only), AdamW's hyperparameters from the DeepSpeed config, gradient clipping, the
 warmup + cosine schedule, gradient accumulation, and the batches (read from the llm.c shard files
-with numpy, windows at offsets drawn as the sampler's (seed, step, rank, micro_step) streams).
+with numpy, the step's global batch drawn from a (seed, step) stream and sliced per micro-step).
 Only the model itself (gpt_ds.model.GPT) is shared: it is what is being trained.
 """
 
@@ -68,19 +68,23 @@ def read_llmc_shard(path: Path) -> np.ndarray:
     return tokens
 
 
-def reference_batches(data: Path, step: int, rank: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The micro-batches of `step`: windows of BLOCK + 1 tokens at global start offsets drawn from
-    PCG64(SeedSequence([seed, step, rank, micro_step])), numbered shard after shard (a shard of n
-    tokens holds n - BLOCK starts; shards no longer than BLOCK hold none)."""
+def reference_batches(data: Path, step: int, rank: int = 0, world_size: int = 1) -> list[tuple[torch.Tensor,
+                                                                                           torch.Tensor]]:
+    """The micro-batches of `step` on `rank`: the step's global batch (MICRO_BATCH x ACCUMULATION x world_size
+    windows of BLOCK + 1 tokens) at global start offsets drawn from PCG64(SeedSequence([seed, step])),
+    numbered shard after shard (a shard of n tokens holds n - BLOCK starts; shards no longer than BLOCK hold
+    none); micro-step m of rank r takes the MICRO_BATCH rows from (m * world_size + r) * MICRO_BATCH."""
     manifest = json.loads((data / "manifest.json").read_text())
     shards = [read_llmc_shard(data / s["name"]) for s in manifest["splits"]["train"]["shards"]]
     shards = [s for s in shards if len(s) > BLOCK]
     starts_per_shard = [len(s) - BLOCK for s in shards]
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([SEED, step])))
+    drawn = rng.integers(0, sum(starts_per_shard), size=MICRO_BATCH * ACCUMULATION * world_size)
     batches = []
     for micro_step in range(ACCUMULATION):
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([SEED, step, rank, micro_step])))
+        first = (micro_step * world_size + rank) * MICRO_BATCH
         rows = []
-        for index in rng.integers(0, sum(starts_per_shard), size=MICRO_BATCH):
+        for index in drawn[first : first + MICRO_BATCH]:
             shard = 0
             while index >= starts_per_shard[shard]:
                 index -= starts_per_shard[shard]

@@ -1,4 +1,5 @@
-"""gpt_ds.sampler: batches as a pure function of (seed, step, rank, micro-step); the fixed val set."""
+"""gpt_ds.sampler: the run's training stream (the global batch a function of (seed, step), sliced per rank
+and micro-step, the same windows for any world size; random and epoch sampling); the fixed val set."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from gpt_ds.errors import UserError
-from gpt_ds.sampler import TokenWindows, step_seed, train_batch, val_batches
+from gpt_ds.sampler import TokenWindows, TrainStream, step_seed, val_batches
 
 
 @pytest.fixture
@@ -21,17 +22,49 @@ def windows(tmp_path) -> TokenWindows:
     return TokenWindows(shards, block_size=16)
 
 
-def test_batches_are_a_function_of_seed_step_rank_microstep(windows):
-    batch = train_batch(windows, 8, seed=1, step=5, rank=0, micro_step=0)
-    assert torch.equal(batch[0], train_batch(windows, 8, seed=1, step=5, rank=0, micro_step=0)[0])
-    others = [dict(seed=2, step=5, rank=0, micro_step=0), dict(seed=1, step=6, rank=0, micro_step=0),
-              dict(seed=1, step=5, rank=1, micro_step=0), dict(seed=1, step=5, rank=0, micro_step=1)]
-    for key in others:
-        assert not torch.equal(batch[0], train_batch(windows, 8, **key)[0]), key
+def test_batches_are_a_function_of_seed_and_step_sliced_per_rank_and_micro_step(windows):
+    stream = TrainStream(windows, global_batch=16, seed=1)
+    batch = stream.micro_batch(5, 8)
+    assert torch.equal(batch[0], TrainStream(windows, 16, seed=1).micro_batch(5, 8)[0])
+    for other in (TrainStream(windows, 16, seed=2).micro_batch(5, 8), stream.micro_batch(6, 8),
+                  stream.micro_batch(5, 8, rank=1, world_size=2), stream.micro_batch(5, 8, micro_step=1)):
+        assert not torch.equal(batch[0], other[0])
+    with pytest.raises(ValueError, match="past the global batch"):
+        stream.micro_batch(5, 8, rank=1, world_size=2, micro_step=1)
+
+
+@pytest.mark.parametrize("sampling", ["random", "epoch"])
+def test_the_windows_of_a_step_are_the_same_for_1_2_and_4_ranks(windows, sampling):
+    """With the global batch fixed, world size x accumulation only regroups the step's windows."""
+    stream = TrainStream(windows, global_batch=16, seed=3, sampling=sampling)
+    for step in range(12):
+        layouts = []
+        for world, accumulation in ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 4)):
+            micro = 16 // (world * accumulation)
+            rows = [stream.micro_batch(step, micro, rank=r, world_size=world, micro_step=m)[0]
+                    for m in range(accumulation) for r in range(world)]
+            layouts.append(torch.cat(rows))
+        assert all(torch.equal(layouts[0], other) for other in layouts[1:]), step
+
+
+def test_epoch_sampling_reads_every_window_once_per_epoch_in_a_new_order(windows):
+    stream = TrainStream(windows, global_batch=5, seed=0, sampling="epoch")
+    n = stream.epoch_windows
+    assert n == (300 - 1) // 16 + (17 - 1) // 16 + (500 - 1) // 16  # whole windows of 17 tokens, stride 16
+    steps = 3 * n // 5 + 1
+    drawn = np.concatenate([stream.starts(step) for step in range(steps)])
+    first, second = drawn[:n], drawn[n : 2 * n]
+    assert len(set(first.tolist())) == n and set(first.tolist()) == set(second.tolist())
+    assert not np.array_equal(first, second)  # each epoch its own permutation
+    x, y = windows.batch(first)
+    targets = torch.sort(y.flatten()).values
+    assert len(torch.unique(targets)) == len(targets)  # no token is a target twice in an epoch
+    assert stream.position(steps)["epoch"] == pytest.approx(steps * 5 / n)
+    assert stream.position(2) == {"windows_seen": 10, "tokens_seen": 160, "epoch": 10 / n}
 
 
 def test_windows_are_contiguous_targets_shifted_and_within_one_shard(windows):
-    x, y = train_batch(windows, 64, seed=0, step=0, rank=0, micro_step=0)
+    x, y = TrainStream(windows, 64, seed=0).micro_batch(0, 64)
     assert x.shape == y.shape == (64, 16) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
     # tokens of shard i are 1000*i + position: a window never straddles two shards

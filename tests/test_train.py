@@ -219,6 +219,52 @@ def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path):
     assert tags == [checkpoint.tag_for(2 * n - 2), checkpoint.tag_for(2 * n)]
 
 
+def fp32_config(folder: Path, stage: int, accumulation: int = 1) -> Path:
+    """zero2.json in fp32 (bf16 off) at ZeRO `stage`, micro-batch 4."""
+    config = json.loads(ZERO2.read_text())
+    config.update(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=accumulation, bf16={"enabled": False})
+    config["zero_optimization"]["stage"] = stage
+    path = folder / f"fp32_zero{stage}_ga{accumulation}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_number_of_ranks_and_zero_stage(corpus_data, tmp_path):
+    """fp32: 2 ranks to N, then 1 rank (accumulation 2, derived from the kept global batch of 8) to 2N,
+    through DeepSpeed's universal checkpoint, gives the per-step losses and final weights of 2N steps on 2
+    ranks to 1e-4 (the reduction order is the only difference); so does 1 rank at ZeRO-2 to N, then 2 ranks
+    at ZeRO-1. The original checkpoint is untouched, the universal copy lies beside it."""
+    n = 4
+    zero2, zero1 = fp32_config(tmp_path, 2), fp32_config(tmp_path, 1)
+    zero2_alone = fp32_config(tmp_path, 2, accumulation=2)  # one rank, the same global batch of 8
+    common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=0)
+    straight = tmp_path / "straight"
+    run_ok(deepspeed_command(train_args(corpus_data, straight, zero2, **common)), tmp_path)
+    reference = dict(metrics.read_scalars(straight / "tb")["train/loss"])
+
+    for first, then in (((2, zero2), (1, zero2)), ((1, zero2_alone), (2, zero1))):
+        run_dir = tmp_path / f"{first[0]}to{then[0]}_{then[1].stem}"
+
+        def command(ranks: int, config: Path, steps: int) -> list[str]:
+            args = train_args(corpus_data, run_dir, config, **{**common, "max_steps": steps})
+            return deepspeed_command(args, ranks) if ranks > 1 else [sys.executable, TRAIN, *args]
+
+        run_ok(command(first[0], first[1], n), tmp_path)
+        original = run_dir / "checkpoints" / checkpoint.tag_for(n)
+        before = checkpoint.read_client_state(original)[checkpoint.FILES]
+        output = run_ok(command(then[0], then[1], 2 * n), tmp_path)
+        assert f"resharding {original.name} ({first[0]} -> {then[0]} ranks" in output, output[-3000:]
+        assert checkpoint.file_records(original) == before and checkpoint.universal_dir(original).is_dir()
+        losses = dict(metrics.read_scalars(run_dir / "tb")["train/loss"])
+        assert sorted(losses) == list(range(1, 2 * n + 1))
+        for step, loss in reference.items():
+            assert abs(losses[step] - loss) < 1e-4, (first, then, step, losses[step], loss)
+        a, b = load_weights(straight / "model"), load_weights(run_dir / "model")
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst < 1e-4, (first, then, worst)
+
+
 @pytest.mark.slow
 def test_preemption_signal_saves_and_exits_75(corpus_data, small_ds_config, tmp_path):
     """One process (python launch/train.py, the same code path): SIGUSR1 mid-run -> checkpoint -> exit 75."""
