@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from gpt_ds import atomic
-from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, open_split
-from gpt_ds.atomic import file_sha256
+from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, shard_problem
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).
@@ -49,7 +48,7 @@ def prepare_output(out: Path, wanted: dict, force: bool, strict: bool, say: Call
                     f"--out {out} already holds a different preparation ({changes}); "
                     "pass --force to replace it, or choose another --out"
                 )
-            problem = _shard_problem(out, manifest)
+            problem = shard_problem(out, manifest)
             if problem is None:
                 _refuse_lax_for_strict(out, manifest, strict)
                 return manifest
@@ -125,24 +124,6 @@ def _differences(found: dict, wanted: dict) -> str:
     return ", ".join(changes)
 
 
-def _shard_problem(out: Path, manifest: dict) -> str | None:
-    """Why the shards do not match the manifest (missing, truncated, other counts, other bytes: each
-    shard's sha256 is checked), or None."""
-    try:
-        for split, entry in manifest["splits"].items():
-            if entry.get("shards"):
-                open_split(out, split)
-                for shard in entry["shards"]:
-                    if shard.get("sha256") and file_sha256(out / shard["name"]) != shard["sha256"]:
-                        return (f"shard {out / shard['name']} does not have the sha256 recorded in {MANIFEST_NAME} "
-                                "(its bytes were changed after preparation)")
-    except ShardError as err:
-        return str(err)
-    except (KeyError, AttributeError, TypeError):
-        return f"{MANIFEST_NAME} is not a complete manifest"
-    return None
-
-
 def verify(out: Path) -> str:
     """Check a prepared folder (manifest, every shard's header, size and sha256) without changing it:
     a line saying what was verified, or UserError naming the first problem."""
@@ -150,7 +131,7 @@ def verify(out: Path) -> str:
     if not manifest:
         raise UserError(f"{out} has no readable {MANIFEST_NAME}: it is not a complete preparation; prepare it "
                         "with python -m data_prep --input ... --out " + str(out))
-    problem = _shard_problem(out, manifest)
+    problem = shard_problem(out, manifest)
     if problem is not None:
         raise UserError(f"{problem}; prepare it again with --force")
     shards = [s for entry in manifest["splits"].values() for s in entry.get("shards", [])]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt_ds import atomic
+from gpt_ds.atomic import file_sha256
 from gpt_ds.errors import UserError
 
 MAGIC = 20240520
@@ -162,6 +163,32 @@ def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
             )
         shards.append(tokens)
     return shards
+
+
+def shard_problem(data_dir: Path, manifest: dict) -> str | None:
+    """Why a prepared folder's shards do not match its manifest (missing, truncated, other counts, other
+    bytes: each shard's sha256 is checked), or None."""
+    try:
+        for split, entry in manifest["splits"].items():
+            if entry.get("shards"):
+                open_split(data_dir, split)
+                for shard in entry["shards"]:
+                    if shard.get("sha256") and file_sha256(data_dir / shard["name"]) != shard["sha256"]:
+                        return (f"shard {data_dir / shard['name']} does not have the sha256 recorded in "
+                                f"{MANIFEST_NAME} (its bytes were changed after preparation)")
+    except ShardError as err:
+        return str(err)
+    except (KeyError, AttributeError, TypeError):
+        return f"{MANIFEST_NAME} is not a complete manifest"
+    return None
+
+
+def verify_folder(data_dir: str | Path) -> None:
+    """ShardError unless every shard of the prepared folder has the size, header and sha256 its manifest records."""
+    data_dir = Path(data_dir)
+    problem = shard_problem(data_dir, load_manifest(data_dir))
+    if problem is not None:
+        raise ShardError(f"{problem}; prepare the folder again with --force")
 
 
 def check_tokens(tokens: np.memmap, vocab_size: int, *, full: bool = False, sample: int = 1 << 16,

@@ -165,9 +165,7 @@ def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool
 
     has_manifest = (Path(data_dir) / data.MANIFEST_NAME).is_file()
     if verify and has_manifest:
-        from data_prep.manifest import verify as verify_folder
-
-        verify_folder(Path(data_dir))
+        data.verify_folder(data_dir)
     train_shards = data.open_split(data_dir, "train")
     if has_manifest:
         manifest = data.load_manifest(data_dir)
