@@ -175,6 +175,22 @@ def init(dist_env: DistEnv) -> None:
     if accelerator.device_name() != "cpu":
         accelerator.set_device(dist_env.local_rank)
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False)
+    if dist_env.world_size > 1:
+        release_shm_buffer(dist_env)
+
+
+def release_shm_buffer(dist_env: DistEnv) -> None:
+    """Unlink this rank's /dev/shm file of DeepSpeed's CPU all-reduce (its shm comm op, used when every
+    rank is on one host). DeepSpeed never removes these (69 MB per rank, a new name per MASTER_PORT), so
+    every multi-rank CPU run would leave them behind until /dev/shm, which is RAM, fills. Once a
+    collective has completed, every rank has mapped every buffer, and a mapping outlives its name."""
+    barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_" \
+           f"{os.environ.get('MASTER_PORT', '')}_{dist_env.rank}"
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except OSError:
+        pass  # not on one host (no buffer), or no /dev/shm
 
 
 def device() -> "torch.device":

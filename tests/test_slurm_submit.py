@@ -22,6 +22,7 @@ import pytest
 import submitit
 
 from gpt_ds import slurm_submit
+from gpt_ds.checkpoint import tag_for
 from gpt_ds.slurm_task import TaskReport
 from launch import submit
 
@@ -342,9 +343,14 @@ def test_two_nodes_train_through_a_preemption(tmp_path, ds_config, data_dir, loc
 
 @pytest.mark.slow
 @needs_cluster
-def test_a_cancelled_job_checkpoints_and_stays_cancelled(tmp_path, ds_config, data_dir):
+def test_a_cancelled_job_checkpoints_stays_cancelled_and_resumes_on_another_allocation(tmp_path, ds_config,
+                                                                                        data_dir):
     """`scancel JOB` sends the same SIGTERM as a preemption: the job saves, and is NOT requeued
-    (`scontrol requeue` would revive a cancelled job)."""
+    (`scontrol requeue` would revive a cancelled job). Submitted again on 1 node x 1 task instead of
+    2 x 1, the same --out resumes: the checkpoint is resharded (universal checkpoint), the global batch
+    kept (accumulation 2), and the run finishes with every step once in TensorBoard."""
+    from gpt_ds.metrics import read_scalars
+
     with ClusterRun(tmp_path, ds_config, data_dir) as run:
         subprocess.run(["scancel", run.job_id], check=True)
         code = run.wait()
@@ -357,3 +363,17 @@ def test_a_cancelled_job_checkpoints_and_stays_cancelled(tmp_path, ds_config, da
                                          capture_output=True, text=True).stdout
     saved = (run.out / "checkpoints" / "latest").read_text().strip()
     assert PREEMPT_AT_STEP <= int(saved.removeprefix("step_")) < MAX_STEPS
+
+    again = subprocess.run(submit_command("--nodes", "1", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time",
+                                          "10", "--wait", "--", *train_args(ds_config, data_dir, run.out)),
+                           capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    job_id = re.search(r"submitted job (\d+) to Slurm", again.stdout).group(1)
+    log = (run.out / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert f"resharding {saved} (2 -> 1 ranks)" in log, log[-3000:]
+    assert (run.out / "checkpoints" / f"{saved}.universal").is_dir()
+    state = json.loads((run.out / "checkpoints" / tag_for(MAX_STEPS) / "client_state.json").read_text())
+    assert state["world_size"] == 1 and state["ds_config"]["gradient_accumulation_steps"] == 2
+    assert state["ds_config"]["train_batch_size"] == 4  # 2 nodes x micro-batch 2, kept
+    steps = [step for step, _ in read_scalars(run.out / "tb")["train/loss"]]
+    assert steps == list(range(1, MAX_STEPS + 1))

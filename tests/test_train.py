@@ -189,11 +189,14 @@ def kill9_after_a_checkpoint(command: list[str], run_dir: Path, cwd: Path, withi
 
 
 @pytest.mark.slow
-def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path):
+@pytest.mark.parametrize("sampling", ["random", "epoch"])
+def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path, sampling):
     """2N steps straight == kill -9 at a random step, auto-resume to N, resume to 2N: bit for bit
-    (with gradient accumulation, so micro-steps are part of what must line up)."""
+    (with gradient accumulation, so micro-steps are part of what must line up); with --sampling epoch
+    the resumes fall mid-epoch (16 steps x 8 windows of the ~4,000 in an epoch)."""
     n = 8
-    common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=4, save_interval=2, sample_tokens=0)
+    common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=4, save_interval=2, sample_tokens=0,
+                  sampling=sampling)
     straight = tmp_path / "straight"
     run_ok(deepspeed_command(train_args(corpus_data, straight, accumulating_ds_config, **common)), tmp_path)
 
@@ -217,6 +220,10 @@ def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path):
     # keep-last-K (default 2), and no part-written tag left behind
     tags = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
     assert tags == [checkpoint.tag_for(2 * n - 2), checkpoint.tag_for(2 * n)]
+    position = checkpoint.read_client_state(run_dir / "checkpoints" / tags[-1])["data_position"]
+    assert position["windows_seen"] == 2 * n * 8 and ("epoch" in position) == (sampling == "epoch")
+    if sampling == "epoch":
+        assert 0 < position["epoch"] < 1  # mid-epoch
 
 
 def fp32_config(folder: Path, stage: int, accumulation: int = 1) -> Path:
