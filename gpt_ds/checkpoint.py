@@ -229,6 +229,12 @@ def convert_to_universal(tag_dir: Path) -> Path:
                         "untouched: resume it with its own number of ranks and ZeRO stage") from err
     finally:
         (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's own pointer: unused
+    # A ZeRO-3 engine looks for its model states under the name stage 3 saves them by (pp rank 0):
+    # the converted ones of a stage 1/2 checkpoint, under that name too (a hard link, no copy)
+    for states in staging.glob("mp_rank_*_model_states.pt"):
+        alias = staging / f"zero_pp_rank_0_{states.name}"
+        if not alias.exists():
+            os.link(states, alias)
     os.replace(staging, target)
     return target
 

@@ -51,6 +51,10 @@ class Plan:
         return run_settings.precision_of(self.ds_config)
 
     @property
+    def zero_stage(self) -> int:
+        return self.ds_config["zero_optimization"]["stage"]
+
+    @property
     def micro_batch(self) -> int:
         return self.ds_config["train_micro_batch_size_per_gpu"]
 
@@ -116,6 +120,15 @@ def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: d
         changes.append(f"ZeRO stage {saved_stage} -> {stage}")
     if not changes:
         return ds_config, None
+    if 3 in (stage, saved_stage):
+        import deepspeed
+
+        # Measured with 0.19.8: a stage 1/2 universal checkpoint does not load into ZeRO-3 (its optimizer state
+        # has another layout), and a ZeRO-3 one resharded to fewer ranks drifts 3e-3 in loss within two steps
+        raise UserError(f"resuming a checkpoint of {saved.get('world_size')} ranks at ZeRO stage {saved_stage} with "
+                        f"{', '.join(changes)} involves ZeRO-3, which DeepSpeed {deepspeed.__version__}'s universal "
+                        f"checkpoints do not reshard exactly; resume with {saved.get('world_size')} ranks at stage "
+                        f"{saved_stage}, or start over with --resume never and a new --out")
     ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     return ds_config, ", ".join(changes)
 

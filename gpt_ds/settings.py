@@ -339,13 +339,11 @@ def resolve_ds_config(path: str | Path, world_size: int, global_batch: int | Non
     if _enabled(config, "fp16") and _enabled(config, "bf16"):
         raise UserError(f"DeepSpeed config {where}: fp16 and bf16 are both enabled; enable one")
     stage = config.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (1, 2):
+    if stage not in (1, 2, 3):
         # Stage 0 writes no partitioned fp32 optimizer state, which the export (DeepSpeed's
-        # zero_to_fp32) consolidates the final weights from. ZeRO-3 partitions the parameters
-        # themselves; the tied output head and the eval-time sampler read them outside their
-        # module's forward, which stage 3 does not gather for.
-        raise UserError(f"DeepSpeed config {where}: zero_optimization.stage must be 1 or 2 (got {stage!r}): stage 0 "
-                        "checkpoints cannot be consolidated and stage 3 is not supported; use ds_configs/zero2.json")
+        # zero_to_fp32) consolidates the final weights from.
+        raise UserError(f"DeepSpeed config {where}: zero_optimization.stage must be 1, 2 or 3 (got {stage!r}): stage "
+                        "0 checkpoints cannot be consolidated; use ds_configs/zero2.json")
     optimizer = config.get("optimizer")
     if not isinstance(optimizer, dict) or "type" not in optimizer:
         raise UserError(f"DeepSpeed config {where}: needs an \"optimizer\" section with a \"type\" (e.g. AdamW)")

@@ -75,7 +75,7 @@ def run(settings: RunSettings) -> TrainResult:
             last_step = record.step >= settings.max_steps
             if validator.should_validate(record.step, last_step=last_step):
                 record.val_loss = validator.loss(engine)
-                sample = validator.text_sample(engine.module, record.step) if dist_env.is_main else None
+                sample = validator.text_sample(engine.module, record.step)  # every rank: ZeRO-3 gathers
                 monitor.evaluation(record.step, record.val_loss, sample)
             done = monitor.check_target(record) or last_step or preempted
             if monitor.healthy or done:

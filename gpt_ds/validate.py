@@ -1,9 +1,16 @@
 """Validation during training: when to evaluate, the validation loss over the fixed token budget
-(all ranks together; windows spread evenly over the whole val split, gpt_ds.sampler.val_batches), and a short generated text sample to watch the model learn in TensorBoard."""
+(all ranks together; windows spread evenly over the whole val split, gpt_ds.sampler.val_batches), and a
+short generated text sample to watch the model learn in TensorBoard.
+
+Under ZeRO-3 every forward gathers the parameters from all ranks (a collective), so every rank runs
+the same number of validation forwards (one with fewer windows repeats its last batch and ignores it),
+and for the sample every rank gathers the weights once, which rank 0 copies into a plain model."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import contextlib
 
 import torch
 
@@ -28,19 +35,27 @@ class Validator:
         """Mean validation loss over the fixed token budget, across all ranks (a collective)."""
         plan = self.plan
         engine.eval()
-        batches = sampler.val_batches(plan.val, plan.settings.eval_tokens, plan.micro_batch,
-                                      rank=self.rank, world_size=plan.world_size)
+        share = lambda rank: sampler.val_batches(plan.val, plan.settings.eval_tokens, plan.micro_batch,  # noqa: E731
+                                                  rank=rank, world_size=plan.world_size)
+        batches = share(self.rank)
+        forwards = len(batches)
+        if plan.zero_stage == 3:  # the same number of (collective) forwards on every rank
+            forwards = max(len(share(rank)) for rank in range(plan.world_size))
         loss_sum, count = 0.0, 0
-        for x, y in batches:
+        for i in range(forwards):
+            x, y = batches[min(i, len(batches) - 1)] if batches else sampler.val_batches(
+                plan.val, plan.settings.eval_tokens, plan.micro_batch, rank=0, world_size=plan.world_size)[0]
             _, loss = engine(x.to(engine.device), y.to(engine.device))
-            loss_sum += loss.item() * len(x)
-            count += len(x)
+            if i < len(batches):
+                loss_sum += loss.item() * len(x)
+                count += len(x)
         engine.train()
         loss_sum, count = distributed.all_reduce_sum([loss_sum, count])
         return loss_sum / count
 
     def text_sample(self, model: torch.nn.Module, step: int) -> str | None:
-        """A short generated text (call on rank 0), or None without a tokenizer or with --sample-tokens 0."""
+        """A short generated text on rank 0 (None elsewhere), or None without a tokenizer or with
+        --sample-tokens 0. Call it on every rank: under ZeRO-3 the weights are gathered for it."""
         settings = self.plan.settings
         if settings.sample_tokens == 0:
             return None
@@ -51,8 +66,30 @@ class Validator:
             encoding = get_encoding()
         except UserError:  # no tiktoken cache offline: train on, without samples
             return None
-        model.eval()
-        new = generate(model, [[EOT_TOKEN]], Sampling(settings.sample_tokens, temperature=0.8, top_k=50,
-                                                      seed=settings.seed + step))[0]
-        model.train()
+        sampler_model = self.whole_model(model)
+        if sampler_model is None:
+            return None
+        sampler_model.eval()
+        new = generate(sampler_model, [[EOT_TOKEN]], Sampling(settings.sample_tokens, temperature=0.8, top_k=50,
+                                                              seed=settings.seed + step))[0]
+        sampler_model.train()
         return encoding.decode(new)
+
+    def whole_model(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The model to generate from on rank 0 (None on the others). Under ZeRO-3 each rank holds a
+        slice of every weight, and a forward outside the engine would gather them in collectives that
+        only rank 0 makes: so all ranks gather the weights once (GatheredParameters) and rank 0 copies
+        them into a plain GPT of its own."""
+        if self.plan.zero_stage != 3:
+            return model if self.rank == 0 else None
+        import deepspeed
+
+        from gpt_ds.model import GPT
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            weights = {n: p.detach().clone() for n, p in model.named_parameters()} if self.rank == 0 else None
+        if weights is None:
+            return None
+        copy = GPT(self.plan.model_config).to(next(iter(weights.values())).device)
+        copy.load_state_dict(weights, strict=False)  # the buffers (if any) are the fresh model's own
+        return copy

@@ -75,6 +75,11 @@ def test_resume_is_checked_against_the_plan(shards, tmp_path):
         plan_for(shards, tmp_path, world_size=4)  # 4 ranks x 8 rows are more than the step's 16 windows
     with pytest.raises(UserError, match="different model config"):
         plan_for(shards, tmp_path, "--n-layer", "3", world_size=2)
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({**json.loads(ZERO2.read_text()), "zero_optimization": {"stage": 3}}))
+    with pytest.raises(UserError, match=r"with ZeRO stage 2 -> 3 involves ZeRO-3, which DeepSpeed .* resume with 2 "
+                                        r"ranks at stage 2"):
+        plan_for(shards, tmp_path, "--deepspeed_config", str(zero3), world_size=2)
 
 
 def test_changed_settings_name_what_differs_from_the_checkpoint(shards, tmp_path):
