@@ -1,0 +1,51 @@
+"""bench/gpu_check.py --smoke on the CPU: the prepared GPU check runs end to end (the real entry points:
+launch/train.py, python -m gpt_ds.export, launch/sample.py, python -m gpt_ds.hf, the app's loading path), so it
+cannot rot before a GPU is lent. About 2-3 minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PARTS = ("env", "data", "bf16", "bf16_compile", "fp16", "overflow_driver", "modern", "export", "generate", "app")
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_on_the_cpu(repo_root, tmp_path, encoding):
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke", "--device", "cpu", "--out", str(out)],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    report = json.loads((out / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert tuple(parts) == PARTS
+    assert report["ok"] is True and report["failed"] == [] and report["device"] == "cpu" and report["smoke"] is True
+    for name in PARTS:
+        if name != "fp16":
+            assert parts[name]["status"] == "ok", (name, parts[name])
+    assert parts["fp16"]["status"] == "skipped: needs CUDA"
+
+    assert parts["env"]["sdpa_backend"] == "cpu" and parts["env"]["torch"] and parts["env"]["deepspeed"][0].isdigit()
+    for name in ("bf16", "bf16_compile", "modern"):
+        figures = parts[name]
+        assert figures["tokens_per_sec"] > 0 and figures["mfu"] > 0, (name, figures)
+        assert figures["steps"] == report["shape"]["steps"]
+    assert parts["overflow_driver"]["skipped_steps"] == 1
+    assert parts["generate"]["gpt_ds_tokens_per_sec"] > 0 and parts["generate"]["transformers_tokens_per_sec"] > 0
+    assert parts["generate"]["greedy_tokens_equal"] == f"{parts['generate']['new_tokens']}/{parts['generate']['new_tokens']}"
+    assert parts["app"]["model_device"] == "cpu" and parts["app"]["stream_tokens"] > 0
+    assert (out / "hf" / "config.json").is_file() and (out / "runs" / "bf16" / "model" / "model.safetensors").is_file()
+
+    # the one-screen table: a header, a row per part, the verdict
+    table = proc.stdout[proc.stdout.index("gpu_check (smoke, device cpu"):]
+    for name in PARTS:
+        assert any(line.startswith(name + " ") for line in table.splitlines()), name
+    assert "fp16            skipped" in table and "needs CUDA" in table
+    assert "result: ok" in table
+    assert len(table.splitlines()) <= 24
