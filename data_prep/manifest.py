@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from gpt_ds import atomic
-from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, shard_problem
+from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, check_tokens, open_split, shard_problem
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).
@@ -125,7 +125,7 @@ def _differences(found: dict, wanted: dict) -> str:
 
 
 def verify(out: Path) -> str:
-    """Check a prepared folder (manifest, every shard's header, size and sha256) without changing it:
+    """Check a prepared folder (manifest, every shard's header, size, sha256 and tokens) without changing it:
     a line saying what was verified, or UserError naming the first problem."""
     manifest = _read_json(out / MANIFEST_NAME) if out.is_dir() else None
     if not manifest:
@@ -134,8 +134,14 @@ def verify(out: Path) -> str:
     problem = shard_problem(out, manifest)
     if problem is not None:
         raise UserError(f"{problem}; prepare it again with --force")
+    vocab_size = manifest.get("vocab_size")
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool):  # every token an id of the encoding
+        for split, entry in manifest["splits"].items():
+            if entry.get("shards"):
+                for tokens in open_split(out, split):
+                    check_tokens(tokens, vocab_size, full=True)
     shards = [s for entry in manifest["splits"].values() for s in entry.get("shards", [])]
-    return f"{out}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens, sizes and sha256 as recorded"
+    return f"{out}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens, sizes and sha256 as recorded, every token within the vocabulary"
 
 
 def _refuse_lax_for_strict(out: Path, manifest: dict, strict: bool) -> None:

@@ -47,7 +47,11 @@ def is_complete(tag_dir: Path) -> bool:
 def read_client_state(tag_dir: Path) -> dict[str, Any]:
     path = tag_dir / CLIENT_STATE
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise UserError(f"{path} is not a gpt-ds client state (a JSON {type(state).__name__}, not an object); "
+                            "pick another checkpoint or --resume never")
+        return state
     except FileNotFoundError as err:
         raise UserError(f"{tag_dir} is not a complete gpt-ds checkpoint (no {CLIENT_STATE}); "
                         "pick another tag or --resume never") from err
@@ -58,6 +62,9 @@ def read_client_state(tag_dir: Path) -> dict[str, Any]:
 def latest_tag_dir(checkpoints: Path) -> Path | None:
     """The tag folder `latest` points at, or None where there is no complete checkpoint."""
     latest = checkpoints / LATEST
+    if latest.exists() and not latest.is_file():
+        raise UserError(f"{latest} is not a file (it should hold the newest complete tag's name); remove it and pass "
+                        f"the checkpoint to resume from with --resume {checkpoints}/step_...")
     if not latest.is_file():
         return None
     tag_dir = checkpoints / latest.read_text().strip()

@@ -25,6 +25,8 @@ and one sampler:
 
 from __future__ import annotations
 
+import math
+
 import codecs
 import contextlib
 from dataclasses import dataclass
@@ -75,8 +77,8 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UserError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"top_k must be >= 1 (or unset for no limit), got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:

@@ -84,7 +84,12 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
         raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
                         "ds_configs/zero2.json (bf16)")
     muon_lr_ratio = check_optimizer(settings, ds_config)
-    schedule = Schedule(peak=run_settings.peak_lr(settings, ds_config), floor=run_settings.floor_lr(settings, ds_config),
+    peak, floor = run_settings.peak_lr(settings, ds_config), run_settings.floor_lr(settings, ds_config)
+    if floor > peak:
+        raise UserError(f"--min-lr {floor:g} is above the peak learning rate {peak:g} (--lr or the DeepSpeed "
+                        "config's); the schedule decays from the peak to --min-lr: lower --min-lr")
+    check_apart(settings)
+    schedule = Schedule(peak=peak, floor=floor,
                         warmup=settings.warmup, decay_steps=settings.decay_steps, kind=settings.schedule_kind,
                         decay_fraction=settings.wsd_decay_fraction)
     model_config = resolve_model(settings)
@@ -131,6 +136,15 @@ def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: d
                         f"{saved_stage}, or start over with --resume never and a new --out")
     ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     return ds_config, ", ".join(changes)
+
+
+def check_apart(settings: RunSettings) -> None:
+    """RUN_DIR and the data folder are two folders, neither inside the other (checkpoints/ and tb/ in a
+    prepared folder, or a prepared folder inside a run that `--resume never` may clear, invite losses)."""
+    run, data = settings.run_dir.root.resolve(), Path(settings.data).resolve()
+    if run == data or data in run.parents or run in data.parents:
+        raise UserError(f"--out {settings.run_dir} and --data {settings.data} overlap; give the run a folder of its "
+                        "own, outside the data folder")
 
 
 def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float | None:
@@ -182,7 +196,11 @@ def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool
     train_shards = data.open_split(data_dir, "train")
     if has_manifest:
         manifest = data.load_manifest(data_dir)
-        if int(manifest.get("vocab_size", 0)) > model_config.vocab_size:
+        vocab_size = manifest.get("vocab_size", 0)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise UserError(f"{Path(data_dir) / data.MANIFEST_NAME} has vocab_size {vocab_size!r}, not a number: the "
+                            "manifest is damaged; prepare the folder again with --force")
+        if vocab_size > model_config.vocab_size:
             raise UserError(f"{data_dir} was tokenized with a vocabulary of {manifest['vocab_size']} tokens, "
                             f"more than the model's {model_config.vocab_size}; prepare it with r50k_base")
         has_val = bool((manifest["splits"].get("val") or {}).get("shards"))

@@ -224,8 +224,9 @@ def check_values(s: RunSettings) -> None:
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be a positive integer (got {value})")
-    if s.target_loss is not None and s.target_loss <= 0:
-        raise UserError(f"--target-loss must be positive (got {s.target_loss}); a cross-entropy is never below 0")
+    if s.target_loss is not None and not (math.isfinite(s.target_loss) and s.target_loss > 0):
+        raise UserError(f"--target-loss must be a positive number (got {s.target_loss}); a cross-entropy is never "
+                        "below 0")
     if s.warmup < 0 or s.sample_tokens < 0:
         raise UserError("--warmup-steps and --sample-tokens must be >= 0")
     if s.warmup >= s.decay_steps:
@@ -336,6 +337,7 @@ def resolve_ds_config(path: str | Path, world_size: int, global_batch: int | Non
     config["gradient_accumulation_steps"] = accum
     config["train_batch_size"] = micro * accum * world_size
 
+    check_sections(config, where)
     if _enabled(config, "fp16") and _enabled(config, "bf16"):
         raise UserError(f"DeepSpeed config {where}: fp16 and bf16 are both enabled; enable one")
     stage = config.get("zero_optimization", {}).get("stage", 0)
@@ -373,6 +375,26 @@ def _check_optimizer_params(optimizer: dict[str, Any], where: str) -> None:
 
 def _non_negative(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+SECTIONS = ("zero_optimization", "bf16", "fp16", "optimizer", "checkpoint")  # JSON objects, when present
+
+
+def check_sections(config: dict[str, Any], where: str) -> None:
+    """The shapes DeepSpeed assumes without checking: sections are objects, "enabled" a boolean,
+    gradient_clipping a number >= 0 (a string or a list there is a traceback deep in DeepSpeed, and a
+    string "enabled" would silently train in another precision)."""
+    for section in SECTIONS:
+        if section in config and not isinstance(config[section], dict):
+            raise UserError(f"DeepSpeed config {where}: {section} must be a JSON object (got {config[section]!r}); "
+                            f"see ds_configs/zero2.json")
+    for section in ("bf16", "fp16"):
+        enabled = config.get(section, {}).get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise UserError(f"DeepSpeed config {where}: {section}.enabled must be true or false (got {enabled!r})")
+    clip = config.get("gradient_clipping", 0.0)
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (math.isfinite(clip) and clip >= 0):
+        raise UserError(f"DeepSpeed config {where}: gradient_clipping must be a number >= 0, 0 for none (got {clip!r})")
 
 
 def precision_of(ds_config: dict[str, Any]) -> str:
@@ -441,6 +463,7 @@ def check_ds_config_keys(path: str | Path, strict: bool = False) -> None:
     an optimizer.type it has not: an error where DeepSpeed would fail on it once the engine starts (a pydantic
     section, an optimizer constructor), or with `strict`; else, as DeepSpeed ignores it, a warning on rank 0."""
     config = load_ds_config(path)
+    check_sections(config, str(path))
     try:
         keys, optimizers = _keys_for(config), _optimizer_types()
     except Exception:  # noqa: BLE001 - a DeepSpeed whose internals differ: left unchecked rather than a failed run

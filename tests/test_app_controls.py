@@ -17,7 +17,7 @@ def test_controls_map_to_sampling():
     assert greedy.greedy and greedy.stop_token == EOT_TOKEN
     sampled = sampling_from_controls(120, temperature=0.7, top_k=40, top_p=0.9, seed=3)
     assert (sampled.temperature, sampled.top_k, sampled.top_p, sampled.seed) == (0.7, 40, 0.9, 3)
-    with pytest.raises(UserError, match="temperature must be >= 0"):
+    with pytest.raises(UserError, match="temperature must be a finite number >= 0"):
         sampling_from_controls(120, temperature=-0.5, top_k=0, top_p=1.0, seed=None)
 
 

@@ -110,3 +110,14 @@ def test_a_full_disk_stops_every_rank_with_one_line_and_keeps_the_previous_check
     assert checkpoint.read_latest(checkpoints) == checkpoint.tag_for(2)
     checkpoint.verify(checkpoints / checkpoint.tag_for(2))  # whole: sizes and sha256 as recorded
     assert not (checkpoints / checkpoint.tag_for(4)).exists()
+
+
+def test_a_latest_that_is_a_folder_and_a_client_state_that_is_not_an_object_are_refused(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    done = make_tag(checkpoints, 2)
+    (checkpoints / checkpoint.LATEST).mkdir()
+    with pytest.raises(UserError, match="latest is not a file"):
+        checkpoint.resolve_resume("auto", tmp_path)  # not "no checkpoint": that would train over step 2
+    (done / checkpoint.CLIENT_STATE).write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a gpt-ds client state"):
+        checkpoint.read_client_state(done)

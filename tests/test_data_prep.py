@@ -456,6 +456,13 @@ def test_changed_shard_bytes_are_found_by_the_rerun_and_by_verify(tmp_path):
     assert rerun.returncode == 0 and "preparing it again" in rerun.stdout and "up to date" not in rerun.stdout
     assert run_cli("--verify", out).returncode == 0
     assert run_cli("--verify", tmp_path / "nothing").returncode == 2
+    # the same damage with the manifest's sha256 re-recorded: --verify still reads every token
+    shard.write_bytes(bytes(data))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rehashed = run_cli("--verify", out)
+    assert rehashed.returncode == 2 and "holds token id 65535" in rehashed.stderr, rehashed.stderr
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_that_looks_complete(small_disk, python_corpus, tmp_path):

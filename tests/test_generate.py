@@ -159,7 +159,7 @@ def test_temperature_sharpens_and_flattens():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
         (dict(top_k=0), "top_k must be >= 1"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
@@ -217,3 +217,9 @@ def test_modern_model_samples_deterministically_with_a_seed(modern_model):
     assert a[0] != generate(modern_model, [[1, 2]], replace(sampling, seed=8))[0]
     assert list(stream(modern_model, [1, 2], sampling)) == generate(modern_model, [[1, 2]], sampling)[0]
     assert all(0 <= t < MODERN.vocab_size for t in a[0])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_a_temperature_that_is_not_a_finite_number_at_least_0_is_refused(value):
+    with pytest.raises(UserError, match="temperature must be a finite number >= 0"):
+        Sampling(8, temperature=value)

@@ -163,3 +163,24 @@ def test_verify_data_checks_every_sha256_of_a_prepared_folder(tmp_path, python_c
     plan_for(folder, tmp_path)
     with pytest.raises(UserError, match=r"train_000000\.bin.*sha256"):
         plan_for(folder, tmp_path, "--verify-data")
+
+
+def test_a_floor_above_the_peak_and_a_run_inside_its_data_are_refused(shards, tmp_path):
+    with pytest.raises(UserError, match=r"--min-lr 0\.01 is above the peak learning rate 0\.001"):
+        plan_for(shards, tmp_path, "--lr", "1e-3", "--min-lr", "1e-2")
+    for out in (shards, shards / "run"):
+        argv = ["--deepspeed_config", str(ZERO2), "--data", str(shards), "--out", str(out)]
+        with pytest.raises(UserError, match="overlap; give the run a folder of its own"):
+            plan_run(settings_from_args(argv), 1)
+    assert not (shards / "run").exists() and not (shards / "checkpoints").exists()
+
+
+def test_a_manifest_whose_vocab_size_is_not_a_number_is_one_line(tmp_path, python_corpus):
+    import data_prep
+
+    folder = tmp_path / "prepared"
+    data_prep.prepare([str(python_corpus(60_000))], folder, val_fraction=0.0, workers=1, verbose=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": "x"}))
+    with pytest.raises(UserError, match="has vocab_size 'x', not a number"):
+        plan_for(folder, tmp_path)

@@ -72,7 +72,7 @@ def test_bad_model_folder_is_one_line_and_a_nonzero_exit(tmp_path, repo_root):
     [
         (["--num-samples", "0"], "--num-samples must be >= 1"),
         (["--top-p", "1.5"], r"top_p must be in \(0, 1\]"),
-        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
         (["--dtype", "float16"], "float16 is not supported on the CPU"),
     ],
 )

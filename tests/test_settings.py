@@ -43,7 +43,8 @@ def test_warmup_follows_a_short_schedule_and_an_explicit_one_is_checked():
     (["--peak-tflops", "0"], "--peak-tflops must be a positive number"),
     (["--n-layer", "0"], "--n-layer must be a positive integer"),
     (["--seq-len", "-4"], "--seq-len must be a positive integer"),
-    (["--target-loss", "0"], "--target-loss must be positive"),
+    (["--target-loss", "0"], "--target-loss must be a positive number"),
+    (["--target-loss", "nan"], "--target-loss must be a positive number"),
     (["--resume", "/no/such/tag"], "no such checkpoint folder"),
 ])
 def test_bad_values_are_one_line_errors(flags, words):
@@ -225,3 +226,21 @@ def test_optimizer_numbers_that_are_not_show_their_value(source, key, value, wor
 def test_strict_config_is_not_a_changed_setting_on_resume():
     saved = settings_from_args(BASE).to_dict()
     assert changed_settings(saved, settings_from_args([*BASE, "--strict-config"])) == ""
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c.update(zero_optimization=[2]), "zero_optimization must be a JSON object (got [2])"),
+    (lambda c: c.update(bf16=True), "bf16 must be a JSON object"),
+    (lambda c: c["bf16"].update(enabled="yes"), "bf16.enabled must be true or false (got 'yes')"),
+    (lambda c: c.update(gradient_clipping="1.0"), "gradient_clipping must be a number >= 0"),
+    (lambda c: c.update(gradient_clipping=-1), "gradient_clipping must be a number >= 0, 0 for none (got -1)"),
+])
+def test_shapes_deepspeed_assumes_are_checked_before_any_work(edit, words, tmp_path):
+    """A list or a bare boolean for a section, a string "enabled" (silently another precision), a string or
+    negative gradient_clipping (a traceback in DeepSpeed, or no clipping): one line each."""
+    path = ds_config(tmp_path, edit=edit)
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        settings_from_args(["--deepspeed_config", str(path), "--data", "data", "--out", "run"])
+    with pytest.raises(UserError, match="must be"):
+        resolve_ds_config(path, 1)
