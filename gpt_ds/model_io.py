@@ -279,7 +279,9 @@ def save_model(
         json.dumps(document)
     except TypeError as err:
         raise UserError(f"model metadata must be JSON-serialisable: {err}") from err
-    record = {"format": "pt", CONFIG_RECORD: json.dumps(config.to_dict(), sort_keys=True)}
+    # One metadata key only: safetensors writes the metadata in hash-map order, so two keys would make the
+    # same weights' file bytes differ from run to run (a resumed run's export from the uninterrupted one's)
+    record = {CONFIG_RECORD: json.dumps(config.to_dict(), sort_keys=True)}
 
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
     with atomic_folder(folder, MODEL_KIND, force=force, inputs=inputs, needed=needed) as staging:

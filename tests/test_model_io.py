@@ -395,3 +395,19 @@ def test_sampling_reports_a_file_an_edited_architecture_and_changed_weights(tmp_
     assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(
         f"gpt-ds-sample: error: {folder / 'config.json'} says n_head 4 but model.safetensors was saved with n_head 2;")
+
+
+def test_the_same_weights_give_the_same_file_bytes_in_every_process(tmp_path):
+    """The file is a function of the weights and the config alone: bit-identical resumes compare files.
+    (safetensors writes its metadata in hash-map order, which differs between processes.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from gpt_ds.model import GPT, GPTConfig; from gpt_ds.model_io import save_model; "
+            "torch.manual_seed(0); c = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16); "
+            "save_model(sys.argv[1], GPT(c), c)")
+    digests = set()
+    for i in range(4):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"m{i}")], check=True, capture_output=True)
+        digests.add(hashlib.sha256((tmp_path / f"m{i}" / "model.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
