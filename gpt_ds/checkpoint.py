@@ -277,11 +277,35 @@ def verify(tag_dir: Path) -> None:
                             f"saved (truncated or overwritten); {back}")
         if atomic.file_sha256(path) != want["sha256"]:
             raise UserError(f"checkpoint file {path} differs from the one saved (sha256 mismatch); {back}")
+    held = {}
     for path in sorted(tag_dir.glob("*.pt")):
         try:
-            safe_load.check(path)
+            held[path] = safe_load.check(path)
         except UserError as err:
             raise UserError(f"{err}; {back}") from err
+    check_steps(held, read_client_state(tag_dir).get("step"), back)
+
+
+def check_steps(held: dict[Path, Any], step: int | None, back: str) -> None:
+    """The files agree on the step: the model states' global_steps is the client state's step, and the
+    optimizer's Adam step count is that less the skipped (fp16 overflow) steps. A file from another
+    checkpoint (its sha256 re-recorded, so the record cannot tell) would otherwise load without a word."""
+    if step is None:
+        return
+    optimizer_steps = None
+    for path, state in held.items():
+        if isinstance(state, dict) and "global_steps" in state:
+            if state["global_steps"] != step:
+                raise UserError(f"checkpoint file {path} is of step {state['global_steps']}, its client state of step "
+                                f"{step}: the folder mixes checkpoints; {back}")
+            optimizer_steps = step - int(state.get("skipped_steps") or 0)
+    for path, state in held.items():
+        base = ((state.get("optimizer_state_dict") or {}) if isinstance(state, dict) else {}).get("base_optimizer_state")
+        counts = {float(v["step"]) for v in (base or {}).get("state", {}).values()
+                  if isinstance(v, dict) and "step" in v and getattr(v["step"], "numel", lambda: 1)() == 1}
+        if optimizer_steps is not None and counts and counts != {float(optimizer_steps)}:
+            raise UserError(f"checkpoint file {path} holds optimizer states after {sorted(counts)[0]:g} steps, the "
+                            f"checkpoint is of step {step}: the folder mixes checkpoints; {back}")
 
 
 def load(engine: Any, tag_dir: Path, reshard: str | None = None) -> dict[str, Any]:

@@ -70,11 +70,11 @@ def load(path: str | Path, map_location: Any = None, *, mmap: bool = False) -> A
                         "truncated") from err
 
 
-def check(path: str | Path) -> None:
+def check(path: str | Path) -> Any:
     """Raise UserError unless `path` loads safely; memory-mapped where the file allows, so that the
-    tensors' bytes are not read (only the pickle is)."""
+    tensors' bytes are not read (only the pickle is). Returns what it holds (tensors mapped, not read)."""
     path = Path(path)
-    load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+    return load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
 
 
 def _patched(f: Any, map_location: Any = None, pickle_module: Any = None, *, weights_only: bool | None = None,

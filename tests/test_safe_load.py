@@ -184,3 +184,19 @@ def test_two_ranks_stop_together_on_a_truncated_checkpoint(trained, tmp_path):
     errors = [line for line in (second.stdout + second.stderr).splitlines() if "launch/train.py: error:" in line]
     assert second.returncode != 0 and len(errors) == 1, second.stdout[-3000:] + second.stderr[-3000:]
     assert rank1.name in errors[0] and "--resume" in errors[0] and "step_00000002" in errors[0]
+
+
+def test_a_file_from_another_checkpoint_is_found_even_with_its_sha256_re_recorded(trained, tmp_path):
+    _, original = trained
+    run_dir = copy_run(original, tmp_path / "run")
+    older, newer = (run_dir.checkpoints / checkpoint.tag_for(step) for step in (2, 4))
+    for pattern in ("*optim_states.pt", "mp_rank_00_model_states.pt"):
+        name = next(newer.glob(pattern)).name
+        saved = (newer / name).read_bytes()
+        shutil.copy(older / name, newer / name)
+        rerecord(newer)
+        with pytest.raises(UserError, match=rf"{name} (holds optimizer states after 2 steps|is of step 2), .*mixes"):
+            checkpoint.verify(newer)
+        (newer / name).write_bytes(saved)
+        rerecord(newer)
+    checkpoint.verify(newer)
