@@ -29,7 +29,8 @@ deepspeed launcher, 16 steps, a checkpoint every 2) is SIGKILLed as a process gr
 between its first and its last checkpoint (timed on the same command run uninterrupted), then the same
 command is run again to the end; its model.safetensors must equal, byte for byte, the uninterrupted
 run's. Likewise `python -m data_prep` (2 workers) is SIGKILLed at a random moment while it writes shards
-and rerun: every file of its output folder must equal those of the uninterrupted preparation.
+and rerun: every file of its output folder must equal those of the uninterrupted preparation. A kill that
+lands after the work it should interrupt (the last checkpoint, the manifest) is drawn again, up to 3 times.
 
 Fixtures are built under --out (default: a new temporary folder): a corpus cut from the Python standard
 library's sources (as tests/conftest.py does), its preparation by data_prep, a 1-layer 32-wide model
@@ -1271,6 +1272,34 @@ def kill_after(argv: list[str], cwd: Path, started: Callable[[], bool], delay: f
     return alive
 
 
+KILL_ATTEMPTS = 3  # a kill that lands after the work it should interrupt is drawn again, at most this often
+
+
+@dataclass
+class Kill:
+    out: Path          # the folder of the killed run (rerun there)
+    delay: float       # seconds after started() held
+    interrupted: bool  # the kill landed while the run was still doing what is measured
+    attempts: int
+
+    def how(self) -> str:
+        again = f" (drawn {self.attempts} times: the earlier ones came too late)" if self.attempts > 1 else ""
+        return ("killed" if self.interrupted else f"killed too late in {self.attempts} attempts") + again
+
+
+def kill_mid_way(command: Callable[[Path], list[str]], folder: Path, name: str, started: Callable[[Path], bool],
+                 unfinished: Callable[[Path], bool], window: float, rng: random.Random) -> Kill:
+    """SIGKILL command(out) at a random moment within `window` s after started(out); redrawn (in a fresh
+    folder) when the run had already finished, i.e. unfinished(out) no longer held at the kill."""
+    for attempt in range(1, KILL_ATTEMPTS + 1):
+        out = folder / (name if attempt == 1 else f"{name}_again{attempt}")
+        delay = rng.uniform(0.0, 0.9 * window)
+        alive = kill_after(command(out), folder, lambda: started(out), delay)
+        if alive and unfinished(out):
+            return Kill(out, delay, True, attempt)
+    return Kill(out, delay, False, KILL_ATTEMPTS)
+
+
 def read_latest(run_dir: Path) -> str:
     try:
         return (run_dir / "checkpoints" / "latest").read_text().strip()
@@ -1300,11 +1329,9 @@ def kill_train_trials(fx: Fixtures, work: Path, trials: int, rng: random.Random)
     want = (reference / "model" / "model.safetensors").read_bytes()
     results = []
     for i in range(trials):
-        out = folder / f"trial{i}"
-        delay = rng.uniform(0.0, window)
-        alive = kill_after(command(out), folder, lambda: read_latest(out) != "", delay)
-        left = read_latest(out) or "none"
-        interrupted = alive and left != final
+        kill = kill_mid_way(command, folder, f"trial{i}", lambda out: read_latest(out) != "",
+                            lambda out: read_latest(out) != final, window, rng)
+        out, left = kill.out, read_latest(kill.out) or "none"
         resumed = run(command(out), folder, 300)
         got = out / "model" / "model.safetensors"
         if resumed.rc != 0 or not got.exists():
@@ -1314,11 +1341,10 @@ def kill_train_trials(fx: Fixtures, work: Path, trials: int, rng: random.Random)
         got_bytes = got.read_bytes()
         same = got_bytes == want
         tensors_equal, how_differs = (True, "") if same else compare_weights(got_bytes, want)
-        how = "killed" if interrupted else "killed too late (after the last checkpoint)"
-        detail = (f"{how} {delay:.2f} s after the first checkpoint (of a {window:.1f} s window), latest {left}; "
-                  "resumed to the end: " + ("model.safetensors bit-identical" if same else
-                                            f"model.safetensors differs ({how_differs})"))
-        results.append(Trial("kill-train", i, same and interrupted, detail, tensors_equal and interrupted))
+        detail = (f"{kill.how()} {kill.delay:.2f} s after the first checkpoint (of a {window:.1f} s window), "
+                  f"latest {left}; resumed to the end: " + ("model.safetensors bit-identical" if same else
+                                                             f"model.safetensors differs ({how_differs})"))
+        results.append(Trial("kill-train", i, same and kill.interrupted, detail, tensors_equal and kill.interrupted))
     return results
 
 
@@ -1373,22 +1399,20 @@ def kill_prep_trials(fx: Fixtures, work: Path, trials: int, rng: random.Random) 
     want = folder_bytes(reference)
     results = []
     for i in range(trials):
-        out = folder / f"trial{i}"
-        delay = rng.uniform(0.0, window)
-        alive = kill_after(command(out), folder, lambda: first_shard(out), delay)
+        kill = kill_mid_way(command, folder, f"trial{i}", first_shard,
+                            lambda out: not (out / "manifest.json").exists(), window, rng)
+        out = kill.out
         shards_left = len(list(out.glob("*.bin"))) if out.exists() else 0
-        interrupted = alive and not (out / "manifest.json").exists()
         rerun = run(command(out), folder, 300)
         if rerun.rc != 0:
             results.append(Trial("kill-prep", i, False, f"the rerun failed (exit {rerun.rc}): {first_line(rerun)}"))
             continue
         got = folder_bytes(out)
         differing = sorted(set(got) ^ set(want) | {n for n in set(got) & set(want) if got[n] != want[n]})
-        how = "killed" if interrupted else "killed too late (the manifest was written)"
-        detail = (f"{how} {delay:.2f} s after its first shard (of a {window:.1f} s window), {shards_left} of "
-                  f"{len(want) - 1} shards complete; rerun: "
+        detail = (f"{kill.how()} {kill.delay:.2f} s after its first shard (of a {window:.1f} s window), "
+                  f"{shards_left} of {len(want) - 1} shards complete; rerun: "
                   + ("every file identical" if not differing else f"files differ: {differing[:4]}"))
-        results.append(Trial("kill-prep", i, not differing and interrupted, detail))
+        results.append(Trial("kill-prep", i, not differing and kill.interrupted, detail))
     return results
 
 
