@@ -25,13 +25,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gpt_ds import atomic, safe_load
+from gpt_ds import atomic, reshard as resharding, safe_load
 from gpt_ds.errors import UserError
 from gpt_ds.run_dir import RunDir
 
 LATEST = "latest"
 CLIENT_STATE = "client_state.json"
-UNIVERSAL_SUFFIX = ".universal"  # step_N.universal: the universal copy of step_N (gpt_ds.checkpoint.convert_to_universal)
 FILES = "files"  # client_state.json's record of the tag folder's files: {name: {"bytes": n, "sha256": hex}}
 _TAG = re.compile(r"^step_(\d+)$")
 
@@ -193,57 +192,9 @@ def prune(checkpoints: Path, keep: int) -> None:
     for path in doomed:
         if path.name != latest:
             shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(universal_dir(path), ignore_errors=True)
-    for path in checkpoints.glob(f".*{UNIVERSAL_SUFFIX}.tmp-*"):
+            shutil.rmtree(resharding.universal_dir(path), ignore_errors=True)
+    for path in resharding.staging_dirs(checkpoints):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def universal_dir(tag_dir: Path) -> Path:
-    """Where the universal copy of the checkpoint `tag_dir` lies: beside it, `step_N.universal`."""
-    return tag_dir.with_name(tag_dir.name + UNIVERSAL_SUFFIX)
-
-
-def convert_to_universal(tag_dir: Path) -> Path:
-    """DeepSpeed's universal checkpoint of `tag_dir` (ds_to_universal: every parameter's fp32 weights and
-    optimizer states whole, loadable by any number of ranks and ZeRO stage 1 or 2), made once beside it.
-    The conversion writes into a temporary folder that is renamed into place only when it is complete,
-    so a cut-off conversion is never used; the original is only read (through gpt_ds.safe_load)."""
-    import argparse
-    import contextlib
-    import io
-    import os
-
-    target = universal_dir(tag_dir)
-    if target.is_dir():
-        return target
-    staging = tag_dir.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    args = argparse.Namespace(input_folder=str(tag_dir), output_folder=str(staging), num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
-    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
-
-    try:
-        # its progress goes to stdout; our one line says what happened
-        with safe_load.enforced(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            ds_to_universal(args)
-    except UserError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as err:  # DeepSpeed's own assertion or error, said plainly
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"converting {tag_dir} to a universal checkpoint failed ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}); the checkpoint is "
-                        "untouched: resume it with its own number of ranks and ZeRO stage") from err
-    finally:
-        (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's own pointer: unused
-    # A ZeRO-3 engine looks for its model states under the name stage 3 saves them by (pp rank 0):
-    # the converted ones of a stage 1/2 checkpoint, under that name too (a hard link, no copy)
-    for states in staging.glob("mp_rank_*_model_states.pt"):
-        alias = staging / f"zero_pp_rank_0_{states.name}"
-        if not alias.exists():
-            os.link(states, alias)
-    os.replace(staging, target)
-    return target
 
 
 def file_records(tag_dir: Path) -> dict[str, dict[str, Any]]:
@@ -313,23 +264,27 @@ def load(engine: Any, tag_dir: Path, reshard: str | None = None) -> dict[str, An
     our client state. Rank 0 verifies the files first and all ranks learn the verdict, so a damaged
     checkpoint stops every rank with one message instead of failing on one and hanging the others.
     `reshard` (what changed, e.g. "2 -> 1 ranks"): rank 0 converts the checkpoint to a universal one
-    first, and the engine (built with "checkpoint": {"load_universal": true}) loads that."""
+    first, and every rank restores its part from that (gpt_ds.reshard)."""
     from gpt_ds import distributed
 
     def check() -> Path:
         verify(tag_dir)
-        return convert_to_universal(tag_dir) if reshard else tag_dir
+        return resharding.convert(tag_dir) if reshard else tag_dir
 
     is_main = engine.global_rank == 0
     distributed.agreed(check, here=is_main, what=f"the checkpoint {tag_dir}")
-    source = universal_dir(tag_dir) if reshard else tag_dir
-    if reshard and is_main:
-        print(f"resharding {tag_dir.name} ({reshard}) through DeepSpeed's universal checkpoint {source}", flush=True)
+    if reshard:
+        universal = resharding.universal_dir(tag_dir)
+        if is_main:
+            print(f"resharding {tag_dir.name} ({reshard}) through DeepSpeed's universal checkpoint {universal}",
+                  flush=True)
+        distributed.agreed(lambda: resharding.restore(engine, universal), here=True, what=f"the checkpoint {universal}")
+        return read_client_state(tag_dir)
     with safe_load.enforced():
-        load_path, _ = engine.load_checkpoint(str(source.parent), tag=source.name,
+        load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
                                               load_optimizer_states=True, load_lr_scheduler_states=False)
     if load_path is None:
-        raise UserError(f"DeepSpeed could not load the checkpoint {source}; resume from another tag "
+        raise UserError(f"DeepSpeed could not load the checkpoint {tag_dir}; resume from another tag "
                         "or start over with --resume never")
     return read_client_state(tag_dir)
 

@@ -1,0 +1,175 @@
+"""Resuming a checkpoint on another number of ranks or another ZeRO stage.
+
+Two steps. `convert` (rank 0, once): DeepSpeed's ds_to_universal turns the checkpoint, of any stage and
+world size, into one folder per parameter holding its fp32 weights and optimizer states whole
+(`zero/<name>/fp32.pt, exp_avg.pt, exp_avg_sq.pt`, and `step.pt` or the step in `zero/optimizer_state.pt`), written beside the untouched original as
+`step_N.universal` under a temporary name and renamed only when complete. `restore` (every rank): puts
+each parameter's weights and states into the engine through DeepSpeed's public per-parameter API
+(`safe_set_full_fp32_param`, `safe_set_full_optimizer_state`), which each ZeRO stage implements for
+its own partitioning, and sets the optimizer's step and the engine's counters.
+
+Why not DeepSpeed's `"checkpoint": {"load_universal": true}` loaders: in 0.19.8 the ZeRO-3 one cannot
+read a conversion of a stage 1/2 run (KeyError 'optimizer_state_dict') and copies the first param
+group's hyperparameters over every group (weight decay onto the gains and biases); one path through
+the per-parameter API serves every stage alike, and is what the elastic tests check to 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt_ds import atomic, safe_load
+from gpt_ds.errors import UserError
+
+UNIVERSAL_SUFFIX = ".universal"  # step_N.universal: the universal copy of the checkpoint step_N
+PARAMS_FOLDER = "zero"  # ds_to_universal's folder of one sub-folder per parameter
+WEIGHTS, STEP = "fp32", "step"  # the per-parameter files besides the optimizer states (exp_avg, ...)
+MODEL_STATES = "*mp_rank_00_model_states.pt"  # the engine's counters (global_steps, global_samples, ...)
+OPTIMIZER_STATE = "optimizer_state.pt"  # the optimizer's global state (fp16's loss scaler)
+
+
+def universal_dir(tag_dir: Path) -> Path:
+    """Where the universal copy of the checkpoint `tag_dir` lies: beside it, `step_N.universal`."""
+    return tag_dir.with_name(tag_dir.name + UNIVERSAL_SUFFIX)
+
+
+def staging_dirs(checkpoints: Path) -> list[Path]:
+    """Conversions cut off mid-way (a process killed while converting): never used, removed by prune."""
+    return sorted(checkpoints.glob(f".*{UNIVERSAL_SUFFIX}.tmp-*"))
+
+
+def convert(tag_dir: Path) -> Path:
+    """The universal copy of `tag_dir`, made once beside it; the original is only read (through
+    gpt_ds.safe_load). A failed conversion leaves nothing and says DeepSpeed's message in one line."""
+    target = universal_dir(tag_dir)
+    if target.is_dir():
+        return target
+    staging = tag_dir.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    # measured: the universal copy takes 1.0 (of a ZeRO-1/2 checkpoint) to 1.5 times (ZeRO-3) the original
+    needed = int(1.5 * sum(p.stat().st_size for p in tag_dir.iterdir() if p.is_file()))
+    free = atomic.free_bytes(tag_dir.parent)
+    if free is not None and free < needed:
+        raise atomic.disk_full(target, needed, "for the universal copy")
+    args = argparse.Namespace(input_folder=str(tag_dir), output_folder=str(staging), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    try:
+        # its progress goes to stdout; our one line says what happened
+        with safe_load.enforced(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ds_to_universal(args)
+    except UserError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as err:  # DeepSpeed's own assertion or error, said plainly
+        shutil.rmtree(staging, ignore_errors=True)
+        if atomic.is_full_disk(err):
+            raise atomic.disk_full(target, needed, "for the universal copy") from err
+        raise UserError(f"converting {tag_dir} to a universal checkpoint failed ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}); the checkpoint is "
+                        "untouched: resume it with its own number of ranks and ZeRO stage") from err
+    finally:
+        (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's own pointer: unused
+    os.replace(staging, target)
+    return target
+
+
+def restore(engine: Any, universal: Path) -> None:
+    """Every parameter's weights and optimizer states from the universal checkpoint `universal` into
+    `engine` (any world size, ZeRO stage 1, 2 or 3), then the optimizer's step count and the engine's
+    step counters. A collective under ZeRO-3 (each parameter is gathered to be written): all ranks call it."""
+    import deepspeed
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    partitioned = engine.zero_optimization_stage() == 3
+    create_optimizer_states(engine.optimizer, dict(engine.module.named_parameters()), universal,
+                            optimizer_step(universal))
+    for name, param in engine.module.named_parameters():
+        states = load_parameter(universal, name, tuple(param.ds_shape if partitioned else param.shape))
+        weights = states.pop(WEIGHTS)
+        states.pop(STEP, None)  # one for all: optimizer_step
+        safe_set_full_fp32_param(param, weights)  # the optimizer's fp32 master copy (this rank's part)
+        for key, value in states.items():
+            safe_set_full_optimizer_state(param, value, key)
+        # and the module's own copy (bf16 or fp32) that the forward reads
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=partitioned):
+            param.data.copy_(weights)
+    counters = safe_load.load(min(universal.glob(MODEL_STATES)))
+    engine.global_steps = counters["global_steps"]
+    engine.global_samples = counters["global_samples"]
+    engine.skipped_steps = counters["skipped_steps"]
+    scaler = safe_load.load(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("loss_scaler")
+    if scaler is not None and type(scaler) is type(getattr(engine.optimizer, "loss_scaler", None)):
+        engine.optimizer.loss_scaler = scaler  # fp16: the dynamic loss scale carries on where it was
+
+
+def load_parameter(universal: Path, name: str, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The weights and states of the parameter `name` in `universal`, each as a tensor of `shape`."""
+    folder = universal / PARAMS_FOLDER / name
+    if not (folder / f"{WEIGHTS}.pt").is_file():
+        raise UserError(f"{universal} has no weights for the parameter {name}: it is not a conversion of this "
+                        "model's checkpoint; delete it and resume again to convert the checkpoint anew")
+    states = {}
+    for path in sorted(folder.glob("*.pt")):
+        value = safe_load.load(path)
+        value = value["param"] if isinstance(value, dict) else value
+        if path.stem != STEP:  # a ZeRO-3 checkpoint's conversion holds the optimizer states flat
+            if value.numel() != math.prod(shape):
+                raise UserError(f"{path} holds a tensor of shape {tuple(value.shape)}, the model's {name} is "
+                                f"{shape}; delete the universal folder and resume again to convert the checkpoint anew")
+            value = value.view(shape)
+        states[path.stem] = value
+    return states
+
+
+def create_optimizer_states(zero_optimizer: Any, named: dict[str, torch.nn.Parameter], universal: Path,
+                            step: float) -> None:
+    """The torch optimizer's per-partition states, zero, with the checkpoint's step count (Adam's bias
+    correction), for the per-parameter API to write into: torch optimizers create their states at the
+    first step, which a resumed engine has not taken.
+
+    The partitions are ZeRO's own flat fp32 tensors that the torch optimizer steps: DeepSpeed has no
+    public name for them, so a DeepSpeed that keeps them elsewhere fails here loudly, not wrongly."""
+    if hasattr(zero_optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3: one per sub-group
+        partitions = list(zip(zero_optimizer.fp32_partitioned_groups_flat, zero_optimizer.fp16_groups))
+    elif hasattr(zero_optimizer, "single_partition_of_fp32_groups"):  # ZeRO-1/2: one per param group
+        partitions = list(zip(zero_optimizer.single_partition_of_fp32_groups, zero_optimizer.bit16_groups))
+    else:
+        raise RuntimeError(f"{type(zero_optimizer).__name__} keeps its fp32 partitions where gpt_ds.reshard does "
+                           "not look; this DeepSpeed version cannot resume a resharded checkpoint")
+    names = {id(p): name for name, p in named.items()}
+    base = zero_optimizer.optimizer
+    for flat, params in partitions:
+        keys = [path.stem for path in (universal / PARAMS_FOLDER / names[id(params[0])]).glob("*.pt")
+                if path.stem not in (WEIGHTS, STEP)]
+        state = base.state[flat]
+        for key in keys:
+            state.setdefault(key, torch.zeros_like(flat))
+        state[STEP] = torch.tensor(step, dtype=torch.float32)
+    if hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the states' fragments
+        zero_optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def optimizer_step(universal: Path) -> float:
+    """The optimizer's step count in `universal`: every parameter's step.pt (a conversion of a ZeRO-1/2
+    checkpoint), or the optimizer state's (of a ZeRO-3 one); one value, else the conversion is refused."""
+    files = sorted((universal / PARAMS_FOLDER).glob(f"*/{STEP}.pt"))
+    if files:
+        steps = {float(safe_load.load(path)) for path in files}
+    else:
+        state = safe_load.load(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("optimizer_state_dict") or {}
+        steps = {float(s[STEP]) for s in (state.get("state") or {}).values() if STEP in s}
+    if len(steps) != 1:
+        raise UserError(f"{universal} holds optimizer states at {len(steps)} step counts ({sorted(steps)}), not one: "
+                        "delete it and resume again to convert the checkpoint anew")
+    return steps.pop()
