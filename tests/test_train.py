@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_ds import checkpoint, metrics
+from gpt_ds import checkpoint, metrics, reshard
 from gpt_ds.distributed import launcher_command
 from gpt_ds.errors import UserError
 from gpt_ds.schedule import Schedule
@@ -171,6 +171,56 @@ def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, tmp_path):
         assert torch.equal(bf16_weights[name], module[name]), name
 
 
+GATHER_SCRIPT = """
+import sys, torch
+sys.path.insert(0, REPO_PATH)
+from gpt_ds import settings, train
+from gpt_ds.validate import Validator
+out, *argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
+dist_env, plan, engine, record, run_lock = train.start(settings.settings_from_args(argv))
+copy = Validator(plan, dist_env.rank).whole_model(engine.module)  # every rank gathers; rank 0 holds the copy
+if copy is not None:
+    torch.save({name: p.detach() for name, p in copy.named_parameters()}, out)
+run_lock.release()
+""".replace("REPO_PATH", repr(str(REPO)))
+
+
+@pytest.mark.slow
+def test_zero3_on_two_ranks_reaches_a_target_and_exports_the_gathered_weights(corpus_data, tmp_path):
+    """ZeRO-3 (ds_configs/zero3.json: bf16, every weight partitioned over the 2 ranks) trains to the target
+    that ZeRO-2 reaches, with its evaluations and text samples (collectives under ZeRO-3); the model folder
+    (zero_to_fp32 of stage 3's partitions) rounds to the engine's weights gathered from the ranks after
+    resuming its last checkpoint (the evaluation-time gather, gpt_ds.validate)."""
+    config = tmp_path / "zero3_mb4.json"
+    config.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero3.json").read_text()),
+                                  "train_micro_batch_size_per_gpu": 4}))
+    run_dir = tmp_path / "run"
+    args = train_args(corpus_data, run_dir, config, max_steps=80, lr=3e-3, eval_interval=5, save_interval=1000,
+                      target_loss=4.0, sample_tokens=12)
+    output = run_ok(deepspeed_command(args), tmp_path)
+    assert "target reached at step" in output
+    info = json.loads((run_dir / "model" / "config.json").read_text())["metadata"]
+    assert info["target_reached"] is True and info["val_loss"] <= 4.0 and info["world_size"] == 2
+    texts = metrics.read_texts(run_dir / "tb", "sample")
+    assert len(texts) == len(metrics.read_scalars(run_dir / "tb")["val/loss"]) and all(t for _, t in texts)
+    tag_dir = checkpoint.latest_tag_dir(run_dir / "checkpoints")
+    assert sorted(p.name for p in tag_dir.glob("*model_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
+
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    gathered_file = tmp_path / "gathered.pt"
+    run_ok(launcher_command(2, str(script), [str(gathered_file), *args]), tmp_path)
+    gathered = torch.load(gathered_file, weights_only=True)
+    weights = load_weights(run_dir / "model")
+    gathered["transformer.wte.weight"] = gathered["transformer.wte.weight"][:weights["transformer.wte.weight"].shape[0]]
+    assert gathered.keys() == weights.keys()
+    for name, tensor in weights.items():
+        # the plain copy is fp32 holding the engine's bf16 values: the export's fp32 weights round to them
+        assert tensor.dtype == torch.float32 and torch.equal(gathered[name].to(torch.bfloat16).float(), gathered[name])
+        assert torch.equal(tensor.to(torch.bfloat16).float(), gathered[name]), name
+
+
 def kill9_after_a_checkpoint(command: list[str], run_dir: Path, cwd: Path, within_s: float) -> int:
     """Start `command`, kill -9 its launcher and ranks (a crashed node) at a random moment within `within_s`
     after its first checkpoint; the step of the checkpoint it left."""
@@ -236,43 +286,76 @@ def fp32_config(folder: Path, stage: int, accumulation: int = 1) -> Path:
     return path
 
 
+def resume_chain(data: Path, run_dir: Path, chain: list[tuple[int, Path, int]], common: dict, cwd: Path) -> None:
+    """Train `run_dir` in legs of (ranks, DeepSpeed config, to step), each resuming the last's checkpoint;
+    a leg on another world size or ZeRO stage than its checkpoint reshards it, leaving the original
+    untouched and the universal copy beside it; a leg on the same ones loads directly."""
+    for (ranks, config, steps), before in zip(chain, [None, *chain]):
+        args = train_args(data, run_dir, config, **{**common, "max_steps": steps})
+        if before is None:
+            run_ok(deepspeed_command(args, ranks) if ranks > 1 else [sys.executable, TRAIN, *args], cwd)
+            continue
+        original = run_dir / "checkpoints" / checkpoint.tag_for(before[2])
+        files = checkpoint.read_client_state(original)[checkpoint.FILES]
+        output = run_ok(deepspeed_command(args, ranks) if ranks > 1 else [sys.executable, TRAIN, *args], cwd)
+        resharded = json.loads(config.read_text())["zero_optimization"] != json.loads(
+            before[1].read_text())["zero_optimization"] or ranks != before[0]
+        assert (f"resharding {original.name} (" in output) == resharded, output[-3000:]
+        assert checkpoint.file_records(original) == files and reshard.universal_dir(original).is_dir() == resharded
+
+
+def assert_close_run(run_dir: Path, straight: Path, loss_tolerance: float, weight_tolerance: float) -> None:
+    """Every step logged once, each loss within `loss_tolerance` of the straight run's, and the exported
+    weights within `weight_tolerance`."""
+    reference = dict(metrics.read_scalars(straight / "tb")["train/loss"])
+    losses = dict(metrics.read_scalars(run_dir / "tb")["train/loss"])
+    assert sorted(losses) == sorted(reference)
+    worst_loss = max(abs(losses[step] - loss) for step, loss in reference.items())
+    a, b = load_weights(straight / "model"), load_weights(run_dir / "model")
+    worst_weight = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst_loss < loss_tolerance and worst_weight < weight_tolerance, (run_dir.name, worst_loss, worst_weight)
+
+
 @pytest.mark.slow
 def test_a_run_resumes_on_another_number_of_ranks_and_zero_stage(corpus_data, tmp_path):
-    """fp32: 2 ranks to N, then 1 rank (accumulation 2, derived from the kept global batch of 8) to 2N,
-    through DeepSpeed's universal checkpoint, gives the per-step losses and final weights of 2N steps on 2
-    ranks to 1e-4 (the reduction order is the only difference); so do 1 rank at ZeRO-2 to N, then 2 ranks
-    at ZeRO-1; and ZeRO-3 (2 ranks to N, resumed directly to 2N) trains, saves, resumes and exports the same
-    weights as ZeRO-2. The original checkpoint is untouched, the universal copy lies beside it."""
+    """fp32: 2N steps resumed at N on another number of ranks or ZeRO stage, through gpt_ds.reshard, give
+    the per-step losses and final weights of 2N steps straight on 2 ranks at ZeRO-2 to 1e-4 (the reduction
+    order is the only difference; measured: losses 1e-6, weights 6e-5): 2 -> 1 ranks (accumulation 2,
+    derived from the kept global batch of 8), 1 rank at ZeRO-2 -> 2 at ZeRO-1, ZeRO-2 -> ZeRO-3, and ZeRO-3
+    resumed directly and then on 1 rank at ZeRO-2."""
     n = 4
     zero2, zero1, zero3 = fp32_config(tmp_path, 2), fp32_config(tmp_path, 1), fp32_config(tmp_path, 3)
     zero2_alone = fp32_config(tmp_path, 2, accumulation=2)  # one rank, the same global batch of 8
     # an evaluation and a text sample at the last step: under ZeRO-3 both are collectives
-    common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4)
+    common = dict(lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4)
     straight = tmp_path / "straight"
-    run_ok(deepspeed_command(train_args(corpus_data, straight, zero2, **common)), tmp_path)
-    reference = dict(metrics.read_scalars(straight / "tb")["train/loss"])
+    run_ok(deepspeed_command(train_args(corpus_data, straight, zero2, **common, max_steps=2 * n)), tmp_path)
+    chains = {"2to1": [(2, zero2, n), (1, zero2, 2 * n)], "1to2_zero1": [(1, zero2_alone, n), (2, zero1, 2 * n)],
+              "zero2to3": [(2, zero2, n), (2, zero3, 2 * n)],
+              "zero3_direct_then_1_zero2": [(2, zero3, n), (2, zero3, n + n // 2), (1, zero2, 2 * n)]}
+    for name, chain in chains.items():
+        resume_chain(corpus_data, tmp_path / name, chain, common, tmp_path)
+        assert_close_run(tmp_path / name, straight, 1e-4, 1e-4)
 
-    for first, then in (((2, zero2), (1, zero2)), ((1, zero2_alone), (2, zero1)), ((2, zero3), (2, zero3))):
-        run_dir = tmp_path / f"{first[0]}to{then[0]}_{then[1].stem}"
 
-        def command(ranks: int, config: Path, steps: int) -> list[str]:
-            args = train_args(corpus_data, run_dir, config, **{**common, "max_steps": steps})
-            return deepspeed_command(args, ranks) if ranks > 1 else [sys.executable, TRAIN, *args]
-
-        run_ok(command(first[0], first[1], n), tmp_path)
-        original = run_dir / "checkpoints" / checkpoint.tag_for(n)
-        before = checkpoint.read_client_state(original)[checkpoint.FILES]
-        output = run_ok(command(then[0], then[1], 2 * n), tmp_path)
-        resharded = first != then
-        assert (f"resharding {original.name} (" in output) == resharded, output[-3000:]
-        assert checkpoint.file_records(original) == before and checkpoint.universal_dir(original).is_dir() == resharded
-        losses = dict(metrics.read_scalars(run_dir / "tb")["train/loss"])
-        assert sorted(losses) == list(range(1, 2 * n + 1))
-        for step, loss in reference.items():
-            assert abs(losses[step] - loss) < 1e-4, (first, then, step, losses[step], loss)
-        a, b = load_weights(straight / "model"), load_weights(run_dir / "model")
-        worst = max((a[k] - b[k]).abs().max().item() for k in a)
-        assert worst < 1e-4, (first, then, worst)
+@pytest.mark.slow
+def test_a_bf16_run_resharded_stays_within_its_tolerance(corpus_data, tmp_path):
+    """bf16 (the default configs): resumed at N on 1 rank, or at ZeRO-3, 2N steps stay within 1e-3 of the
+    straight run's per-step losses and 0.02 of its weights (measured: 5e-4 and 0.009; bf16 rounds the
+    forward differently for another reduction order, and each Adam step can then move a weight by up to
+    lr = 0.01 otherwise)."""
+    n = 4
+    bf16_zero2, bf16_zero3 = ds_config_variant(tmp_path, 4, 1), tmp_path / "bf16_zero3.json"
+    bf16_zero3.write_text(json.dumps({**json.loads(bf16_zero2.read_text()),
+                                      "zero_optimization": json.loads((REPO / "ds_configs" / "zero3.json").read_text())[
+                                          "zero_optimization"]}))
+    common = dict(lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4)
+    straight = tmp_path / "straight"
+    run_ok(deepspeed_command(train_args(corpus_data, straight, bf16_zero2, **common, max_steps=2 * n)), tmp_path)
+    for name, chain in {"2to1": [(2, bf16_zero2, n), (1, bf16_zero2, 2 * n)],
+                        "zero2to3": [(2, bf16_zero2, n), (2, bf16_zero3, 2 * n)]}.items():
+        resume_chain(corpus_data, tmp_path / name, chain, common, tmp_path)
+        assert_close_run(tmp_path / name, straight, 1e-3, 0.02)
 
 
 @pytest.mark.slow
