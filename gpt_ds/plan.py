@@ -84,6 +84,10 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
         raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
                         "ds_configs/zero2.json (bf16)")
     muon_lr_ratio = check_optimizer(settings, ds_config)
+    if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
+        # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered
+        raise UserError(f"--compile does not work with ZeRO-3 ({settings.deepspeed_config}): the compiled graph "
+                        "bypasses DeepSpeed's gathering of partitioned weights; drop --compile or use ZeRO-2")
     peak, floor = run_settings.peak_lr(settings, ds_config), run_settings.floor_lr(settings, ds_config)
     if floor > peak:
         raise UserError(f"--min-lr {floor:g} is above the peak learning rate {peak:g} (--lr or the DeepSpeed "
@@ -123,6 +127,13 @@ def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: d
     saved_stage = (saved_config.get("zero_optimization") or {}).get("stage", stage)
     if saved_stage != stage:
         changes.append(f"ZeRO stage {saved_stage} -> {stage}")
+    if changes and run_settings.is_muon(ds_config):
+        import deepspeed
+
+        # measured with 0.19.8: ds_to_universal reads Adam's exp_avg of every parameter (KeyError on Muon's)
+        raise UserError(f"resuming a Muon run with {', '.join(changes)} needs its checkpoint resharded, which "
+                        f"DeepSpeed {deepspeed.__version__}'s universal checkpoints cannot do for Muon's momentum; "
+                        f"resume with {saved.get('world_size')} ranks at ZeRO stage {saved_stage}")
     return ds_config, ", ".join(changes) or None
 
 
@@ -145,6 +156,10 @@ def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float |
     if not muon:
         return None
     ratio = run_settings.muon_lr_ratio(ds_config)
+    zero = ds_config["zero_optimization"]
+    if zero["stage"] == 3 and zero.get("reduce_scatter", True):  # DeepSpeed's own check, as a ValueError deep in init
+        raise UserError(f"{settings.deepspeed_config}: DeepSpeed's Muon under ZeRO-3 cannot reduce-scatter its "
+                        "gradients; set \"reduce_scatter\": false in zero_optimization")
     from deepspeed.runtime.engine import DeepSpeedEngine
 
     # Muon came in DeepSpeed 0.17.6 (the pyproject floor), muon_lr/adam_lr in 0.18.3; the split of each param

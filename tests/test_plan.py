@@ -79,6 +79,10 @@ def test_resume_is_checked_against_the_plan(shards, tmp_path):
     zero3.write_text(json.dumps({**json.loads(ZERO2.read_text()), "zero_optimization": {"stage": 3}}))
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(zero3), world_size=2).reshard == "ZeRO stage 2 -> 3"
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(zero3)).reshard == "2 -> 1 ranks, ZeRO stage 2 -> 3"
+    # Muon's momentum is not in DeepSpeed's universal checkpoints: its runs resume on their own layout only
+    assert plan_for(shards, tmp_path, "--deepspeed_config", str(MUON), world_size=2).reshard is None
+    with pytest.raises(UserError, match=r"Muon run with 2 -> 1 ranks .* resume with 2 ranks at ZeRO stage 2"):
+        plan_for(shards, tmp_path, "--deepspeed_config", str(MUON))
 
 
 def test_changed_settings_name_what_differs_from_the_checkpoint(shards, tmp_path):
@@ -118,6 +122,17 @@ def test_modern_without_muon_and_muon_without_its_lrs_are_refused(shards, tmp_pa
     (tmp_path / "muon.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="muon_lr >= 0 and adam_lr > 0"):
         plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon.json"))
+    # ZeRO-3 with an option it cannot take: Muon with reduce-scatter, --compile
+    zero3_muon = json.loads(MUON.read_text())
+    zero3_muon["zero_optimization"] = {"stage": 3}
+    (tmp_path / "muon3.json").write_text(json.dumps(zero3_muon))
+    with pytest.raises(UserError, match=r"Muon under ZeRO-3 cannot reduce-scatter .* \"reduce_scatter\": false"):
+        plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon3.json"))
+    zero3_muon["zero_optimization"]["reduce_scatter"] = False
+    (tmp_path / "muon3.json").write_text(json.dumps(zero3_muon))
+    assert plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon3.json")).zero_stage == 3
+    with pytest.raises(UserError, match="--compile does not work with ZeRO-3 .* drop --compile or use ZeRO-2"):
+        plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon3.json"), "--compile")
     # Muon on its own (the gpt2 architecture) is a plan too
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(MUON)).muon_lr_ratio > 1
 
