@@ -9,7 +9,8 @@ applies it to a plain `srun python launch/train.py`. A lone `python launch/train
 size 1 and a free local port, so it runs the same code path without DeepSpeed looking for MPI.
 
 Defines `DistEnv`, `fill_env`, `current`, `env_from_job`, `master_port_for`, `share_cpu_threads`,
-`init`, `device`, `all_reduce_sum`, `agreed`, `barrier`, `launcher_command` and `free_port`. torch (and DeepSpeed) load
+`init`, `device`, `all_reduce_sum`, `agreed`, `barrier`, `launcher_command`, `free_port` and the
+`Watchdog` that bounds a wait for a dead or hung rank. torch (and DeepSpeed) load
 only inside the functions that use them, so the translation runs before either is imported.
 """
 
@@ -166,15 +167,19 @@ def share_cpu_threads(dist_env: DistEnv) -> None:
     torch.set_num_threads(max(1, cores // max(1, dist_env.local_world_size)))
 
 
-def init(dist_env: DistEnv) -> None:
-    """Start torch.distributed through DeepSpeed, on the accelerator's backend (gloo/ccl on CPU)."""
+def init(dist_env: DistEnv, timeout_s: float = 600.0) -> None:
+    """Start torch.distributed through DeepSpeed, on the accelerator's backend (NCCL on GPUs, gloo on the
+    CPU), with collectives that give up after `timeout_s` (a rank that died or hung)."""
+    import datetime
+
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(dist_env.local_rank)
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False,
+                               timeout=datetime.timedelta(seconds=timeout_s))
     if dist_env.world_size > 1:
         release_shm_buffer(dist_env)
 
@@ -242,3 +247,63 @@ def barrier() -> None:
     import deepspeed.comm as dist
 
     dist.barrier()
+
+
+RANK_LOST_EXIT_CODE = 4  # a rank stopped waiting for the others: a collective failed or timed out
+RANK_LOST_ADVICE = ("another rank died or hung, and this one waited for it in a collective; that rank's log says why. "
+                    "The last complete checkpoint is untouched: rerun the same command to resume")
+# how gloo and NCCL word a peer that is gone (torch's DistError types cover NCCL; gloo raises plain RuntimeErrors)
+PEER_LOST_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out", "NCCL")
+
+
+class RankLost(UserError):
+    """A collective failed because another rank is gone (gloo's and NCCL's errors, said in one line)."""
+
+    exit_code = RANK_LOST_EXIT_CODE
+
+
+def rank_lost(err: BaseException, rank: int) -> RankLost | None:
+    """`err` as a RankLost when it is a collective's failure over a lost peer, else None."""
+    import torch.distributed
+
+    text = str(err)
+    if not (isinstance(err, getattr(torch.distributed, "DistError", ())) or any(m in text for m in PEER_LOST_MARKERS)):
+        return None
+    reason = (text.splitlines() or [type(err).__name__])[0]
+    return RankLost(f"rank {rank}: a collective with the other ranks failed ({reason[:200]}): {RANK_LOST_ADVICE}")
+
+
+class Watchdog:
+    """Stops this rank when the training loop makes no progress for `timeout_s` (a rank that died or
+    hung leaves the others waiting in a collective). NCCL and gloo have timeouts of their own (`init`
+    sets them), but DeepSpeed's shared-memory all-reduce on one host waits forever; this covers every
+    backend alike: the loop calls `kick` once an iteration (a step, and its evaluation and checkpoint),
+    and a thread prints one line and exits the process with RANK_LOST_EXIT_CODE when none came in time."""
+
+    def __init__(self, timeout_s: float, rank: int, prog: str = "launch/train.py") -> None:
+        import threading
+        import time
+
+        self.timeout_s, self.rank, self.prog = timeout_s, rank, prog
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="gpt-ds-watchdog", daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        import time
+
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        import time
+
+        while not self._stopped.wait(min(1.0, self.timeout_s / 10)):
+            waited = time.monotonic() - self._last
+            if waited > self.timeout_s:
+                print(f"\n{self.prog}: error: rank {self.rank} made no progress for {waited:.0f} s "
+                      f"(--collective-timeout {self.timeout_s:g}): {RANK_LOST_ADVICE}", file=sys.stderr, flush=True)
+                os._exit(RANK_LOST_EXIT_CODE)

@@ -233,7 +233,7 @@ def resolve_resume(settings: RunSettings, model_config: GPTConfig) -> Path | Non
 def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:
     """'; changed: x 1 -> 2' for settings that differ from the checkpoint's (a changed seed, schedule
     length or config means the run no longer matches one made in one go)."""
-    routine = {"max_steps", "resume", "verify_data", "strict_config"}  # expected to change between a run and its resume
+    routine = {"max_steps", "resume", "verify_data", "strict_config", "collective_timeout"}  # expected to change between a run and its resume
     # A setting that a checkpoint predates had its default value then
     defaults = {**RunSettings(deepspeed_config="", data="", out="").to_dict(), "schedule": "cosine"}
     changes = [f"{k} {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in now.to_dict().items()

@@ -71,6 +71,7 @@ class RunSettings:
     strict_config: bool = False  # a key of the DeepSpeed JSON that DeepSpeed ignores: an error (else a warning)
     log_interval: int = 10
     sample_tokens: int = 48
+    collective_timeout: float = 600.0  # seconds a collective waits for the other ranks before this rank gives up
     peak_tflops: float | None = None  # the device's peak for MFU (None: the GPU table, or measured once on a CPU)
     recipe: str = "gpt2"  # RECIPES: gpt2 (today's GPT-2) or modern
     schedule: str | None = None  # cosine or wsd (None: the recipe's)
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between TensorBoard scalar writes")
     p.add_argument("--sample-tokens", type=int, default=defaults.sample_tokens, metavar="N",
                    help="length of the text sample generated at each eval (0: none)")
+    p.add_argument("--collective-timeout", type=float, default=defaults.collective_timeout, metavar="S",
+                   help="seconds a rank waits in a collective for the others before it stops with an error "
+                        f"(a rank that died or hung; default {defaults.collective_timeout:g})")
     p.add_argument("--peak-tflops", type=float, default=None, metavar="X",
                    help="the device's peak TFLOP/s for MFU (default: a table of GPUs; on a CPU, measured once)")
     p.add_argument("--recipe", choices=tuple(RECIPES), default=defaults.recipe,
@@ -237,6 +241,8 @@ def check_values(s: RunSettings) -> None:
             raise UserError(f"{flag} must be a finite number >= 0 (got {value})")
     if s.peak_tflops is not None and not (math.isfinite(s.peak_tflops) and s.peak_tflops > 0):
         raise UserError(f"--peak-tflops must be a positive number (got {s.peak_tflops})")
+    if not (math.isfinite(s.collective_timeout) and s.collective_timeout > 0):
+        raise UserError(f"--collective-timeout must be a positive number of seconds (got {s.collective_timeout})")
     check_schedule(s)
     if s.logit_softcap is not None and not (math.isfinite(s.logit_softcap) and s.logit_softcap >= 0):
         raise UserError(f"--logit-softcap must be a positive number, or 0 for no cap (got {s.logit_softcap})")

@@ -62,9 +62,11 @@ def run(settings: RunSettings) -> TrainResult:
     checkpointer = Checkpointer(engine, plan.run_dir, settings.save_interval, settings.keep_checkpoints,
                                 last_saved=record.step if plan.resume_from is not None else None)
     validator = Validator(plan, dist_env.rank)
+    watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank)
     done, preempted = record.step >= settings.max_steps or record.target_reached, False
     try:
         while not done:
+            watchdog.kick()  # each iteration (step, evaluation, checkpoint) within --collective-timeout
             lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
             torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
             started = time.perf_counter()
@@ -80,7 +82,13 @@ def run(settings: RunSettings) -> TrainResult:
             done = monitor.check_target(record) or last_step or preempted
             if monitor.healthy or done:
                 checkpointer.save(record.step, client_state(plan, record), last_step=done)
+    except RuntimeError as err:  # gloo's or NCCL's word that a peer is gone: one line, not a traceback
+        lost = distributed.rank_lost(err, dist_env.rank)
+        if lost is None:
+            raise
+        raise lost from err
     finally:
+        watchdog.stop()
         preemption.restore()
         monitor.close()
     result = finish(plan, record, preempted, dist_env, monitor)
@@ -97,7 +105,7 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRec
     except UserError as err:
         err.every_rank = True  # the same files and flags on every rank: the same verdict, printed once
         raise
-    distributed.init(dist_env)
+    distributed.init(dist_env, settings.collective_timeout)
     run_lock = lock_run_dir(plan, dist_env)
     engine = build_engine(plan)
     record = RunRecord()

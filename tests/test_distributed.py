@@ -192,3 +192,72 @@ def test_two_ranks_on_one_host_leave_no_shared_memory_behind(tmp_path):
         proc = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)
         assert "rank 0 sum 2.0" in proc.stdout + proc.stderr, proc.stderr[-3000:]
         assert glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*") == [], how
+
+
+# ------------------------------------------------------------------------------------- a lost rank
+
+
+def test_the_watchdog_stops_a_rank_that_waits_past_the_timeout_with_one_line():
+    """Kicked every 0.3 s it lets the rank run; left alone for more than 1 s it exits 4 with one line."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time\nfrom gpt_ds.distributed import Watchdog\nw = Watchdog(1.0, rank=3)\n"
+            "for _ in range(8):\n    w.kick(); time.sleep(0.3)\nprint('kicked', flush=True)\ntime.sleep(30)\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == distributed.RANK_LOST_EXIT_CODE and proc.stdout == "kicked\n", proc.stderr
+    assert 2.1 + 1.0 < elapsed < 15 and len(lines) == 1, (elapsed, proc.stderr)  # the last kick at 2.1 s
+    assert "rank 3 made no progress for 1 s (--collective-timeout 1): another rank died or hung" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGSTOP"])
+def test_a_rank_that_dies_or_hangs_stops_the_other_within_the_timeout(tmp_path, signal_name):
+    """Two ranks started by hand (no launcher to kill the survivor): after the first checkpoint rank 1 is
+    killed (gloo reports the closed connection at once) or stopped (DeepSpeed's shared-memory all-reduce
+    would wait forever; the watchdog ends it). Rank 0 exits 4 within --collective-timeout plus a margin,
+    with one error line and no traceback; the checkpoint stays complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from gpt_ds import checkpoint
+    from gpt_ds.data import write_shard
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "data").mkdir()
+    write_shard(tmp_path / "data" / "train_000000.bin", np.random.default_rng(0).integers(0, 50257, 20_000))
+    out = tmp_path / "run"
+    args = [sys.executable, str(repo / "launch" / "train.py"), "--deepspeed_config", str(repo / "ds_configs" /
+            "zero2.json"), "--data", str(tmp_path / "data"), "--out", str(out), "--n-layer", "1", "--n-embd", "32",
+            "--n-head", "2", "--block-size", "32", "--max-steps", "100000", "--save-interval", "3",
+            "--sample-tokens", "0", "--collective-timeout", "8"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(distributed.free_port()), "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / checkpoint.LATEST).exists():
+            assert all(r.poll() is None for r in ranks) and time.monotonic() < deadline, "no checkpoint came"
+            time.sleep(0.1)
+        ranks[1].send_signal(getattr(signal, signal_name))
+        lost_at = time.monotonic()
+        _, stderr = ranks[0].communicate(timeout=60)
+        waited = time.monotonic() - lost_at
+    finally:
+        for proc in ranks:
+            proc.kill()
+            proc.communicate()
+    errors = [line for line in stderr.splitlines() if "launch/train.py: error:" in line]
+    assert ranks[0].returncode == distributed.RANK_LOST_EXIT_CODE and "Traceback" not in stderr, stderr[-3000:]
+    assert len(errors) == 1 and "another rank died or hung" in errors[0] and waited < 8 + 10, (waited, errors)
+    checkpoint.verify(checkpoint.latest_tag_dir(out / "checkpoints"))
