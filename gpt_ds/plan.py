@@ -66,6 +66,19 @@ class Plan:
     def tokens_per_step(self) -> int:
         return self.ds_config["train_batch_size"] * self.seq_len
 
+    def out_of_memory(self, step: int, err: BaseException) -> UserError:
+        """The one line for a device that ran out of memory at `step`: what this rank holds, and the knobs
+        that lower it (the global batch, hence the data stream, stays the same with any of them)."""
+        s = self.settings
+        reason = (str(err).splitlines() or ["out of memory"])[0][:160]
+        return UserError(
+            f"the device ran out of memory at step {step} ({s.model}, micro-batch {self.micro_batch} x {self.seq_len} "
+            f"tokens per rank, ZeRO-{self.zero_stage}, activation checkpointing "
+            f"{'on' if s.activation_checkpointing else 'off'}; {reason}): lower train_micro_batch_size_per_gpu in "
+            f"{s.deepspeed_config} (the global batch stays, the accumulation grows), "
+            + ("" if s.activation_checkpointing else "add --activation-checkpointing, ")
+            + "lower --seq-len" + (", or use ZeRO-3 (ds_configs/zero3.json)" if self.zero_stage < 3 else ""))
+
     def identity(self) -> dict[str, Any]:
         """What the run is, beside its RunRecord: the model config, the settings, the resolved DeepSpeed config."""
         return {"model": self.model_config.to_dict(), "settings": self.settings.to_dict(), "ds_config": self.ds_config}
@@ -84,6 +97,7 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
         raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
                         "ds_configs/zero2.json (bf16)")
     muon_lr_ratio = check_optimizer(settings, ds_config)
+    ds_config = fit_to_device(ds_config, cuda=torch.cuda.is_available())
     if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered
         raise UserError(f"--compile does not work with ZeRO-3 ({settings.deepspeed_config}): the compiled graph "
@@ -135,6 +149,18 @@ def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: d
                         f"DeepSpeed {deepspeed.__version__}'s universal checkpoints cannot do for Muon's momentum; "
                         f"resume with {saved.get('world_size')} ranks at ZeRO stage {saved_stage}")
     return ds_config, ", ".join(changes) or None
+
+
+def fit_to_device(ds_config: dict[str, Any], cuda: bool) -> dict[str, Any]:
+    """The fastest kernels where they exist: on CUDA, torch's AdamW (`"torch_adam": true`) with its fused
+    kernel (one launch for every partition instead of a loop of them), unless the JSON sets "fused" itself.
+    On the CPU the config is left as it is."""
+    optimizer = ds_config.get("optimizer") or {}
+    params = optimizer.get("params") or {}
+    adam = str(optimizer.get("type", "")).lower() in ("adam", "adamw")  # Muon's Adam half is DeepSpeed's own
+    if not cuda or not adam or not params.get("torch_adam") or "fused" in params:
+        return ds_config
+    return {**ds_config, "optimizer": {**ds_config["optimizer"], "params": {**params, "fused": True}}}
 
 
 def check_apart(settings: RunSettings) -> None:

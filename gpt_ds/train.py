@@ -34,6 +34,7 @@ from gpt_ds.errors import UserError
 from gpt_ds.lock import FolderLock
 from gpt_ds.monitor import Monitor
 from gpt_ds.plan import Plan, changed_settings, plan_run
+from gpt_ds.prefetch import Prefetcher
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
 from gpt_ds.settings import RunSettings
@@ -62,6 +63,7 @@ def run(settings: RunSettings) -> TrainResult:
     checkpointer = Checkpointer(engine, plan.run_dir, settings.save_interval, settings.keep_checkpoints,
                                 last_saved=record.step if plan.resume_from is not None else None)
     validator = Validator(plan, dist_env.rank)
+    batches = Prefetcher(plan, dist_env.rank, engine.device)
     watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank)
     done, preempted = record.step >= settings.max_steps or record.target_reached, False
     try:
@@ -70,7 +72,7 @@ def run(settings: RunSettings) -> TrainResult:
             lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
             torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
             started = time.perf_counter()
-            loss, preempted = agree(train_step(engine, plan, record.step, dist_env.rank), preemption.raised)
+            loss, preempted = agree(train_step(engine, batches, record.step), preemption.raised)
             seconds = time.perf_counter() - started
             record.advance(plan.tokens_per_step, seconds)
             monitor.step(record, loss, plan.tokens_per_step, seconds, {tags.LR: lr, **engine_stats(engine, plan)})
@@ -82,6 +84,8 @@ def run(settings: RunSettings) -> TrainResult:
             done = monitor.check_target(record) or last_step or preempted
             if monitor.healthy or done:
                 checkpointer.save(record.step, client_state(plan, record), last_step=done)
+    except torch.cuda.OutOfMemoryError as err:  # at the first step, typically: which knob to turn, not a traceback
+        raise plan.out_of_memory(record.step + 1, err) from err
     except RuntimeError as err:  # gloo's or NCCL's word that a peer is gone: one line, not a traceback
         lost = distributed.rank_lost(err, dist_env.rank)
         if lost is None:
@@ -168,6 +172,9 @@ def build_engine(plan: Plan) -> Any:
     # DeepSpeed calls torch.distributed APIs that torch marks deprecated, once per rank: noise to users
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     torch.manual_seed(plan.settings.seed)  # same initial weights on every rank and every fresh run
+    if torch.cuda.is_available():  # TF32 tensor cores for whatever math stays in fp32 (Ampere and newer)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = GPT(plan.model_config)
     model.set_activation_checkpointing(plan.settings.activation_checkpointing)
     groups = model.param_groups(run_settings.weight_decay_of(plan.ds_config))
@@ -222,19 +229,20 @@ def set_lr(engine: Any, lr: float, muon_lr_ratio: float | None = None) -> float:
     return lr
 
 
-def train_step(engine: Any, plan: Plan, step: int, rank: int) -> torch.Tensor:
+def train_step(engine: Any, batches: Prefetcher, step: int) -> torch.Tensor:
     """One optimizer step over gradient_accumulation_steps micro-batches; this rank's mean loss as a
     0-dim tensor on the device. Nothing here reads a value back to the host: the micro-batches'
-    losses are summed on the device, and `agree` reads the step's figures once."""
+    losses are summed on the device, and `agree` reads the step's figures once. The next micro-batch
+    is on its way to the device while this one computes (gpt_ds.prefetch)."""
     total = None
-    for micro_step in range(plan.accumulation):
-        x, y = plan.stream.micro_batch(step, plan.micro_batch, rank=rank, world_size=plan.world_size,
-                                       micro_step=micro_step)
-        _, loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
+    for micro_step in range(batches.accumulation):
+        x, y = batches.get(step, micro_step)
+        _, loss = engine(x, y)
+        batches.prefetch_after(step, micro_step)  # host work while the device runs the forward
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
         total = loss.detach().float() if total is None else total + loss.detach().float()
-    return total / plan.accumulation
+    return total / batches.accumulation
 
 
 def agree(local_loss: torch.Tensor | float, preempt: bool) -> tuple[float | None, bool]:

@@ -198,3 +198,31 @@ def test_a_manifest_whose_vocab_size_is_not_a_number_is_one_line(tmp_path, pytho
     (folder / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": "x"}))
     with pytest.raises(UserError, match="has vocab_size 'x', not a number"):
         plan_for(folder, tmp_path)
+
+
+def test_running_out_of_device_memory_names_the_knobs(shards, tmp_path):
+    """The line a CUDA OOM in the loop becomes (gpt_ds.train catches torch.cuda.OutOfMemoryError; on a GPU
+    tests/test_gpu.py provokes a real one)."""
+    import torch
+
+    err = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1.5 GiB free\nmore")
+    line = str(plan_for(shards, tmp_path).out_of_memory(1, err))
+    assert "\n" not in line and line.startswith("the device ran out of memory at step 1 (tiny, micro-batch 8 x 128 ")
+    assert "ZeRO-2, activation checkpointing off; CUDA out of memory. Tried to allocate 2.00 GiB" in line
+    assert "lower train_micro_batch_size_per_gpu" in line and "add --activation-checkpointing" in line
+    assert line.endswith("or use ZeRO-3 (ds_configs/zero3.json)")
+    line = str(plan_for(shards, tmp_path, "--activation-checkpointing").out_of_memory(5, err))
+    assert "activation checkpointing on" in line and "add --activation-checkpointing" not in line
+
+
+def test_on_cuda_torch_adamw_runs_fused_unless_the_json_says_otherwise():
+    from gpt_ds.plan import fit_to_device
+
+    config = json.loads(ZERO2.read_text())
+    assert fit_to_device(config, cuda=True)["optimizer"]["params"]["fused"] is True
+    assert "fused" not in config["optimizer"]["params"]  # a copy: the JSON's own dict is untouched
+    assert fit_to_device(config, cuda=False) == config
+    config["optimizer"]["params"]["fused"] = False
+    assert fit_to_device(config, cuda=True)["optimizer"]["params"]["fused"] is False
+    muon = json.loads(MUON.read_text())
+    assert fit_to_device(muon, cuda=True) == muon

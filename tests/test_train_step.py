@@ -18,6 +18,7 @@ import torch
 from gpt_ds import distributed, sampler, settings as run_settings
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
+from gpt_ds.prefetch import Prefetcher
 from gpt_ds.schedule import Schedule
 from gpt_ds.train import agree, build_engine, train_step
 
@@ -48,7 +49,8 @@ def engine_and_plan(tmp_path_factory):
 
 def test_one_host_read_per_step(engine_and_plan, monkeypatch):
     engine, plan = engine_and_plan
-    agree(train_step(engine, plan, 0, 0), False)  # warm-up: first steps may set things up
+    batches = Prefetcher(plan, 0, engine.device)
+    agree(train_step(engine, batches, 0), False)  # warm-up: first steps may set things up
     reads = []
 
     def counting(name):
@@ -65,7 +67,7 @@ def test_one_host_read_per_step(engine_and_plan, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     for step in (1, 2):
         reads.clear()
-        loss, preempted = agree(train_step(engine, plan, step, 0), step == 2)
+        loss, preempted = agree(train_step(engine, batches, step), step == 2)
         assert reads == ["tolist"], reads
         assert math.isfinite(loss) and preempted == (step == 2)
 

@@ -1,0 +1,52 @@
+"""Micro-batches on the device one ahead of the step: `Prefetcher`.
+
+The step's device work is queued asynchronously (CUDA), so the host is free while it runs: right after
+the forward of one micro-batch is queued, the next one (the next micro-step, or the first of the next
+step) is gathered on the host, put in pinned memory and copied with `non_blocking=True`, and the
+copy overlaps the compute. The order is the stream's: every micro-batch is still a function of
+(seed, step, micro-step, rank) alone, so prefetching changes no sample, and a resume at any step
+starts from that step's own first micro-batch (exact resume unchanged). On the CPU nothing is
+pinned and the copy is a no-op; the prefetch then only moves the host work earlier.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from gpt_ds.plan import Plan
+
+Key = tuple[int, int]  # (step, micro_step)
+
+
+class Prefetcher:
+    """This rank's micro-batches of the plan's stream on `device`, one micro-batch ahead."""
+
+    def __init__(self, plan: Plan, rank: int, device: torch.device) -> None:
+        self.plan, self.rank, self.device = plan, rank, torch.device(device)
+        self.accumulation = plan.accumulation
+        self._ahead: tuple[Key, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def get(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of (step, micro_step) on the device: the one prefetched, else loaded now."""
+        if self._ahead is not None and self._ahead[0] == (step, micro_step):
+            batch = self._ahead[1]
+        else:
+            batch = self._load((step, micro_step))
+        self._ahead = None
+        return batch
+
+    def prefetch_after(self, step: int, micro_step: int) -> None:
+        """Start the micro-batch that follows (step, micro_step) on its way to the device."""
+        key = (step, micro_step + 1) if micro_step + 1 < self.accumulation else (step + 1, 0)
+        self._ahead = (key, self._load(key))
+
+    def _load(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        step, micro_step = key
+        x, y = self.plan.stream.micro_batch(step, self.plan.micro_batch, rank=self.rank,
+                                            world_size=self.plan.world_size, micro_step=micro_step)
+        if self.device.type == "cuda":  # pinned pages let the copy run asynchronously
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
