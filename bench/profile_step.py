@@ -4,7 +4,7 @@ Builds gpt-ds's own engine (gpt_ds.train.build_engine, ds_configs/zero2.json by 
 tokens, runs --warmup steps, then profiles --steps steps of exactly gpt_ds.train's step (train_step +
 agree) under torch.profiler with labelled regions, and prints the mean milliseconds per step of each:
 
-    data        sampler.TrainStream.micro_batch (the window gather) and the copy to the device
+    data        gpt_ds.prefetch.Prefetcher._load: the window gather, pinning and the copy to the device
     forward     the model's forward without the head + loss
     loss        head + cross-entropy (gpt_ds.loss, or --loss plain: F.cross_entropy of full logits, the old way)
     backward    engine.backward without DeepSpeed's gradient hooks
@@ -39,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 
 from gpt_ds import distributed, model as model_module, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
+from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
 from gpt_ds import train as train_module  # noqa: E402
 
@@ -66,7 +67,7 @@ def instrument(engine, loss: str) -> None:
     """Label the regions; nothing else changes."""
     ce = plain_cross_entropy if loss == "plain" else model_module.chunked_cross_entropy
     model_module.chunked_cross_entropy = labelled("loss", ce)
-    sampler.TrainStream.micro_batch = labelled("data", sampler.TrainStream.micro_batch)  # looked up at each call
+    Prefetcher._load = labelled("data", Prefetcher._load)  # the gather, pinning and copy; looked up at each call
     zero = engine.optimizer
     for name in ("reduce_independent_p_g_buckets_and_remove_grads", "reduce_ready_partitions_and_remove_grads",
                  "reduce_ipg_grads"):
@@ -127,11 +128,11 @@ def main() -> None:
                 sampler.TokenWindows([tokens], model_config.block_size), None, None, dist_env.world_size)
     engine = train_module.build_engine(plan)
     instrument(engine, args.loss)
-    rank = dist_env.rank
+    batches = Prefetcher(plan, dist_env.rank, engine.device)
 
     def step(i: int) -> None:
         train_module.set_lr(engine, plan.schedule.lr(i))
-        local = train_module.train_step(engine, plan, i, rank)
+        local = train_module.train_step(engine, batches, i)
         with record_function("host sync"):
             train_module.agree(local, False)
 

@@ -37,6 +37,7 @@ from bench.baseline import PlainTrainer  # noqa: E402
 from gpt_ds import distributed, metrics, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
+from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.train import agree, build_engine, set_lr, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,7 @@ def main() -> None:
     device = distributed.device()
     plan = make_plan(args, world)
     engine = build_engine(plan)
+    batches = Prefetcher(plan, rank, engine.device)
     ds_threads = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0))
     plain_threads = cores if world > 1 and device.type == "cpu" else ds_threads  # rank 0 alone: all the cores
@@ -88,7 +90,7 @@ def main() -> None:
 
     def ds_step(i: int) -> None:
         set_lr(engine, plan.schedule.lr(i))
-        agree(train_step(engine, plan, i, rank), False)
+        agree(train_step(engine, batches, i), False)
 
     def plain(i: int) -> None:
         if plain_step is not None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt_ds import atomic
+from gpt_ds import atomic, tags
 
 # Dense (non-sparse) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets.
 GPU_PEAK_FLOPS: dict[str, float] = {
@@ -131,6 +131,31 @@ def memory_gib() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**30
+
+
+class PeakMemory:
+    """Every rank's peak memory (memory_gib, agreed each step): TensorBoard scalars of a step, and the
+    run's peak and the rank that reached it for the summary line."""
+
+    def __init__(self) -> None:
+        self.peak: float | None = None
+        self.peak_rank = 0
+
+    def add(self, per_rank: list[float]) -> dict[str, float]:
+        """The step's scalars: the largest over the ranks, and with several ranks each rank's own."""
+        if not per_rank:
+            return {}
+        top = max(range(len(per_rank)), key=per_rank.__getitem__)
+        if self.peak is None or per_rank[top] > self.peak:
+            self.peak, self.peak_rank = per_rank[top], top
+        scalars = {tags.MEMORY_GIB: per_rank[top]}
+        if len(per_rank) > 1:
+            scalars.update({tags.memory_of_rank(rank): value for rank, value in enumerate(per_rank)})
+        return scalars
+
+    def summary(self) -> str:
+        """', peak memory 1.23 GiB (rank 1)' ('' before any step)."""
+        return "" if self.peak is None else f", peak memory {self.peak:.2f} GiB (rank {self.peak_rank})"
 
 
 def steps_to_target(steps: list[int], losses: list[float], target: float) -> float | None:

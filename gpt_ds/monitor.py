@@ -14,7 +14,7 @@ from typing import Any
 
 from gpt_ds import checkpoint, tags
 from gpt_ds.errors import UserError
-from gpt_ds.metrics import LossCurve, TensorBoard, Throughput, memory_gib
+from gpt_ds.metrics import LossCurve, PeakMemory, TensorBoard, Throughput
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
 
@@ -38,6 +38,7 @@ class Monitor:
         self.log_interval = log_interval
         self.nonfinite_streak = 0
         self.throughput = Throughput(flops_per_token, peak_flops)
+        self.memory = PeakMemory()
         self.train_curve = LossCurve(ema=record.train_loss)
         # The ETA fits the curve of the metric the target is checked on.
         self.target_curve = LossCurve() if target_on_val else self.train_curve
@@ -66,10 +67,11 @@ class Monitor:
         return steps, (steps * self.throughput.seconds_per_step if steps is not None else None)
 
     def step(self, record: RunRecord, loss: float | None, tokens: int, seconds: float,
-             extra: dict[str, float | None]) -> None:
+             extra: dict[str, float | None], memory_gib: list[float] | None = None) -> None:
         """Account the step `record` has just counted; `loss` is the mean over ranks, None when it was not
-        finite on some rank. `extra`: lr, grad norm, loss scale. Raises TrainingDiverged when the loss
-        has not been finite for NONFINITE_PATIENCE steps in a row."""
+        finite on some rank. `extra`: lr, grad norm, loss scale; `memory_gib`: each rank's peak memory.
+        Raises TrainingDiverged when the loss has not been finite for NONFINITE_PATIENCE steps in a row."""
+        memory = self.memory.add(memory_gib or [])
         self.nonfinite_streak = 0 if loss is not None else self.nonfinite_streak + 1
         if self.nonfinite_streak >= NONFINITE_PATIENCE:
             raise TrainingDiverged(
@@ -88,7 +90,7 @@ class Monitor:
                 tags.TOKENS_PER_SEC: self.throughput.tokens_per_sec,
                 tags.MFU: self.throughput.mfu(self.world_size),
                 tags.STEP_TIME: self.throughput.seconds_per_step,
-                tags.MEMORY_GIB: memory_gib(),
+                **memory,
                 tags.TOKENS: record.tokens,
                 tags.SECONDS: record.train_seconds,
                 tags.ETA_STEPS: eta_steps,
@@ -127,8 +129,8 @@ class Monitor:
         if record.val_loss is not None:
             losses += f", val loss {record.val_loss:.4f}"
         return (f"done: step {record.step}, {record.tokens:,} tokens, {losses}, {record.train_seconds:.1f}s "
-                f"training, {self.throughput.tokens_per_sec:,.0f} tok/s, MFU {self.throughput.mfu(self.world_size):.1%}; "
-                f"{outcome}")
+                f"training, {self.throughput.tokens_per_sec:,.0f} tok/s, MFU {self.throughput.mfu(self.world_size):.1%}"
+                f"{self.memory.summary()}; {outcome}")
 
     def close(self) -> None:
         if self.progress is not None:

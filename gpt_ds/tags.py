@@ -9,7 +9,8 @@ LOSS_SCALE = "train/loss_scale"
 TOKENS_PER_SEC = "train/tokens_per_sec"
 MFU = "train/mfu"
 STEP_TIME = "train/step_time"
-MEMORY_GIB = "train/memory_gib"
+MEMORY_GIB = "train/memory_gib"  # the largest over the ranks
+MEMORY_GIB_OF_RANK = "memory/rank_{rank}_gib"  # each rank's, in runs of several ranks (memory_of_rank)
 TOKENS = "train/tokens"
 SECONDS = "train/seconds"  # training time so far (steps only: no start-up, evaluation or checkpoints)
 VAL_LOSS = "val/loss"
@@ -21,3 +22,7 @@ TARGET_TOKENS = "target/tokens"
 
 SAMPLE = "sample"  # text: a generated sample at each evaluation
 SETTINGS = "run/settings"  # text: the run's settings, at its start
+
+
+def memory_of_rank(rank: int) -> str:
+    return MEMORY_GIB_OF_RANK.format(rank=rank)

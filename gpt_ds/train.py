@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -72,10 +72,11 @@ def run(settings: RunSettings) -> TrainResult:
             lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
             torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
             started = time.perf_counter()
-            loss, preempted = agree(train_step(engine, batches, record.step), preemption.raised)
+            loss, preempted, memory_gib = agree(train_step(engine, batches, record.step), preemption.raised)
             seconds = time.perf_counter() - started
             record.advance(plan.tokens_per_step, seconds)
-            monitor.step(record, loss, plan.tokens_per_step, seconds, {tags.LR: lr, **engine_stats(engine, plan)})
+            monitor.step(record, loss, plan.tokens_per_step, seconds, {tags.LR: lr, **engine_stats(engine, plan)},
+                         memory_gib)
             last_step = record.step >= settings.max_steps
             if validator.should_validate(record.step, last_step=last_step):
                 record.val_loss = validator.loss(engine)
@@ -245,16 +246,28 @@ def train_step(engine: Any, batches: Prefetcher, step: int) -> torch.Tensor:
     return total / batches.accumulation
 
 
-def agree(local_loss: torch.Tensor | float, preempt: bool) -> tuple[float | None, bool]:
-    """The step's one collective and its one host sync: the mean loss over ranks (None when it was not
-    finite on some rank) and whether any rank was asked to stop, so that all ranks take the same
-    decisions. The three figures are built on the device and read back together after the all-reduce."""
+class Agreement(NamedTuple):
+    """What all ranks agree on after a step: the mean loss (None: not finite on some rank), whether any
+    rank was asked to stop, and every rank's peak device memory (GiB; resident memory on the CPU)."""
+
+    loss: float | None
+    preempted: bool
+    memory_gib: list[float]
+
+
+def agree(local_loss: torch.Tensor | float, preempt: bool) -> Agreement:
+    """The step's one collective and its one host sync: the loss summed over ranks with a count of the
+    ranks where it was not finite, the preemption flag, and each rank's memory in its own slot, so that
+    all ranks take the same decisions. Built on the device and read back together after the all-reduce."""
+    dist_env = distributed.current()
     loss = torch.as_tensor(local_loss).to(distributed.device(), torch.float64)
     finite = torch.isfinite(loss)
-    values = torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), (~finite).to(loss.dtype),
-                          torch.full_like(loss, float(preempt))])
-    loss_sum, nonfinite_ranks, preempted_ranks = distributed.all_reduce_sum(values)
-    return (None if nonfinite_ranks else loss_sum / distributed.current().world_size), bool(preempted_ranks)
+    memory = torch.zeros(dist_env.world_size, dtype=loss.dtype, device=loss.device)
+    memory[dist_env.rank] = metrics.memory_gib()
+    values = torch.cat([torch.stack([torch.where(finite, loss, torch.zeros_like(loss)), (~finite).to(loss.dtype),
+                                     torch.full_like(loss, float(preempt))]), memory])
+    loss_sum, nonfinite_ranks, preempted_ranks, *memory_gib = distributed.all_reduce_sum(values)
+    return Agreement(None if nonfinite_ranks else loss_sum / dist_env.world_size, bool(preempted_ranks), memory_gib)
 
 
 def engine_stats(engine: Any, plan: Plan) -> dict[str, float | None]:

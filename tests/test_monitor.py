@@ -19,9 +19,10 @@ def test_start_steps_evaluations_and_target_on_val(tmp_path):
     record = RunRecord(target_loss=5.0)
     monitor = make_monitor(tmp_path, record)
     monitor.start({"lr": 1e-3}, '{"seed": 1}')
-    for loss, val in ((7.0, None), (6.0, 5.5), (4.0, None), (4.5, 4.9)):
+    memory = ([1.0, 1.5], [1.25, 2.5], [3.0, 2.0], [1.0, 1.0])  # each rank's peak, as agreed after the step
+    for (loss, val), per_rank in zip(((7.0, None), (6.0, 5.5), (4.0, None), (4.5, 4.9)), memory):
         record.advance(tokens=100, seconds=0.5)
-        monitor.step(record, loss, 100, 0.5, {tags.LR: 1e-3, tags.LOSS_SCALE: None})
+        monitor.step(record, loss, 100, 0.5, {tags.LR: 1e-3, tags.LOSS_SCALE: None}, per_rank)
         if val is not None:
             record.val_loss = val
             monitor.evaluation(record.step, val, sample=f"text {record.step}")
@@ -29,6 +30,7 @@ def test_start_steps_evaluations_and_target_on_val(tmp_path):
         assert monitor.check_target(record) == (record.step == 4)
     assert record.target_reached and (record.target_step, record.target_tokens, record.target_seconds) == (4, 400, 2.0)
     assert "target reached" in monitor.summary(record, "target reached") and "MFU" in monitor.summary(record, "")
+    assert "peak memory 3.00 GiB (rank 0)" in monitor.summary(record, "")
     monitor.close()
 
     scalars = metrics.read_scalars(tmp_path / "run" / "tb")
@@ -37,6 +39,8 @@ def test_start_steps_evaluations_and_target_on_val(tmp_path):
     assert scalars[tags.TARGET_LOSS] == [(0, 5.0)] and scalars[tags.TARGET_STEP] == [(4, 4.0)]
     assert tags.LOSS_SCALE not in scalars and scalars[tags.TOKENS][-1] == (4, 400.0)
     assert scalars[tags.MFU][-1][1] == pytest.approx(200 * 1e6 / 2e12)  # 100 tokens / 0.5 s on 2 devices
+    assert scalars[tags.MEMORY_GIB] == [(1, 1.5), (2, 2.5), (4, 1.0)]  # the largest over the ranks
+    assert scalars[tags.memory_of_rank(1)] == [(1, 1.5), (2, 2.5), (4, 1.0)] and scalars["memory/rank_0_gib"][1] == (2, 1.25)
     assert metrics.read_texts(tmp_path / "run" / "tb", tags.SAMPLE) == [(2, "text 2"), (4, "text 4")]
     assert "seed" in metrics.read_texts(tmp_path / "run" / "tb", tags.SETTINGS)[0][1]
 

@@ -67,12 +67,12 @@ def test_one_host_read_per_step(engine_and_plan, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     for step in (1, 2):
         reads.clear()
-        loss, preempted = agree(train_step(engine, batches, step), step == 2)
+        loss, preempted, memory_gib = agree(train_step(engine, batches, step), step == 2)
         assert reads == ["tolist"], reads
-        assert math.isfinite(loss) and preempted == (step == 2)
+        assert math.isfinite(loss) and preempted == (step == 2) and len(memory_gib) == 1 and memory_gib[0] > 0
 
 
 def test_agree_flags_a_non_finite_loss(engine_and_plan):
-    assert agree(torch.tensor(float("nan")), False) == (None, False)
-    assert agree(torch.tensor(2.5), True) == (2.5, True)
-    assert agree(1.5, False) == (1.5, False)  # a host float still works
+    assert agree(torch.tensor(float("nan")), False)[:2] == (None, False)
+    assert agree(torch.tensor(2.5), True)[:2] == (2.5, True)
+    assert agree(1.5, False)[:2] == (1.5, False)  # a host float still works
