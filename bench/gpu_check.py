@@ -18,6 +18,8 @@ Parts, each caught on its own (a failure is recorded with its one-line reason an
               training go on. Needs CUDA: on the CPU "skipped: needs CUDA".
   overflow_driver  CPU only (on CUDA the fp16 part covers it): the same driver and injection in bf16, where
               DeepSpeed's ZeRO-2 also skips a step with non-finite gradients, so the injection cannot rot
+  oom         a micro-batch of 1024 sequences: the run stops at step 1 with one line naming the knobs (exit 2,
+              no traceback). Needs CUDA: on the CPU "skipped: needs CUDA".
   modern      `--recipe modern` with ds_configs/zero2_muon.json, the same steps: tokens/s, MFU
   export      `python -m gpt_ds.export` of the bf16 run, `launch/sample.py` on the device,
               `python -m gpt_ds.hf export` into OUT/hf
@@ -39,7 +41,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 import traceback
 from pathlib import Path
@@ -49,18 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from data_prep.stdlib_corpus import write_python_corpus  # noqa: E402  (the test suite's corpus, no network)
+
 DRIVER = "_train_driver"  # argv[1] of this file's own training driver (the fp16 part's overflow injection)
 OVERFLOW_ENV = "GPU_CHECK_OVERFLOW_STEPS"  # read only by the driver: 1-based steps whose gradients get an inf
 RECORD_ENV = "GPU_CHECK_DRIVER_RECORD"  # read only by the driver: where it writes its per-step record
 
-# The stdlib modules tests/conftest.py trains on (single files in every supported Python).
-STDLIB_MODULES = (
-    "_pydecimal", "_pyio", "argparse", "ast", "calendar", "configparser", "contextlib", "csv",
-    "dataclasses", "difflib", "doctest", "enum", "fractions", "functools", "gettext", "heapq",
-    "imaplib", "inspect", "ipaddress", "mailbox", "pickle", "pickletools", "pydoc", "random",
-    "shutil", "smtplib", "socket", "statistics", "string", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "traceback", "turtle", "typing", "uuid", "weakref",
-)
 
 # Shapes and budgets. GPU: gpt2 at its full context; smoke: tiny on a short context, a few steps.
 GPU = dict(preset="gpt2", seq_len=1024, micro_batch=16, steps=50, fp16_steps=30, eval_tokens=16 * 1024,
@@ -71,7 +66,8 @@ SMOKE = dict(preset="tiny", seq_len=64, micro_batch=4, steps=4, fp16_steps=8, ev
 GPU_BUDGET_S = 400  # wall time of all parts on the GPU: the 8 minutes of a lease, less the machine's start
 SMOKE_BUDGET_S = 600
 
-PARTS = ("env", "data", "bf16", "bf16_compile", "fp16", "overflow_driver", "modern", "export", "generate", "app")
+PARTS = ("env", "data", "bf16", "bf16_compile", "fp16", "overflow_driver", "oom", "modern", "export", "generate",
+         "app")
 
 
 class Skipped(Exception):
@@ -206,7 +202,7 @@ class Check:
     def part_data(self) -> dict[str, Any]:
         corpus = self.out / "corpus"
         shutil.rmtree(corpus, ignore_errors=True)
-        write_stdlib_corpus(corpus, self.shape["corpus_bytes"], files=8)
+        write_python_corpus(corpus, self.shape["corpus_bytes"], files=8)
         if not self.env.get("TIKTOKEN_CACHE_DIR"):
             print("[gpu_check] warning: no tiktoken cache found (TIKTOKEN_CACHE_DIR, shared/tiktoken, ../shared/tiktoken)")
         self.command("data_prep", [sys.executable, "-m", "data_prep", "--input", str(corpus), "--out", str(self.data),
@@ -321,6 +317,29 @@ class Check:
         if any(r["overflow"] for s, r in record.items() if s not in inject):
             raise Failed("a step without an injection was skipped")
         return {"injected_steps": inject, "skipped_steps": record[steps]["skipped_total"]}
+
+    def part_oom(self) -> dict[str, Any]:
+        """A micro-batch far past the device's memory (the check's preset, 1024 sequences): the run must stop
+        at its first step with one error line naming the knobs, exit 2, no traceback."""
+        if self.device != "cuda":
+            raise Skipped("needs CUDA")
+        self.need("data")
+        config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+        config["train_micro_batch_size_per_gpu"] = 1024
+        path = self.out / "configs" / "zero2_oom.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+        argv = [sys.executable, "launch/train.py", "--deepspeed_config", str(path), "--data", str(self.data),
+                "--out", str(self.runs / "oom"), "--model", self.shape["preset"], "--seq-len", str(self.shape["seq_len"]),
+                "--max-steps", "2", "--sample-tokens", "0", "--resume", "never"]
+        shutil.rmtree(self.runs / "oom", ignore_errors=True)
+        proc = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=max(5.0, min(180.0, self.deadline - time.monotonic())))
+        errors = [line for line in proc.stderr.splitlines() if "launch/train.py: error:" in line]
+        if proc.returncode != 2 or "Traceback" in proc.stderr or len(errors) != 1 or "ran out of memory" not in errors[0]:
+            raise Failed(f"exit {proc.returncode}, {len(errors)} error line(s), traceback: {'Traceback' in proc.stderr}: "
+                         f"{one_line((errors or proc.stderr.splitlines() or ['(no output)'])[-1])}")
+        return {"message": one_line(errors[0], 160)}
 
     def part_modern(self) -> dict[str, Any]:
         figures = self.train("modern", "zero2_muon.json", self.shape["steps"], ["--recipe", "modern"])[1]
@@ -479,24 +498,6 @@ def sdpa_backends(n_head: int, head_dim: int, seq_len: int, batch: int) -> dict[
                                          ("math", "math")) if any(op in name for name in ops)), f"unknown {sorted(ops)}")
     return {"sdpa_backend": picked, "sdpa_tried_alone": runs,
             "sdpa_shape": f"B{batch} H{n_head} T{seq_len} D{head_dim} bf16 causal"}
-
-
-def write_stdlib_corpus(folder: Path, total_bytes: int, files: int) -> None:
-    """`files` files of the stdlib modules' sources, ~total_bytes together, cut after a line break (as
-    tests/conftest.py's write_python_corpus): present on every machine, no network."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    text = b"".join((stdlib / f"{m}.py").read_bytes().rstrip(b"\n") + b"\n"
-                    for m in STDLIB_MODULES if (stdlib / f"{m}.py").is_file())
-    if len(text) < 100_000:
-        raise Failed(f"the Python standard library's sources are not in {stdlib}")
-    while len(text) < total_bytes:
-        text += text
-    folder.mkdir(parents=True, exist_ok=True)
-    per_file, cursor = total_bytes // files, 0
-    for i in range(files):
-        cut = text.rindex(b"\n", cursor, cursor + per_file) + 1
-        (folder / f"{i:03d}.py").write_bytes(text[cursor:cut])
-        cursor = cut
 
 
 def _fmt(value: Any) -> str:

@@ -144,7 +144,7 @@ def main() -> None:
         for i in range(args.warmup, args.warmup + args.steps):
             step(i)
     wall = (time.perf_counter() - started) / args.steps * 1e3
-    if rank != 0:
+    if dist_env.rank != 0:
         return
     ms = exclusive_ms(prof, args.steps)
     accounted = sum(ms.values())

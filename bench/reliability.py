@@ -33,7 +33,7 @@ and rerun: every file of its output folder must equal those of the uninterrupted
 lands after the work it should interrupt (the last checkpoint, the manifest) is drawn again, up to 3 times.
 
 Fixtures are built under --out (default: a new temporary folder): a corpus cut from the Python standard
-library's sources (as tests/conftest.py does), its preparation by data_prep, a 1-layer 32-wide model
+library's sources (data_prep.stdlib_corpus, as the tests), its preparation by data_prep, a 1-layer 32-wide model
 trained 4 steps by launch/train.py (checkpoints at steps 2 and 4) and its model folder, that folder
 exported to Hugging Face's format, and the quickstart's default corpus prepared as the quickstart does.
 Cases damage copies, never the fixtures. The output is a table of every case, the summary line
@@ -66,7 +66,6 @@ import socket
 import struct
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -74,6 +73,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from data_prep.stdlib_corpus import stdlib_text, write_python_corpus  # noqa: E402  (the test suite's corpus)
 PY = sys.executable
 TRAIN = str(REPO / "launch" / "train.py")
 SAMPLE = str(REPO / "launch" / "sample.py")
@@ -94,13 +97,6 @@ RESUME_TRAIN = [*FIXTURE_TRAIN, "--max-steps", "6"]
 
 TIMEOUT_S = 120.0  # a case that has not exited by then hangs (the slowest normal case takes ~45 s)
 TRACEBACK = "Traceback (most recent call last)"
-STDLIB_MODULES = (  # tests/conftest.py's selection: single-file modules of every supported Python
-    "_pydecimal", "_pyio", "argparse", "ast", "calendar", "configparser", "contextlib", "csv",
-    "dataclasses", "difflib", "doctest", "enum", "fractions", "functools", "gettext", "heapq",
-    "imaplib", "inspect", "ipaddress", "mailbox", "pickle", "pickletools", "pydoc", "random",
-    "shutil", "smtplib", "socket", "statistics", "string", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "traceback", "turtle", "typing", "uuid", "weakref",
-)
 IGNORED_NAMES = (".gpt-ds.lock", "__pycache__")  # lock files may appear in any folder a command opens
 
 
@@ -208,25 +204,6 @@ class Fixtures:
 
     def shared(self) -> list[Path]:
         return [self.corpus, self.data, self.ds_config, self.run, self.hf]
-
-
-def stdlib_text() -> bytes:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [stdlib / f"{name}.py" for name in STDLIB_MODULES if (stdlib / f"{name}.py").is_file()]
-    return b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in files)
-
-
-def write_python_corpus(folder: Path, total_bytes: int, files: int) -> Path:
-    """`files` files of ~total_bytes/files bytes of stdlib sources, cut after a line break (tests/conftest.py)."""
-    text, per_file, cursor = stdlib_text(), total_bytes // files, 0
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(files):
-        while len(text) - cursor < per_file:
-            text += text
-        cut = text.rindex(b"\n", cursor, cursor + per_file) + 1
-        (folder / f"{i:03d}.py").write_bytes(text[cursor:cut])
-        cursor = cut
-    return folder
 
 
 def write_ds_config(path: Path, **changes: Any) -> Path:

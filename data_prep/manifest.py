@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from gpt_ds import atomic
-from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, ShardError, check_tokens, open_split, shard_problem
+from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, check_tokens, open_split, shard_problem
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).

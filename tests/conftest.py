@@ -11,7 +11,6 @@ reason when it is absent. (No test is about Shakespeare's text, so none needs ..
 from __future__ import annotations
 
 import os
-import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -29,42 +28,9 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
 _CACHE = tempfile.TemporaryDirectory(prefix="gpt-ds-test-cache-")
 os.environ["GPT_DS_CACHE_DIR"] = _CACHE.name
 
-# Single-file stdlib modules of ordinary Python present in every supported version (3.10-3.14), in
-# sorted order: ~2.5 MB of text on 3.11, ~2.2 bytes per GPT-2 token. (Modules that became packages
-# or shims in later versions, e.g. datetime, pathlib, zipfile, are left out.)
-STDLIB_MODULES = (
-    "_pydecimal", "_pyio", "argparse", "ast", "calendar", "configparser", "contextlib", "csv",
-    "dataclasses", "difflib", "doctest", "enum", "fractions", "functools", "gettext", "heapq",
-    "imaplib", "inspect", "ipaddress", "mailbox", "pickle", "pickletools", "pydoc", "random",
-    "shutil", "smtplib", "socket", "statistics", "string", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "traceback", "turtle", "typing", "uuid", "weakref",
-)
-
-
-def stdlib_sources() -> list[Path]:
-    """The STDLIB_MODULES files of this interpreter (those it has), in that order."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    found = [stdlib / f"{name}.py" for name in STDLIB_MODULES if (stdlib / f"{name}.py").is_file()]
-    assert len(found) >= len(STDLIB_MODULES) // 2, f"the Python standard library's sources are not in {stdlib}"
-    return found
-
-
-def write_python_corpus(folder: Path, total_bytes: int, files: int) -> Path:
-    """`files` files 000.py, 001.py, ... in `folder`, each at most total_bytes // files bytes and cut
-    after a line break, holding the stdlib modules' text in order (repeated where more is asked for
-    than there is). Returns the folder."""
-    text = b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in stdlib_sources())
-    per_file = total_bytes // files
-    assert per_file > 1000, "ask for at least 1000 bytes a file"
-    folder.mkdir(parents=True, exist_ok=True)
-    cursor = 0
-    for i in range(files):
-        while len(text) - cursor < per_file:
-            text += text[: len(text)]  # more than the stdlib holds: go round again
-        cut = text.rindex(b"\n", cursor, cursor + per_file) + 1
-        (folder / f"{i:03d}.py").write_bytes(text[cursor:cut])
-        cursor = cut
-    return folder
+# The corpus: data_prep.stdlib_corpus (single-file stdlib modules of every supported Python, 3.10-3.14, in a
+# fixed order: ~2.5 MB of text on 3.11, ~2.2 bytes per GPT-2 token), shared with the benches and the GPU check.
+from data_prep.stdlib_corpus import write_python_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -173,7 +173,6 @@ def test_two_ranks_on_one_host_leave_no_shared_memory_behind(tmp_path):
     unlinks them once every rank has mapped them; the all-reduces still work, even after a kill -9."""
     import glob
     import subprocess
-    import sys
 
     script = tmp_path / "ranks.py"
     script.write_text(
