@@ -76,6 +76,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from data_prep import default_corpus  # noqa: E402
 from data_prep.stdlib_corpus import stdlib_text, write_python_corpus  # noqa: E402  (the test suite's corpus)
 PY = sys.executable
 TRAIN = str(REPO / "launch" / "train.py")
@@ -227,9 +228,7 @@ def build_fixtures(root: Path) -> Fixtures:
     hf = fx_dir / "hf"
     run_ok([PY, "-m", "gpt_ds.hf", "export", str(run_dir / "model"), "--out", str(hf)], fx_dir)
     qs_data = fx_dir / "qs_data"
-    # the very paths the quickstart passes (asked in a subprocess: bench/data_prep.py shadows the package here)
-    ask = "import data_prep, json; print(json.dumps([str(p) for p in data_prep.default_corpus()]))"
-    corpus_paths = json.loads(run_ok([PY, "-c", ask], fx_dir).stdout)
+    corpus_paths = [str(p) for p in default_corpus()]  # the very paths the quickstart passes
     run_ok([PY, "-m", "data_prep", "--input", *corpus_paths, "--out", str(qs_data), "--quiet"], fx_dir)
     return Fixtures(root, corpus, data, ds_config, run_dir, run_dir / "model", hf, qs_data)
 

@@ -16,12 +16,13 @@ only inside the functions that use them, so the translation runs before either i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from gpt_ds.errors import UserError
 
@@ -169,7 +170,8 @@ def share_cpu_threads(dist_env: DistEnv) -> None:
 
 def init(dist_env: DistEnv, timeout_s: float = 600.0) -> None:
     """Start torch.distributed through DeepSpeed, on the accelerator's backend (NCCL on GPUs, gloo on the
-    CPU), with collectives that give up after `timeout_s` (a rank that died or hung)."""
+    CPU), with collectives that give up a minute after `timeout_s` (a rank that died or hung; the loop's
+    Watchdog stops a rank at `timeout_s` itself, with its own line)."""
     import datetime
 
     import deepspeed
@@ -179,7 +181,7 @@ def init(dist_env: DistEnv, timeout_s: float = 600.0) -> None:
     if accelerator.device_name() != "cpu":
         accelerator.set_device(dist_env.local_rank)
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False,
-                               timeout=datetime.timedelta(seconds=timeout_s))
+                               timeout=datetime.timedelta(seconds=timeout_s + PG_TIMEOUT_MARGIN_S))
     if dist_env.world_size > 1:
         release_shm_buffer(dist_env)
 
@@ -252,8 +254,11 @@ def barrier() -> None:
 RANK_LOST_EXIT_CODE = 4  # a rank stopped waiting for the others: a collective failed or timed out
 RANK_LOST_ADVICE = ("another rank died or hung, and this one waited for it in a collective; that rank's log says why. "
                     "The last complete checkpoint is untouched: rerun the same command to resume")
-# how gloo and NCCL word a peer that is gone (torch's DistError types cover NCCL; gloo raises plain RuntimeErrors)
-PEER_LOST_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out", "NCCL")
+# how gloo words a peer that is gone or silent (it raises plain RuntimeErrors; NCCL's are DistNetworkErrors,
+# or its watchdog aborts the process at the timeout). A rank's own failure (a CUDA fault, an NCCL internal
+# error) is not among them: that keeps its traceback.
+PEER_LOST_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting")
+PG_TIMEOUT_MARGIN_S = 60.0  # torch.distributed's own timeout: past the watchdog's, so that the watchdog speaks first
 
 
 class RankLost(UserError):
@@ -267,10 +272,22 @@ def rank_lost(err: BaseException, rank: int) -> RankLost | None:
     import torch.distributed
 
     text = str(err)
-    if not (isinstance(err, getattr(torch.distributed, "DistError", ())) or any(m in text for m in PEER_LOST_MARKERS)):
+    if not (isinstance(err, getattr(torch.distributed, "DistNetworkError", ())) or any(m in text for m in PEER_LOST_MARKERS)):
         return None
     reason = (text.splitlines() or [type(err).__name__])[0]
     return RankLost(f"rank {rank}: a collective with the other ranks failed ({reason[:200]}): {RANK_LOST_ADVICE}")
+
+
+@contextlib.contextmanager
+def peers_lost_as_errors(rank: int) -> Iterator[None]:
+    """Within this block, gloo's or NCCL's word that a peer is gone is one line (RankLost), not a traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        lost = rank_lost(err, rank)
+        if lost is None:
+            raise
+        raise lost from err
 
 
 class Watchdog:

@@ -97,7 +97,6 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
         raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
                         "ds_configs/zero2.json (bf16)")
     muon_lr_ratio = check_optimizer(settings, ds_config)
-    ds_config = fit_to_device(ds_config, cuda=torch.cuda.is_available())
     if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered
         raise UserError(f"--compile does not work with ZeRO-3 ({settings.deepspeed_config}): the compiled graph "
@@ -121,6 +120,7 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
     if resume_from is not None:
         ds_config, reshard = fit_to_checkpoint(settings, ds_config, checkpoint.read_client_state(resume_from),
                                                world_size)
+    ds_config = fit_to_device(ds_config, cuda=torch.cuda.is_available())  # last: on the config as resolved
     return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size,
                 muon_lr_ratio, reshard)
 

@@ -2,8 +2,10 @@
 
 The step's device work is queued asynchronously (CUDA), so the host is free while it runs: right after
 the forward of one micro-batch is queued, the next one (the next micro-step, or the first of the next
-step) is gathered on the host, put in pinned memory and copied with `non_blocking=True`, and the
-copy overlaps the compute. The order is the stream's: every micro-batch is still a function of
+step) is gathered on the host, put in pinned memory and copied with `non_blocking=True` on a copy
+stream of its own, so that the copy runs beside the compute rather than after it; `get` makes the
+compute stream wait for that copy (and marks the tensors as used there, for the caching allocator).
+The order is the stream's: every micro-batch is still a function of
 (seed, step, micro-step, rank) alone, so prefetching changes no sample, and a resume at any step
 starts from that step's own first micro-batch (exact resume unchanged). On the CPU nothing is
 pinned and the copy is a no-op; the prefetch then only moves the host work earlier.
@@ -28,6 +30,7 @@ class Prefetcher:
         self.plan, self.rank, self.device = plan, rank, torch.device(device)
         self.accumulation = plan.accumulation
         self._ahead: tuple[Key, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def get(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of (step, micro_step) on the device: the one prefetched, else loaded now."""
@@ -36,6 +39,11 @@ class Prefetcher:
         else:
             batch = self._load((step, micro_step))
         self._ahead = None
+        if self._copies is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self._copies)
+            for tensor in batch:
+                tensor.record_stream(compute)
         return batch
 
     def prefetch_after(self, step: int, micro_step: int) -> None:
@@ -47,6 +55,8 @@ class Prefetcher:
         step, micro_step = key
         x, y = self.plan.stream.micro_batch(step, self.plan.micro_batch, rank=self.rank,
                                             world_size=self.plan.world_size, micro_step=micro_step)
-        if self.device.type == "cuda":  # pinned pages let the copy run asynchronously
-            x, y = x.pin_memory(), y.pin_memory()
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self._copies is None:
+            return x.to(self.device), y.to(self.device)
+        x, y = x.pin_memory(), y.pin_memory()  # pinned pages let the copy run asynchronously
+        with torch.cuda.stream(self._copies):
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -5,8 +5,9 @@ world size, into one folder per parameter holding its fp32 weights and optimizer
 (`zero/<name>/fp32.pt, exp_avg.pt, exp_avg_sq.pt`, and `step.pt` or the step in `zero/optimizer_state.pt`), written beside the untouched original as
 `step_N.universal` under a temporary name and renamed only when complete. `restore` (every rank): puts
 each parameter's weights and states into the engine through DeepSpeed's public per-parameter API
-(`safe_set_full_fp32_param`, `safe_set_full_optimizer_state`), which each ZeRO stage implements for
-its own partitioning, and sets the optimizer's step and the engine's counters.
+(`safe_set_full_fp32_param`, `safe_set_full_optimizer_state`, which ZeRO-1/2 implement for their
+fragments; under ZeRO-3 `safe_set_local_*` with this rank's slice, since the full-tensor one cannot
+slice a parameter that ZeRO-3 pads), and sets the optimizer's step and the engine's counters.
 
 Why not DeepSpeed's `"checkpoint": {"load_universal": true}` loaders: in 0.19.8 the ZeRO-3 one cannot
 read a conversion of a stage 1/2 run (KeyError 'optimizer_state_dict') and copies the first param
@@ -87,23 +88,24 @@ def convert(tag_dir: Path) -> Path:
 def restore(engine: Any, universal: Path) -> None:
     """Every parameter's weights and optimizer states from the universal checkpoint `universal` into
     `engine` (any world size, ZeRO stage 1, 2 or 3), then the optimizer's step count and the engine's
-    step counters. A collective under ZeRO-3 (each parameter is gathered to be written): all ranks call it."""
-    import deepspeed
+    step counters. No collective: each rank writes its own parts, so a rank that fails here (a file it
+    cannot read) stops with its error while the others learn of it in `agreed`, instead of hanging."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     partitioned = engine.zero_optimization_stage() == 3
-    create_optimizer_states(engine.optimizer, dict(engine.module.named_parameters()), universal,
-                            optimizer_step(universal))
-    for name, param in engine.module.named_parameters():
+    named = dict(engine.module.named_parameters())
+    create_optimizer_states(engine.optimizer, named, universal, optimizer_step(universal))
+    for name, param in named.items():
         states = load_parameter(universal, name, tuple(param.ds_shape if partitioned else param.shape))
         weights = states.pop(WEIGHTS)
         states.pop(STEP, None)  # one for all: optimizer_step
-        safe_set_full_fp32_param(param, weights)  # the optimizer's fp32 master copy (this rank's part)
+        if partitioned:
+            restore_partition(param, weights, states)
+            continue
+        safe_set_full_fp32_param(param, weights)  # the optimizer's fp32 master copy: this rank's fragment
         for key, value in states.items():
             safe_set_full_optimizer_state(param, value, key)
-        # and the module's own copy (bf16 or fp32) that the forward reads
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=partitioned):
-            param.data.copy_(weights)
+        param.data.copy_(weights)  # and the module's own copy (bf16 or fp32), whole on every rank
     counters = safe_load.load(min(universal.glob(MODEL_STATES)))
     engine.global_steps = counters["global_steps"]
     engine.global_samples = counters["global_samples"]
@@ -111,6 +113,32 @@ def restore(engine: Any, universal: Path) -> None:
     scaler = safe_load.load(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("loss_scaler")
     if scaler is not None and type(scaler) is type(getattr(engine.optimizer, "loss_scaler", None)):
         engine.optimizer.loss_scaler = scaler  # fp16: the dynamic loss scale carries on where it was
+
+
+def restore_partition(param: torch.nn.Parameter, weights: torch.Tensor, states: dict[str, torch.Tensor]) -> None:
+    """A ZeRO-3 parameter: this rank's slice of the whole `weights` and `states`, padded as ZeRO-3 pads a
+    parameter whose size the world size does not divide, into the optimizer's fp32 partition, its states
+    and the module's own partition (`ds_tensor`); and the whole weights where the parameter is held
+    gathered (ZeRO-3 keeps small "persistent" parameters whole on every rank)."""
+    import torch.distributed as dist
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from deepspeed.utils import safe_set_local_fp32_param, safe_set_local_optimizer_state
+
+    group = getattr(param, "ds_process_group", None)
+    part = param.ds_tensor.numel()
+    rank, ranks = dist.get_rank(group=group), dist.get_world_size(group=group)
+
+    def mine(value: torch.Tensor) -> torch.Tensor:
+        padded = torch.zeros(part * ranks, dtype=value.dtype)
+        padded[: value.numel()] = value.flatten()
+        return padded.narrow(0, part * rank, part)
+
+    safe_set_local_fp32_param(param, mine(weights))
+    for key, value in states.items():
+        safe_set_local_optimizer_state(param, mine(value), key)
+    param.ds_tensor.data.copy_(mine(weights))
+    if param.ds_status == ZeroParamStatus.AVAILABLE:
+        param.data.copy_(weights)
 
 
 def load_parameter(universal: Path, name: str, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -144,9 +172,9 @@ def create_optimizer_states(zero_optimizer: Any, named: dict[str, torch.nn.Param
         partitions = list(zip(zero_optimizer.fp32_partitioned_groups_flat, zero_optimizer.fp16_groups))
     elif hasattr(zero_optimizer, "single_partition_of_fp32_groups"):  # ZeRO-1/2: one per param group
         partitions = list(zip(zero_optimizer.single_partition_of_fp32_groups, zero_optimizer.bit16_groups))
-    else:
-        raise RuntimeError(f"{type(zero_optimizer).__name__} keeps its fp32 partitions where gpt_ds.reshard does "
-                           "not look; this DeepSpeed version cannot resume a resharded checkpoint")
+    else:  # e.g. DeepSpeed's BF16_Optimizer (bf16 at ZeRO-1 with fp32 gradient accumulation): not handled here
+        raise UserError(f"resharding into DeepSpeed's {type(zero_optimizer).__name__} is not supported (gpt_ds.reshard "
+                        "knows ZeRO-1/2's and ZeRO-3's optimizers); resume with the checkpoint's ranks and config")
     names = {id(p): name for name, p in named.items()}
     base = zero_optimizer.optimizer
     for flat, params in partitions:
@@ -155,7 +183,9 @@ def create_optimizer_states(zero_optimizer: Any, named: dict[str, torch.nn.Param
         state = base.state[flat]
         for key in keys:
             state.setdefault(key, torch.zeros_like(flat))
-        state[STEP] = torch.tensor(step, dtype=torch.float32)
+        # as torch's AdamW keeps it: on the parameters' device for its fused and capturable kernels, else the CPU
+        on_device = base.defaults.get("fused") or base.defaults.get("capturable")
+        state[STEP] = torch.tensor(step, dtype=torch.float32, device=flat.device if on_device else "cpu")
     if hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the states' fragments
         zero_optimizer._lazy_init_hp_params_optimizer_state()
 

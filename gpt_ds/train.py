@@ -58,7 +58,8 @@ class TrainResult:
 def run(settings: RunSettings) -> TrainResult:
     """Train in this process (one rank of WORLD_SIZE), from RUN_DIR's checkpoint when resuming."""
     preemption = PreemptionFlag()  # first: a signal during start-up is honoured at the first step
-    dist_env, plan, engine, record, run_lock = start(settings)
+    with distributed.peers_lost_as_errors(distributed.current().rank):
+        dist_env, plan, engine, record, run_lock = start(settings)
     monitor = open_monitor(plan, record, dist_env)
     checkpointer = Checkpointer(engine, plan.run_dir, settings.save_interval, settings.keep_checkpoints,
                                 last_saved=record.step if plan.resume_from is not None else None)
@@ -66,32 +67,30 @@ def run(settings: RunSettings) -> TrainResult:
     batches = Prefetcher(plan, dist_env.rank, engine.device)
     watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank)
     done, preempted = record.step >= settings.max_steps or record.target_reached, False
+    stepping = record.step + 1  # the step a failure is reported at
     try:
-        while not done:
-            watchdog.kick()  # each iteration (step, evaluation, checkpoint) within --collective-timeout
-            lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
-            torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
-            started = time.perf_counter()
-            loss, preempted, memory_gib = agree(train_step(engine, batches, record.step), preemption.raised)
-            seconds = time.perf_counter() - started
-            record.advance(plan.tokens_per_step, seconds)
-            monitor.step(record, loss, plan.tokens_per_step, seconds, {tags.LR: lr, **engine_stats(engine, plan)},
-                         memory_gib)
-            last_step = record.step >= settings.max_steps
-            if validator.should_validate(record.step, last_step=last_step):
-                record.val_loss = validator.loss(engine)
-                sample = validator.text_sample(engine.module, record.step)  # every rank: ZeRO-3 gathers
-                monitor.evaluation(record.step, record.val_loss, sample)
-            done = monitor.check_target(record) or last_step or preempted
-            if monitor.healthy or done:
-                checkpointer.save(record.step, client_state(plan, record), last_step=done)
+        with distributed.peers_lost_as_errors(dist_env.rank):  # a lost peer: one line, not a traceback
+            while not done:
+                watchdog.kick()  # each iteration (step, evaluation, checkpoint) within --collective-timeout
+                stepping = record.step + 1
+                lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
+                torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
+                started = time.perf_counter()
+                loss, preempted, memory_gib = agree(train_step(engine, batches, record.step), preemption.raised)
+                seconds = time.perf_counter() - started
+                record.advance(plan.tokens_per_step, seconds)
+                monitor.step(record, loss, plan.tokens_per_step, seconds, {tags.LR: lr, **engine_stats(engine, plan)},
+                             memory_gib)
+                last_step = record.step >= settings.max_steps
+                if validator.should_validate(record.step, last_step=last_step):
+                    record.val_loss = validator.loss(engine)
+                    sample = validator.text_sample(engine.module, record.step)  # every rank: ZeRO-3 gathers
+                    monitor.evaluation(record.step, record.val_loss, sample)
+                done = monitor.check_target(record) or last_step or preempted
+                if monitor.healthy or done:
+                    checkpointer.save(record.step, client_state(plan, record), last_step=done)
     except torch.cuda.OutOfMemoryError as err:  # at the first step, typically: which knob to turn, not a traceback
-        raise plan.out_of_memory(record.step + 1, err) from err
-    except RuntimeError as err:  # gloo's or NCCL's word that a peer is gone: one line, not a traceback
-        lost = distributed.rank_lost(err, dist_env.rank)
-        if lost is None:
-            raise
-        raise lost from err
+        raise plan.out_of_memory(stepping, err) from err
     finally:
         watchdog.stop()
         preemption.restore()

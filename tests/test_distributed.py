@@ -260,3 +260,21 @@ def test_a_rank_that_dies_or_hangs_stops_the_other_within_the_timeout(tmp_path, 
     assert ranks[0].returncode == distributed.RANK_LOST_EXIT_CODE and "Traceback" not in stderr, stderr[-3000:]
     assert len(errors) == 1 and "another rank died or hung" in errors[0] and waited < 8 + 10, (waited, errors)
     checkpoint.verify(checkpoint.latest_tag_dir(out / "checkpoints"))
+
+
+def test_only_a_lost_peer_becomes_a_rank_lost_line():
+    """gloo's words for a peer that is gone or silent become one line; a rank's own failure keeps its traceback."""
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:18560: Connection reset by peer.\n"
+                        "This is typically caused by a remote worker hanging")
+    lost = distributed.rank_lost(gone, rank=1)
+    assert isinstance(lost, UserError) and lost.exit_code == distributed.RANK_LOST_EXIT_CODE
+    assert str(lost).startswith("rank 1: a collective with the other ranks failed ([../gloo") and "\n" not in str(lost)
+    assert distributed.rank_lost(RuntimeError("Timed out waiting 5000ms for recv operation to complete"), 0)
+    for own in (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled cuda error"), RuntimeError("shape mismatch")):
+        assert distributed.rank_lost(own, 0) is None
+    with pytest.raises(distributed.RankLost):
+        with distributed.peers_lost_as_errors(0):
+            raise gone
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with distributed.peers_lost_as_errors(0):
+            raise RuntimeError("shape mismatch")

@@ -308,8 +308,9 @@ def assert_close_run(run_dir: Path, straight: Path, loss_tolerance: float, weigh
     """Every step logged once, each loss within `loss_tolerance` of the straight run's, and the exported
     weights within `weight_tolerance`."""
     reference = dict(metrics.read_scalars(straight / "tb")["train/loss"])
-    losses = dict(metrics.read_scalars(run_dir / "tb")["train/loss"])
-    assert sorted(losses) == sorted(reference)
+    logged = metrics.read_scalars(run_dir / "tb")["train/loss"]
+    assert [step for step, _ in logged] == sorted(reference)  # each step once, in order
+    losses = dict(logged)
     worst_loss = max(abs(losses[step] - loss) for step, loss in reference.items())
     a, b = load_weights(straight / "model"), load_weights(run_dir / "model")
     worst_weight = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -322,12 +323,13 @@ def test_a_run_resumes_on_another_number_of_ranks_and_zero_stage(corpus_data, tm
     the per-step losses and final weights of 2N steps straight on 2 ranks at ZeRO-2 to 1e-4 (the reduction
     order is the only difference; measured: losses 1e-6, weights 6e-5): 2 -> 1 ranks (accumulation 2,
     derived from the kept global batch of 8), 1 rank at ZeRO-2 -> 2 at ZeRO-1, ZeRO-2 -> ZeRO-3, and ZeRO-3
-    resumed directly and then on 1 rank at ZeRO-2."""
+    resumed directly and then on 1 rank at ZeRO-2. The model is 33 wide (3 heads): ZeRO-3 pads the parameters
+    the 2 ranks do not divide (the LayerNorms' 33 gains), and the restore must slice them as it does."""
     n = 4
     zero2, zero1, zero3 = fp32_config(tmp_path, 2), fp32_config(tmp_path, 1), fp32_config(tmp_path, 3)
     zero2_alone = fp32_config(tmp_path, 2, accumulation=2)  # one rank, the same global batch of 8
     # an evaluation and a text sample at the last step: under ZeRO-3 both are collectives
-    common = dict(lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4)
+    common = dict(lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4, n_embd=33, n_head=3)
     straight = tmp_path / "straight"
     run_ok(deepspeed_command(train_args(corpus_data, straight, zero2, **common, max_steps=2 * n)), tmp_path)
     chains = {"2to1": [(2, zero2, n), (1, zero2, 2 * n)], "1to2_zero1": [(1, zero2_alone, n), (2, zero1, 2 * n)],
@@ -340,8 +342,9 @@ def test_a_run_resumes_on_another_number_of_ranks_and_zero_stage(corpus_data, tm
 
 @pytest.mark.slow
 def test_a_bf16_run_resharded_stays_within_its_tolerance(corpus_data, tmp_path):
-    """bf16 (the default configs): resumed at N on 1 rank, or at ZeRO-3, 2N steps stay within 1e-3 of the
-    straight run's per-step losses and 0.02 of its weights (measured: 5e-4 and 0.009; bf16 rounds the
+    """bf16 (the default configs): resumed at N on 1 rank at ZeRO-3, 2N steps stay within 1e-3 of the
+    straight run's per-step losses and 0.02 of its weights (measured for 2 -> 1 ranks and for ZeRO-2 -> 3
+    apart: 5e-4 and 0.009; bf16 rounds the
     forward differently for another reduction order, and each Adam step can then move a weight by up to
     lr = 0.01 otherwise)."""
     n = 4
@@ -352,10 +355,8 @@ def test_a_bf16_run_resharded_stays_within_its_tolerance(corpus_data, tmp_path):
     common = dict(lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4)
     straight = tmp_path / "straight"
     run_ok(deepspeed_command(train_args(corpus_data, straight, bf16_zero2, **common, max_steps=2 * n)), tmp_path)
-    for name, chain in {"2to1": [(2, bf16_zero2, n), (1, bf16_zero2, 2 * n)],
-                        "zero2to3": [(2, bf16_zero2, n), (2, bf16_zero3, 2 * n)]}.items():
-        resume_chain(corpus_data, tmp_path / name, chain, common, tmp_path)
-        assert_close_run(tmp_path / name, straight, 1e-3, 0.02)
+    resume_chain(corpus_data, tmp_path / "2to1_zero3", [(2, bf16_zero2, n), (1, bf16_zero3, 2 * n)], common, tmp_path)
+    assert_close_run(tmp_path / "2to1_zero3", straight, 1e-3, 0.02)
 
 
 @pytest.mark.slow

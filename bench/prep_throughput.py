@@ -1,6 +1,6 @@
 """Benchmark: data preparation throughput against tiktoken's own batch encoder, measured in one run.
 
-    python bench/data_prep.py [--mb 200] [--workers 1 2]
+    python bench/prep_throughput.py [--mb 200] [--workers 1 2]
 
 Builds a corpus of about --mb MB by repeating the Shakespeare corpus (../shared/corpora/shakespeare,
 else the default corpus), then for each worker count N:
