@@ -24,13 +24,16 @@ from gpt_ds.run_dir import RunDir
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """The fp32 weights of all ranks' partitions of the checkpoint `tag_dir`, merged (every file
     unpickled by gpt_ds.safe_load: zero_to_fp32 runs no code from them)."""
+    import contextlib
+    import io
     import logging
 
     from deepspeed.utils import logger as ds_logger
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ds_logger.setLevel(logging.WARNING)
-    with safe_load.enforced():
+    # zero_to_fp32 prints its progress ("Processing zero checkpoint ...") to stdout: the caller says what happened
+    with safe_load.enforced(), contextlib.redirect_stdout(io.StringIO()):
         return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 

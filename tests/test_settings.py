@@ -41,6 +41,8 @@ def test_warmup_follows_a_short_schedule_and_an_explicit_one_is_checked():
     (["--lr", "inf"], "--lr must be a finite number"),
     (["--min-lr", "-1"], "--min-lr must be a finite number"),
     (["--peak-tflops", "0"], "--peak-tflops must be a positive number"),
+    (["--collective-timeout", "0"], "--collective-timeout must be a positive number of seconds"),
+    (["--collective-timeout", "nan"], "--collective-timeout must be a positive number of seconds"),
     (["--n-layer", "0"], "--n-layer must be a positive integer"),
     (["--seq-len", "-4"], "--seq-len must be a positive integer"),
     (["--target-loss", "0"], "--target-loss must be a positive number"),
