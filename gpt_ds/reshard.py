@@ -145,8 +145,8 @@ def load_parameter(universal: Path, name: str, shape: tuple[int, ...]) -> dict[s
     """The weights and states of the parameter `name` in `universal`, each as a tensor of `shape`."""
     folder = universal / PARAMS_FOLDER / name
     if not (folder / f"{WEIGHTS}.pt").is_file():
-        raise UserError(f"{universal} has no weights for the parameter {name}: it is not a conversion of this "
-                        "model's checkpoint; delete it and resume again to convert the checkpoint anew")
+        raise UserError(f"{universal} has no weights for the parameter {name}: it is damaged, or not a conversion of "
+                        "this model's checkpoint; delete it and resume again to convert the checkpoint anew")
     states = {}
     for path in sorted(folder.glob("*.pt")):
         value = safe_load.load(path)
