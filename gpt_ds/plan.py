@@ -93,9 +93,9 @@ class Plan:
 def plan_run(settings: RunSettings, world_size: int) -> Plan:
     """Every check that can fail on bad input, before any rank starts or any file is written."""
     ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size)
-    if run_settings.precision_of(ds_config) == "fp16" and not torch.cuda.is_available():
-        raise UserError(f"{settings.deepspeed_config} trains in fp16, which needs a GPU; on the CPU use "
-                        "ds_configs/zero2.json (bf16)")
+    cuda = torch.cuda.is_available()
+    check_precision(run_settings.precision_of(ds_config), settings.deepspeed_config, cuda=cuda,
+                    bf16_supported=not cuda or torch.cuda.is_bf16_supported())
     muon_lr_ratio = check_optimizer(settings, ds_config)
     if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered
@@ -149,6 +149,16 @@ def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: d
                         f"DeepSpeed {deepspeed.__version__}'s universal checkpoints cannot do for Muon's momentum; "
                         f"resume with {saved.get('world_size')} ranks at ZeRO stage {saved_stage}")
     return ds_config, ", ".join(changes) or None
+
+
+def check_precision(precision: str, config_path: str, *, cuda: bool, bf16_supported: bool) -> None:
+    """The JSON's precision on this device: fp16 needs a GPU; bf16 needs a CPU or a GPU that has it (Ampere and
+    newer; a V100 or T4 trains in fp16 with dynamic loss scaling)."""
+    if precision == "fp16" and not cuda:
+        raise UserError(f"{config_path} trains in fp16, which needs a GPU; on the CPU use ds_configs/zero2.json (bf16)")
+    if precision == "bf16" and not bf16_supported:
+        raise UserError(f"{config_path} trains in bf16, which this GPU does not support (it came with Ampere); use "
+                        "ds_configs/zero2_fp16.json (fp16 with dynamic loss scaling)")
 
 
 def fit_to_device(ds_config: dict[str, Any], cuda: bool) -> dict[str, Any]:

@@ -226,3 +226,15 @@ def test_on_cuda_torch_adamw_runs_fused_unless_the_json_says_otherwise():
     assert fit_to_device(config, cuda=True)["optimizer"]["params"]["fused"] is False
     muon = json.loads(MUON.read_text())
     assert fit_to_device(muon, cuda=True) == muon
+
+
+def test_the_precision_must_suit_the_device():
+    from gpt_ds.plan import check_precision
+
+    check_precision("bf16", "z.json", cuda=False, bf16_supported=True)  # the CPU: bf16 works
+    check_precision("fp16", "z.json", cuda=True, bf16_supported=False)  # a V100: fp16
+    check_precision("fp32", "z.json", cuda=False, bf16_supported=False)
+    with pytest.raises(UserError, match="z.json trains in fp16, which needs a GPU; on the CPU use ds_configs/zero2.json"):
+        check_precision("fp16", "z.json", cuda=False, bf16_supported=True)
+    with pytest.raises(UserError, match="bf16, which this GPU does not support .* ds_configs/zero2_fp16.json"):
+        check_precision("bf16", "z.json", cuda=True, bf16_supported=False)
