@@ -32,8 +32,9 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ds_logger.setLevel(logging.WARNING)
-    # zero_to_fp32 prints its progress ("Processing zero checkpoint ...") to stdout: the caller says what happened
-    with safe_load.enforced(), contextlib.redirect_stdout(io.StringIO()):
+    # zero_to_fp32 prints its progress ("Processing zero checkpoint ...", a bar of shards) to stdout and stderr:
+    # the caller says what happened
+    with safe_load.enforced(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 
