@@ -120,7 +120,7 @@ def plan_run(settings: RunSettings, world_size: int) -> Plan:
     if resume_from is not None:
         ds_config, reshard = fit_to_checkpoint(settings, ds_config, checkpoint.read_client_state(resume_from),
                                                world_size)
-    ds_config = fit_to_device(ds_config, cuda=torch.cuda.is_available())  # last: on the config as resolved
+    ds_config = fit_to_device(ds_config, cuda=cuda)  # last: on the config as resolved
     return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size,
                 muon_lr_ratio, reshard)
 

@@ -106,11 +106,13 @@ def restore(engine: Any, universal: Path) -> None:
         for key, value in states.items():
             safe_set_full_optimizer_state(param, value, key)
         param.data.copy_(weights)  # and the module's own copy (bf16 or fp32), whole on every rank
-    counters = safe_load.load(min(universal.glob(MODEL_STATES)))
+    # the counters and the loss scaler are small fields of large files (the module's weights, ZeRO-3's flat
+    # fp32 groups): memory-mapped, so that only the pickle is read
+    counters = safe_load.check(min(universal.glob(MODEL_STATES)))
     engine.global_steps = counters["global_steps"]
     engine.global_samples = counters["global_samples"]
     engine.skipped_steps = counters["skipped_steps"]
-    scaler = safe_load.load(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("loss_scaler")
+    scaler = safe_load.check(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("loss_scaler")
     if scaler is not None and type(scaler) is type(getattr(engine.optimizer, "loss_scaler", None)):
         engine.optimizer.loss_scaler = scaler  # fp16: the dynamic loss scale carries on where it was
 
@@ -197,7 +199,7 @@ def optimizer_step(universal: Path) -> float:
     if files:
         steps = {float(safe_load.load(path)) for path in files}
     else:
-        state = safe_load.load(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("optimizer_state_dict") or {}
+        state = safe_load.check(universal / PARAMS_FOLDER / OPTIMIZER_STATE).get("optimizer_state_dict") or {}
         steps = {float(s[STEP]) for s in (state.get("state") or {}).values() if STEP in s}
     if len(steps) != 1:
         raise UserError(f"{universal} holds optimizer states at {len(steps)} step counts ({sorted(steps)}), not one: "

@@ -22,20 +22,22 @@ def train(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
-def gpu_check_on_cuda(out: Path):
-    """bench/gpu_check.py's Check in smoke shapes on the GPU: its parts are this file's GPU paths."""
+def gpu_check_part(out: Path, name: str) -> dict:
+    """bench/gpu_check.py's part `name` in smoke shapes on the GPU (after its data part): its figures, the
+    part having succeeded. The check's parts are this file's GPU paths."""
     sys.path.insert(0, str(REPO / "bench"))
     import gpu_check
 
-    return gpu_check.Check(gpu_check.parse_args(["--smoke", "--device", "cuda", "--out", str(out)]))
+    check = gpu_check.Check(gpu_check.parse_args(["--smoke", "--device", "cuda", "--out", str(out)]))
+    check.part("data", check.part_data)
+    check.part(name, getattr(check, f"part_{name}"))
+    result = check.results[name]
+    assert result["status"] == "ok", result
+    return result
 
 
 def test_fp16_dynamic_loss_scaling_skips_an_injected_overflow_and_halves_the_scale(tmp_path):
-    check = gpu_check_on_cuda(tmp_path)
-    check.part("data", check.part_data)
-    check.part("fp16", check.part_fp16)
-    fp16 = check.results["fp16"]
-    assert fp16["status"] == "ok", fp16
+    fp16 = gpu_check_part(tmp_path, "fp16")
     assert fp16["loss_scale_after"] <= fp16["loss_scale_before"] / 2 and fp16["skipped_steps"] >= 2
 
 
@@ -53,11 +55,7 @@ def test_bf16_trains_to_a_small_target_on_the_gpu(tmp_path, python_corpus, encod
 
 def test_a_device_oom_is_one_line_naming_the_knobs(tmp_path):
     """The GPU check's oom part: 1024 sequences a micro-batch, far past any GPU's memory at the first step."""
-    check = gpu_check_on_cuda(tmp_path)
-    check.part("data", check.part_data)
-    check.part("oom", check.part_oom)
-    oom = check.results["oom"]
-    assert oom["status"] == "ok", oom
+    oom = gpu_check_part(tmp_path, "oom")
     assert "ran out of memory at step 1" in oom["message"] and "lower train_micro_batch_size_per_gpu" in oom["message"]
 
 
