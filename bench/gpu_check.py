@@ -58,7 +58,7 @@ RECORD_ENV = "GPU_CHECK_DRIVER_RECORD"  # read only by the driver: where it writ
 
 
 # Shapes and budgets. GPU: gpt2 at its full context; smoke: tiny on a short context, a few steps.
-GPU = dict(preset="gpt2", seq_len=1024, micro_batch=16, steps=50, fp16_steps=30, eval_tokens=16 * 1024,
+GPU = dict(preset="gpt2", seq_len=1024, micro_batch=32, steps=50, fp16_steps=30, eval_tokens=16 * 1024,
            corpus_bytes=2_400_000, prompt_tokens=16, new_tokens=256, repeats=3, timeout=240, compile_timeout=360)
 SMOKE = dict(preset="tiny", seq_len=64, micro_batch=4, steps=4, fp16_steps=8, eval_tokens=512,
              corpus_bytes=160_000, prompt_tokens=8, new_tokens=32, repeats=2, timeout=240, compile_timeout=300)
@@ -176,6 +176,7 @@ class Check:
             import deepspeed
 
             figures["deepspeed"] = deepspeed.__version__
+            figures["deepspeed_from"] = str(Path(deepspeed.__file__).parent.parent)  # the carried wheels, or the machine's
         except Exception as err:  # noqa: BLE001 - reported, the training parts will fail with it
             figures["deepspeed"] = f"not importable ({type(err).__name__}: {one_line(err, 80)})"
         try:

@@ -1,6 +1,7 @@
-"""bench/gpu_check.py --smoke on the CPU: the prepared GPU check runs end to end (the real entry points:
-launch/train.py, python -m gpt_ds.export, launch/sample.py, python -m gpt_ds.hf, the app's loading path), so it
-cannot rot before a GPU is lent. About 2-3 minutes on 2 cores."""
+"""bench/gpu_check.py --smoke on the CPU, through bench/gpu_run.sh as the lent machine runs it: the prepared GPU
+check runs end to end (the real entry points: launch/train.py, python -m gpt_ds.export, launch/sample.py,
+python -m gpt_ds.hf, the app's loading path) and leaves what comes back in $OUT, so neither can rot before a GPU is
+lent. About 1-3 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -18,11 +20,21 @@ NEEDS_CUDA = ("fp16", "oom")
 
 @pytest.mark.slow
 def test_gpu_check_smoke_on_the_cpu(repo_root, tmp_path, encoding):
-    out = tmp_path / "gpu_check"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke", "--device", "cpu", "--out", str(out)],
+    out, back = tmp_path / "gpu_check", tmp_path / "back"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "OUT": str(back),
+           "GPU_CHECK_DIR": str(out)}
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", "--smoke", "--device", "cpu"],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    # what comes back from a lent machine: the figures, the console with the table, nvidia-smi's view, the logs
+    assert sorted(p.name for p in back.iterdir()) == ["gpu_check.json", "gpu_check.log", "logs.tar.gz",
+                                                       "nvidia-smi.txt"]
+    assert (back / "gpu_check.json").read_text() == (out / "gpu_check.json").read_text()
+    assert (back / "gpu_check.log").read_text() == proc.stdout
+    with tarfile.open(back / "logs.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert {"logs/bf16.log", "logs/data_prep.log", "./gpu_check.json"} <= names, sorted(names)
 
     report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
