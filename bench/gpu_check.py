@@ -194,7 +194,7 @@ class Check:
         name = torch.cuda.get_device_name()
         props = torch.cuda.get_device_properties(0)
         figures.update(device_name=name, capability=f"{props.major}.{props.minor}",
-                       memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
+                       memory_gib=round(props.total_memory / 2**30, 1), bf16=metrics.gpu_native_bf16(),
                        peak_tflops=(metrics.gpu_peak_flops(name) or 0) / 1e12 or None)
         figures.update(sdpa_backends(config.n_head, config.head_dim, self.shape["seq_len"], self.shape["micro_batch"]))
         return figures
@@ -320,8 +320,9 @@ class Check:
         return {"injected_steps": inject, "skipped_steps": record[steps]["skipped_total"]}
 
     def part_oom(self) -> dict[str, Any]:
-        """A micro-batch far past the device's memory (the check's preset, 1024 sequences): the run must stop
-        at its first step with one error line naming the knobs, exit 2, no traceback."""
+        """A micro-batch far past the device's memory (gpt2 at its full context, 1024 sequences: some 300 GiB of
+        activations, in smoke shapes too, where tiny would fit): the run must stop at its first step with one
+        error line naming the knobs, exit 2, no traceback."""
         if self.device != "cuda":
             raise Skipped("needs CUDA")
         self.need("data")
@@ -331,8 +332,9 @@ class Check:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config))
         argv = [sys.executable, "launch/train.py", "--deepspeed_config", str(path), "--data", str(self.data),
-                "--out", str(self.runs / "oom"), "--model", self.shape["preset"], "--seq-len", str(self.shape["seq_len"]),
-                "--max-steps", "2", "--sample-tokens", "0", "--resume", "never"]
+                "--out", str(self.runs / "oom"), "--model", "gpt2", "--seq-len", "1024", "--max-steps", "2",
+                "--eval-interval", "1000", "--eval-tokens", str(self.shape["eval_tokens"]), "--sample-tokens", "0",
+                "--resume", "never"]
         shutil.rmtree(self.runs / "oom", ignore_errors=True)
         proc = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True,
                               timeout=max(5.0, min(180.0, self.deadline - time.monotonic())))

@@ -6,6 +6,7 @@
 #   run(command='bash bench/gpu_run.sh', carry=['.whl'], timeout_s=480)      # the device tool's call
 #   OUT=/tmp/out bash bench/gpu_run.sh --smoke --device cpu                   # the same path, here, on the CPU
 # PYTHON (default python3, the machine's torch) runs everything; GPU_CHECK_DIR (default runs/gpu_check) is --out.
+# GPU_RUN_TESTS=1: then also `pytest -m gpu tests/test_gpu.py` (about 3 minutes more; its log is gpu_tests.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder whose files come back}
@@ -22,6 +23,9 @@ if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepsp
     || { echo "gpu_run.sh: error: the carried wheels did not install: rerun bench/gpu_prepare.sh here" >&2; exit 3; }
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if [ -z "${TIKTOKEN_CACHE_DIR:-}" ] && [ -d shared/tiktoken ]; then
+  export TIKTOKEN_CACHE_DIR="$PWD/shared/tiktoken"  # the GPT-2 BPE that travelled (no network there)
+fi
 
 rm -f "$CHECK_DIR/gpu_check.json"  # what comes back is this run's or nothing
 { nvidia-smi || echo "(no nvidia-smi)"; } >"$OUT/nvidia-smi.txt" 2>&1
@@ -29,4 +33,8 @@ PYTHONUNBUFFERED=1 "$PYTHON" bench/gpu_check.py --out "$CHECK_DIR" "$@" 2>&1 | t
 rc=${PIPESTATUS[0]}
 cp "$CHECK_DIR/gpu_check.json" "$OUT/" 2>/dev/null || echo "gpu_run.sh: no gpu_check.json was written" >&2
 (cd "$CHECK_DIR" && tar czf "$OUT/logs.tar.gz" logs configs ./*.json 2>/dev/null)
+if [ "${GPU_RUN_TESTS:-0}" = 1 ]; then
+  PYTHONUNBUFFERED=1 "$PYTHON" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
 exit "$rc"

@@ -282,10 +282,12 @@ def barrier() -> None:
 RANK_LOST_EXIT_CODE = 4  # a rank stopped waiting for the others: a collective failed or timed out
 RANK_LOST_ADVICE = ("another rank died or hung, and this one waited for it in a collective; that rank's log says why. "
                     "The last complete checkpoint is untouched: rerun the same command to resume")
-# how gloo words a peer that is gone or silent (it raises plain RuntimeErrors; NCCL's are DistNetworkErrors,
-# or its watchdog aborts the process at the timeout). A rank's own failure (a CUDA fault, an NCCL internal
-# error) is not among them: that keeps its traceback.
-PEER_LOST_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting")
+# how gloo words a peer that is gone or silent (it raises plain RuntimeErrors), and NCCL a peer that exited
+# (a DistBackendError carrying ncclRemoteError; unexercised here: no GPUs; a silent NCCL peer is the Watchdog's,
+# which speaks before NCCL's own watchdog would abort the process). A rank's own failure (a CUDA fault, an NCCL
+# internal error) is not among them: that keeps its traceback.
+PEER_LOST_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out waiting",
+                     "ncclRemoteError", "remote process exited")
 PG_TIMEOUT_MARGIN_S = 60.0  # torch.distributed's own timeout: past the watchdog's, so that the watchdog speaks first
 
 

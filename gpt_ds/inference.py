@@ -19,6 +19,7 @@ import torch
 
 from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, detokenize_stream, stream
+from gpt_ds.metrics import gpu_native_bf16
 from gpt_ds.model import GPT
 from gpt_ds.model_io import ModelInfo, load_model, parse_dtype
 from gpt_ds.tokenizer import get_encoding
@@ -39,7 +40,7 @@ def inference_device(device: str | None = None, dtype: str | None = None) -> tup
     if on_gpu and not torch.cuda.is_available():
         raise UserError(f"device {device}: CUDA is not available on this machine; use the CPU (--device cpu)")
     if dtype is None:
-        return device, torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+        return device, torch.bfloat16 if on_gpu and gpu_native_bf16() else torch.float32
     if not on_gpu and dtype == "float16":
         raise UserError("dtype float16 is not supported on the CPU; use bfloat16 or float32 (or --device cuda)")
     return device, parse_dtype(dtype)

@@ -87,6 +87,10 @@ def _row_loss(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
     return torch.logsumexp(x, dim=1) - x.gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
+# failures of the device, not of the compiler: never a reason to fall back to the eager path
+_DEVICE_ERRORS = (torch.cuda.OutOfMemoryError,) + ((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ())
+
+
 class _Fused:
     """`fn` compiled by torch.compile (inductor), which fuses its passes over the (rows, V) chunk into
     one or two loops: about 2.3x faster than eager on the CPU for GPT-2's vocabulary (bench/profile_step.py;
@@ -104,6 +108,8 @@ class _Fused:
                 if self.compiled is None:
                     self.compiled = torch.compile(self.fn, dynamic=True)
                 return self.compiled(*args)
+            except _DEVICE_ERRORS:
+                raise  # the device's own failure (out of memory, a CUDA fault): eager would fail the same, or worse
             except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path is the same math
                 self.enabled = False
                 warnings.warn(f"gpt_ds.loss: torch.compile is not available here ({type(err).__name__}); "

@@ -29,6 +29,7 @@ from gpt_ds import atomic, tags
 # Dense (non-sparse) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets.
 GPU_PEAK_FLOPS: dict[str, float] = {
     "B200": 2250e12,
+    "H200 NVL": 835e12,
     "H200": 989e12,
     "GH200": 989e12,
     "H100 SXM": 989e12,
@@ -37,6 +38,7 @@ GPU_PEAK_FLOPS: dict[str, float] = {
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "A6000": 155e12,
     "A10G": 70e12,
     "A10": 125e12,
@@ -51,6 +53,12 @@ def gpu_peak_flops(device_name: str) -> float | None:
     """The table's peak for a device name such as 'NVIDIA H100 80GB HBM3' (longest key that matches)."""
     matches = [key for key in GPU_PEAK_FLOPS if key.lower() in device_name.lower()]
     return GPU_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def gpu_native_bf16() -> bool:
+    """Whether this process's GPU computes in bf16 natively (Ampere and newer, any ROCm GPU). Not
+    torch.cuda.is_bf16_supported(): by default it says yes where bf16 is only emulated (V100, T4), slowly."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability() >= (8, 0)
 
 
 CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau

@@ -13,6 +13,7 @@ import torch
 
 from gpt_ds import checkpoint, sampler, settings as run_settings
 from gpt_ds.errors import UserError
+from gpt_ds.metrics import gpu_native_bf16
 from gpt_ds.recipes import MUON_CONFIG, RECIPES
 from gpt_ds.model import GPTConfig
 from gpt_ds.run_dir import RunDir
@@ -66,11 +67,19 @@ class Plan:
     def tokens_per_step(self) -> int:
         return self.ds_config["train_batch_size"] * self.seq_len
 
-    def out_of_memory(self, step: int, err: BaseException) -> UserError:
+    def out_of_memory(self, step: int | None, err: BaseException) -> UserError:
         """The one line for a device that ran out of memory at `step`: what this rank holds, and the knobs
-        that lower it (the global batch, hence the data stream, stays the same with any of them)."""
+        that lower it (the global batch, hence the data stream, stays the same with any of them). `step` None:
+        at start-up, building the engine or loading its checkpoint, where only the weights and optimizer states
+        are held, so the knobs are how they are spread."""
         s = self.settings
         reason = (str(err).splitlines() or ["out of memory"])[0][:160]
+        if step is None:
+            return UserError(
+                f"the device ran out of memory at start-up, before step 1, holding {s.model}'s weights and optimizer "
+                f"states (ZeRO-{self.zero_stage}, {self.world_size} rank(s); {reason}): "
+                + ("use ZeRO-3 (ds_configs/zero3.json), which partitions the weights too, or " if self.zero_stage < 3
+                   else "") + "train on more ranks, or pick a smaller --model")
         return UserError(
             f"the device ran out of memory at step {step} ({s.model}, micro-batch {self.micro_batch} x {self.seq_len} "
             f"tokens per rank, ZeRO-{self.zero_stage}, activation checkpointing "
@@ -90,12 +99,14 @@ class Plan:
                 "precision": self.precision, "seed": s.seed, "data": str(s.data)}
 
 
-def plan_run(settings: RunSettings, world_size: int) -> Plan:
-    """Every check that can fail on bad input, before any rank starts or any file is written."""
+def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -> Plan:
+    """Every check that can fail on bad input, before any rank starts or any file is written. `cuda`: whether
+    the ranks run on GPUs (None: this machine's answer; a Slurm submit from a CPU login node says its job's)."""
     ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size)
-    cuda = torch.cuda.is_available()
+    here = torch.cuda.is_available()
+    cuda = here if cuda is None else cuda
     check_precision(run_settings.precision_of(ds_config), settings.deepspeed_config, cuda=cuda,
-                    bf16_supported=not cuda or torch.cuda.is_bf16_supported())
+                    bf16_supported=not (cuda and here) or gpu_native_bf16())  # another machine's GPU: its ranks check
     muon_lr_ratio = check_optimizer(settings, ds_config)
     if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered

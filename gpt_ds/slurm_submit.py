@@ -174,12 +174,13 @@ def check_with_slurm(script: str) -> str:
 
 
 def check_training_args(train_argv: list[str], spec: JobSpec) -> RunSettings:
-    """Validate the training arguments for this job's world size (DeepSpeed batch sizes, data, resume)
-    before anything is submitted: a typo must not cost a queue wait."""
+    """Validate the training arguments for this job's world size and devices (DeepSpeed batch sizes, precision,
+    data, resume) before anything is submitted: a typo must not cost a queue wait. The job's GPUs count, not
+    the login node's (an fp16 config is fine from a CPU-only login node for a --gpus-per-node job)."""
     from gpt_ds import train
 
     try:
-        return train.parse_args(list(train_argv), world_size=spec.world_size)
+        return train.parse_args(list(train_argv), world_size=spec.world_size, cuda=spec.gpus_per_node > 0)
     except UserError as err:
         raise UserError(f"training arguments, for {spec.nodes} node(s) x {spec.ranks_per_node} task(s) = "
                         f"{spec.world_size} rank(s): {err}") from err

@@ -111,10 +111,13 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRec
         raise
     distributed.init(dist_env, settings.collective_timeout)
     run_lock = lock_run_dir(plan, dist_env)
-    engine = build_engine(plan)
+    try:  # the weights and optimizer states alone may not fit: which knob to turn, not a traceback
+        engine = build_engine(plan)
+        saved = None if plan.resume_from is None else checkpoint.load(engine, plan.resume_from, reshard=plan.reshard)
+    except torch.cuda.OutOfMemoryError as err:
+        raise plan.out_of_memory(None, err) from err
     record = RunRecord()
-    if plan.resume_from is not None:
-        saved = checkpoint.load(engine, plan.resume_from, reshard=plan.reshard)
+    if saved is not None:
         record = RunRecord.from_dict(saved)
         if dist_env.is_main:
             print(f"resumed from {plan.resume_from} at step {record.step}"
@@ -317,11 +320,12 @@ class PreemptionFlag:
             signal.signal(sig, handler)
 
 
-def parse_args(argv: list[str], world_size: int | None = None) -> RunSettings:
+def parse_args(argv: list[str], world_size: int | None = None, cuda: bool | None = None) -> RunSettings:
     """Parse and fully validate launch/train.py's arguments for `world_size` ranks (default: from the
-    environment), without starting anything. Raises UserError (or SystemExit for unknown flags)."""
+    environment) on GPUs or not (`cuda`, default: this machine's), without starting anything. Raises UserError
+    (or SystemExit for unknown flags)."""
     settings = run_settings.settings_from_args(argv)
-    plan_run(settings, world_size if world_size is not None else distributed.current().world_size)
+    plan_run(settings, world_size if world_size is not None else distributed.current().world_size, cuda=cuda)
     return settings
 
 

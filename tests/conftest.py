@@ -20,8 +20,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
-if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+# the tiktoken cache: the one configured, else one beside the checkout, else one that travelled inside it (a
+# lent GPU machine gets the checkout's shared/ only: bench/gpu_prepare.sh)
+for _cache in (SHARED / "tiktoken", REPO_ROOT / "shared" / "tiktoken"):
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
 
 # gpt-ds's per-machine cache (the CPU's measured matmul peak) goes to a folder of this test session, not the
 # user's home; training subprocesses inherit it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch.distributed
 import submitit
 from submitit.local.local import LocalJobEnvironment
 from submitit.slurm.slurm import SlurmJobEnvironment
@@ -270,6 +271,11 @@ def test_only_a_lost_peer_becomes_a_rank_lost_line():
     assert isinstance(lost, UserError) and lost.exit_code == distributed.RANK_LOST_EXIT_CODE
     assert str(lost).startswith("rank 1: a collective with the other ranks failed ([../gloo") and "\n" not in str(lost)
     assert distributed.rank_lost(RuntimeError("Timed out waiting 5000ms for recv operation to complete"), 0)
+    # NCCL's words for a peer that exited (as torch's DistBackendError carries them; no NCCL runs here)
+    nccl = getattr(torch.distributed, "DistBackendError", RuntimeError)(
+        "NCCL error in: ProcessGroupNCCL.cpp:3356, remote process exited or there was a network error, NCCL version "
+        "2.27.3\nncclRemoteError: A call failed possibly due to a network error or a remote process exiting")
+    assert str(distributed.rank_lost(nccl, 3)).startswith("rank 3: a collective with the other ranks failed (NCCL error")
     for own in (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled cuda error"), RuntimeError("shape mismatch")):
         assert distributed.rank_lost(own, 0) is None
     with pytest.raises(distributed.RankLost):

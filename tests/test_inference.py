@@ -50,9 +50,10 @@ def test_inference_device_on_the_cpu():
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
-def test_inference_device_prefers_the_gpu_and_its_bf16(monkeypatch, bf16, expected):
+def test_inference_device_prefers_the_gpu_and_its_native_bf16(monkeypatch, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    # native bf16 by compute capability: an A100's 8.0, a T4's 7.5 (where torch only emulates it)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: (8, 0) if bf16 else (7, 5))
     assert inference_device() == ("cuda", expected)
     assert inference_device("cuda:1", "float16") == ("cuda:1", torch.float16)
     assert inference_device("cpu") == ("cpu", torch.float32)

@@ -124,3 +124,30 @@ def test_saves_nothing_of_size_n_by_v_and_peaks_lower():
         chunked_cross_entropy(h, w, t, vocab_size=v, chunk_rows=64).backward()
     assert Largest.biggest <= 64 * v < n * v
     torch.testing.assert_close(loss, plain_loss)
+
+
+def test_a_device_failure_inside_the_compiled_pass_is_raised_not_a_reason_to_go_eager():
+    """torch.compile failing is a reason to run the same math eagerly; the device running out of memory in the
+    compiled kernel is not (eager needs more memory): it reaches the loop's one-line message, compiled stays on."""
+    from gpt_ds.loss import _Fused
+
+    calls = []
+
+    def out_of_memory(x):
+        calls.append(x)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    fused = _Fused(out_of_memory)
+    fused.compiled = out_of_memory  # the compiled function, as torch.compile would have returned it
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        fused(torch.ones(2))
+    assert fused.enabled and len(calls) == 1  # not retried eagerly, still compiled for the next call
+
+    def compiler_failure(x):
+        raise RuntimeError("inductor: no C++ compiler")
+
+    fused = _Fused(lambda x: x * 2)
+    fused.compiled = compiler_failure
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        assert fused(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert not fused.enabled

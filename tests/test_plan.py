@@ -213,6 +213,12 @@ def test_running_out_of_device_memory_names_the_knobs(shards, tmp_path):
     assert line.endswith("or use ZeRO-3 (ds_configs/zero3.json)")
     line = str(plan_for(shards, tmp_path, "--activation-checkpointing").out_of_memory(5, err))
     assert "activation checkpointing on" in line and "add --activation-checkpointing" not in line
+    # at start-up (the engine's weights and optimizer states, or a checkpoint's): the micro-batch is no knob
+    line = str(plan_for(shards, tmp_path).out_of_memory(None, err))
+    assert "\n" not in line and line.startswith("the device ran out of memory at start-up, before step 1, holding "
+                                                "tiny's weights and optimizer states (ZeRO-2, 1 rank(s); CUDA out of")
+    assert line.endswith("use ZeRO-3 (ds_configs/zero3.json), which partitions the weights too, or train on more "
+                         "ranks, or pick a smaller --model") and "micro_batch" not in line
 
 
 def test_on_cuda_torch_adamw_runs_fused_unless_the_json_says_otherwise():

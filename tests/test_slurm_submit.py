@@ -23,6 +23,7 @@ import submitit
 
 from gpt_ds import slurm_submit
 from gpt_ds.checkpoint import tag_for
+from gpt_ds.errors import UserError
 from gpt_ds.slurm_task import TaskReport
 from launch import submit
 
@@ -131,6 +132,16 @@ def test_rank_count_inconsistent_with_the_deepspeed_batch_sizes(tmp_path, data_d
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "3 node(s) x 1 task(s) = 3 rank(s)" in err and "train_batch_size 16" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_jobs_gpus_decide_its_precision_not_the_login_nodes(tmp_path, data_dir):
+    """fp16 needs a GPU: from this CPU-only machine, a --gpus-per-node job may train in fp16; a CPU job may not."""
+    argv = train_args(REPO / "ds_configs" / "zero2_fp16.json", data_dir, tmp_path / "run")
+    settings = slurm_submit.check_training_args(argv, slurm_submit.JobSpec(nodes=2, gpus_per_node=4))
+    assert settings.deepspeed_config.endswith("zero2_fp16.json")
+    with pytest.raises(UserError, match=r"1 node\(s\) x 1 task\(s\) = 1 rank\(s\): .*trains in fp16, which needs a GPU"):
+        slurm_submit.check_training_args(argv, slurm_submit.JobSpec(nodes=1))
     assert not (tmp_path / "run").exists()
 
 
