@@ -325,9 +325,10 @@ class Watchdog:
     hung leaves the others waiting in a collective). NCCL and gloo have timeouts of their own (`init`
     sets them), but DeepSpeed's shared-memory all-reduce on one host waits forever; this covers every
     backend alike: the loop calls `kick` once an iteration (a step, and its evaluation and checkpoint),
-    and a thread prints one line and exits the process with RANK_LOST_EXIT_CODE when none came in time."""
+    and a thread prints one line and exits the process with RANK_LOST_EXIT_CODE when none came in time.
+    With `world_size` 1 there is no other rank to wait for: no thread, and a slow checkpoint is never cut off."""
 
-    def __init__(self, timeout_s: float, rank: int, prog: str = "launch/train.py") -> None:
+    def __init__(self, timeout_s: float, rank: int, world_size: int, prog: str = "launch/train.py") -> None:
         import threading
         import time
 
@@ -335,7 +336,8 @@ class Watchdog:
         self._last = time.monotonic()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="gpt-ds-watchdog", daemon=True)
-        self._thread.start()
+        if world_size > 1:
+            self._thread.start()
 
     def kick(self) -> None:
         import time

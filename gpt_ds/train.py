@@ -65,7 +65,7 @@ def run(settings: RunSettings) -> TrainResult:
                                 last_saved=record.step if plan.resume_from is not None else None)
     validator = Validator(plan, dist_env.rank)
     batches = Prefetcher(plan, dist_env.rank, engine.device)
-    watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank)
+    watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank, dist_env.world_size)
     done, preempted = record.step >= settings.max_steps or record.target_reached, False
     stepping = record.step + 1  # the step a failure is reported at
     try:

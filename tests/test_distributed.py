@@ -203,7 +203,7 @@ def test_the_watchdog_stops_a_rank_that_waits_past_the_timeout_with_one_line():
     import sys
     import time
 
-    code = ("import time\nfrom gpt_ds.distributed import Watchdog\nw = Watchdog(1.0, rank=3)\n"
+    code = ("import time\nfrom gpt_ds.distributed import Watchdog\nw = Watchdog(1.0, rank=3, world_size=4)\n"
             "for _ in range(8):\n    w.kick(); time.sleep(0.3)\nprint('kicked', flush=True)\ntime.sleep(30)\n")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -212,6 +212,11 @@ def test_the_watchdog_stops_a_rank_that_waits_past_the_timeout_with_one_line():
     assert proc.returncode == distributed.RANK_LOST_EXIT_CODE and proc.stdout == "kicked\n", proc.stderr
     assert 2.1 + 1.0 < elapsed < 15 and len(lines) == 1, (elapsed, proc.stderr)  # the last kick at 2.1 s
     assert "rank 3 made no progress for 1 s (--collective-timeout 1): another rank died or hung" in lines[0]
+
+    alone = subprocess.run([sys.executable, "-c", "import time\nfrom gpt_ds.distributed import Watchdog\n"
+                            "w = Watchdog(0.2, rank=0, world_size=1)\ntime.sleep(1.5)\nprint('no peers', flush=True)\n"],
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 0 and alone.stdout == "no peers\n", alone.stderr  # one rank: nobody to wait for
 
 
 @pytest.mark.slow
