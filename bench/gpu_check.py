@@ -371,7 +371,7 @@ class Check:
                                        "--prompt", "def ", "--max-new-tokens", "32", "--seed", "0",
                                        "--device", self.device], timeout=180)
         sample_s = time.perf_counter() - started
-        if len(text.strip()) <= len("def"):
+        if not text.startswith("def ") or len(text.removesuffix("\n")) <= len("def "):  # whitespace is a continuation
             raise Failed(f"launch/sample.py printed no continuation: {text!r}")
         self.command("hf_export", [sys.executable, "-m", "gpt_ds.hf", "export", str(run_dir / "model"),
                                    "--out", str(self.out / "hf"), "--force"], timeout=180)
