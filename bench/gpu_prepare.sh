@@ -12,12 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_PYTHON=${GPU_PYTHON:-3.12}
 
-version() { python -c "import importlib.metadata as m; print(m.version('$1'))"; }
+version() {  # the version installed here, or one line saying what to install
+  python -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null \
+    || { echo "gpu_prepare.sh: error: $1 is not installed here: pip install -e '.[dev]' first" >&2; exit 2; }
+}
 
-# both folders stay out of git, but travel: shared/ always, .whl/ through run's carry
-mkdir -p .git/info
-for path in /.whl/ /shared/; do grep -qxF "$path" .git/info/exclude 2>/dev/null || echo "$path" >>.git/info/exclude; done
-
+# both folders are git-ignored (.gitignore), but travel: shared/ always, .whl/ through run's carry
 rm -rf .whl.partial && mkdir .whl.partial
 # DeepSpeed ships only a source archive: build its wheel once here (pip's cache keeps it), without ops
 DS_BUILD_OPS=0 python -m pip wheel -q --no-deps --no-build-isolation -w .whl.partial "deepspeed==$(version deepspeed)"
@@ -28,10 +28,13 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_P
   "typing-extensions==$(version typing-extensions)"
 rm -rf .whl && mv .whl.partial .whl  # a cut-off download never looks complete
 
+R50K=0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4  # tiktoken's cache key of r50k_base: sha1 of its download URL
 cache=${TIKTOKEN_CACHE_DIR:-../shared/tiktoken}
-if [ ! -d shared/tiktoken ]; then
-  [ -d "$cache" ] || { echo "gpu_prepare.sh: error: no tiktoken cache at $cache: set TIKTOKEN_CACHE_DIR to one holding r50k_base" >&2; exit 2; }
-  mkdir -p shared && cp -r "$cache" shared/tiktoken.partial && chmod -R u+w shared/tiktoken.partial && mv shared/tiktoken.partial shared/tiktoken
+if [ ! -f shared/tiktoken/$R50K ]; then
+  [ -f "$cache/$R50K" ] || { echo "gpu_prepare.sh: error: no r50k_base in the tiktoken cache $cache: set TIKTOKEN_CACHE_DIR to one that has it" >&2; exit 2; }
+  chmod -R u+w shared 2>/dev/null || true; rm -rf shared/tiktoken.partial shared/tiktoken
+  mkdir -p shared/tiktoken.partial && cp "$cache/$R50K" shared/tiktoken.partial/ && chmod -R u+w shared/tiktoken.partial \
+    && mv shared/tiktoken.partial shared/tiktoken
 fi
 echo "ready: $(ls .whl | wc -l) wheels in .whl ($(du -sh .whl | cut -f1)), tiktoken cache in shared/tiktoken ($(du -sh shared/tiktoken | cut -f1))"
-echo "next, in the device tool: run(command='bash bench/gpu_run.sh', carry=['.whl'], timeout_s=480)"
+echo "next, in the device tool: run(command='bash bench/gpu_run.sh', carry=['.whl'], timeout_s=540)"

@@ -78,6 +78,7 @@ if str(REPO) not in sys.path:
 
 from data_prep import default_corpus  # noqa: E402
 from data_prep.stdlib_corpus import stdlib_text, write_python_corpus  # noqa: E402  (the test suite's corpus)
+from gpt_ds.tokenizer import tiktoken_cache_dir  # noqa: E402
 PY = sys.executable
 TRAIN = str(REPO / "launch" / "train.py")
 SAMPLE = str(REPO / "launch" / "sample.py")
@@ -120,9 +121,9 @@ class Result:
 
 def command_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
-    shared = REPO.parent / "shared" / "tiktoken"
-    if "TIKTOKEN_CACHE_DIR" not in env and shared.is_dir():
-        env["TIKTOKEN_CACHE_DIR"] = str(shared)
+    cache = tiktoken_cache_dir()
+    if cache is not None:
+        env["TIKTOKEN_CACHE_DIR"] = cache
     env["GPT_DS_CACHE_DIR"] = str(root / "cache")  # the CPU's measured peak: measured once, kept here
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONFAULTHANDLER"] = "1"  # a hung command, sent SIGABRT at its timeout, shows its stacks

@@ -40,7 +40,7 @@ def inference_device(device: str | None = None, dtype: str | None = None) -> tup
     if on_gpu and not torch.cuda.is_available():
         raise UserError(f"device {device}: CUDA is not available on this machine; use the CPU (--device cpu)")
     if dtype is None:
-        return device, torch.bfloat16 if on_gpu and gpu_native_bf16() else torch.float32
+        return device, torch.bfloat16 if on_gpu and gpu_native_bf16(device) else torch.float32
     if not on_gpu and dtype == "float16":
         raise UserError("dtype float16 is not supported on the CPU; use bfloat16 or float32 (or --device cuda)")
     return device, parse_dtype(dtype)

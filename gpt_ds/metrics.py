@@ -55,10 +55,13 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return GPU_PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
-def gpu_native_bf16() -> bool:
-    """Whether this process's GPU computes in bf16 natively (Ampere and newer, any ROCm GPU). Not
-    torch.cuda.is_bf16_supported(): by default it says yes where bf16 is only emulated (V100, T4), slowly."""
-    return bool(torch.version.hip) or torch.cuda.get_device_capability() >= (8, 0)
+def gpu_native_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether the GPU `device` (None: the current one) computes in bf16 natively: Ampere and newer, as torch
+    counts ROCm GPUs. Not torch.cuda.is_bf16_supported()'s default, which says yes where bf16 is only
+    emulated (V100, T4), slowly. False without CUDA."""
+    if not torch.cuda.is_available():
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau

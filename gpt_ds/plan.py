@@ -103,10 +103,11 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
     """Every check that can fail on bad input, before any rank starts or any file is written. `cuda`: whether
     the ranks run on GPUs (None: this machine's answer; a Slurm submit from a CPU login node says its job's)."""
     ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size)
-    here = torch.cuda.is_available()
-    cuda = here if cuda is None else cuda
-    check_precision(run_settings.precision_of(ds_config), settings.deepspeed_config, cuda=cuda,
-                    bf16_supported=not (cuda and here) or gpu_native_bf16())  # another machine's GPU: its ranks check
+    precision = run_settings.precision_of(ds_config)
+    elsewhere = cuda is not None  # another machine's GPUs (a job's): whether they have bf16, its ranks check
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    check_precision(precision, settings.deepspeed_config, cuda=cuda,
+                    bf16_supported=elsewhere or not cuda or precision != "bf16" or gpu_native_bf16())
     muon_lr_ratio = check_optimizer(settings, ds_config)
     if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered

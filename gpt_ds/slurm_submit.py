@@ -180,7 +180,8 @@ def check_training_args(train_argv: list[str], spec: JobSpec) -> RunSettings:
     from gpt_ds import train
 
     try:
-        return train.parse_args(list(train_argv), world_size=spec.world_size, cuda=spec.gpus_per_node > 0)
+        cuda = None if spec.cluster == "local" else spec.gpus_per_node > 0  # local: this machine's own
+        return train.parse_args(list(train_argv), world_size=spec.world_size, cuda=cuda)
     except UserError as err:
         raise UserError(f"training arguments, for {spec.nodes} node(s) x {spec.ranks_per_node} task(s) = "
                         f"{spec.world_size} rank(s): {err}") from err

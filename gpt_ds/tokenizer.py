@@ -15,10 +15,20 @@ from pathlib import Path
 from gpt_ds.errors import UserError
 
 DEFAULT_ENCODING = "r50k_base"
-# A development checkout sits beside the project's read-only `shared/` folder, which holds a
-# ready tiktoken cache; using it when no cache is configured makes every command work offline there.
-_SIBLING_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
+# Where a ready tiktoken cache lies when none is configured: the project's read-only `shared/` beside a
+# development checkout, or a `shared/` inside the checkout (what travels to a lent GPU machine, made by
+# bench/gpu_prepare.sh). Using one makes every command work offline there.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+LOCAL_CACHES = (_CHECKOUT.parent / "shared" / "tiktoken", _CHECKOUT / "shared" / "tiktoken")
 EOT_TOKEN = 50256  # <|endoftext|> in the GPT-2 BPE: the document delimiter in every shard
+
+
+def tiktoken_cache_dir() -> str | None:
+    """TIKTOKEN_CACHE_DIR as configured, else the first of LOCAL_CACHES that exists (None: tiktoken's own
+    cache, which downloads)."""
+    if os.environ.get("TIKTOKEN_CACHE_DIR"):
+        return os.environ["TIKTOKEN_CACHE_DIR"]
+    return next((str(cache) for cache in LOCAL_CACHES if cache.is_dir()), None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,8 +42,9 @@ def get_encoding(name: str = DEFAULT_ENCODING):
         raise UserError(
             f"unknown tiktoken encoding {name!r}; known: {', '.join(sorted(tiktoken.list_encoding_names()))}"
         )
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and _SIBLING_CACHE.is_dir():
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(_SIBLING_CACHE)
+    cache = tiktoken_cache_dir()
+    if cache is not None:
+        os.environ["TIKTOKEN_CACHE_DIR"] = cache
     try:
         return tiktoken.get_encoding(name)
     except Exception as err:  # network errors come as many different types

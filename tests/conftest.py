@@ -18,13 +18,13 @@ from typing import Callable
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
 
-# the tiktoken cache: the one configured, else one beside the checkout, else one that travelled inside it (a
-# lent GPU machine gets the checkout's shared/ only: bench/gpu_prepare.sh)
-for _cache in (SHARED / "tiktoken", REPO_ROOT / "shared" / "tiktoken"):
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
+# the tiktoken cache, as the product finds it (configured, beside the checkout, or inside it), for every
+# subprocess too
+from gpt_ds.tokenizer import tiktoken_cache_dir  # noqa: E402
+
+if tiktoken_cache_dir() is not None:
+    os.environ["TIKTOKEN_CACHE_DIR"] = tiktoken_cache_dir()
 
 # gpt-ds's per-machine cache (the CPU's measured matmul peak) goes to a folder of this test session, not the
 # user's home; training subprocesses inherit it.

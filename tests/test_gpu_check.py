@@ -34,7 +34,7 @@ def test_gpu_check_smoke_on_the_cpu(repo_root, tmp_path, encoding):
     assert (back / "gpu_check.log").read_text() == proc.stdout
     with tarfile.open(back / "logs.tar.gz") as archive:
         names = set(archive.getnames())
-    assert {"logs/bf16.log", "logs/data_prep.log", "./gpu_check.json"} <= names, sorted(names)
+    assert {"logs/bf16.log", "logs/data_prep.log", "gpu_check.json", "bf16_driver_record.json"} <= names, sorted(names)
 
     report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
@@ -61,3 +61,27 @@ def test_gpu_check_smoke_on_the_cpu(repo_root, tmp_path, encoding):
     assert "fp16            skipped" in table and "needs CUDA" in table
     assert "result: ok" in table
     assert len(table.splitlines()) <= 24
+
+
+def test_the_fp16_parts_expected_loss_scale_follows_deepspeeds_hysteresis(repo_root, monkeypatch):
+    """The rule the fp16 part holds the engine to (it runs on a GPU only): ds_configs/zero2_fp16.json's
+    hysteresis 2 spends one overflow, the second halves; a spent hysteresis halves at once; the floor holds.
+    DeepSpeed's own DynamicLossScaler, driven the same way, agrees."""
+    sys.path.insert(0, str(repo_root / "bench"))
+    from gpu_check import expected_loss_scale
+    from deepspeed.runtime.fp16 import loss_scaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
+    monkeypatch.setattr(loss_scaler.dist, "get_rank", lambda: 1)  # its log line asks; no process group here
+
+    assert expected_loss_scale(65536.0, 2, 2) == 32768.0
+    assert expected_loss_scale(65536.0, 1, 2) == 16384.0
+    assert expected_loss_scale(65536.0, 3, 2) == 65536.0
+    assert expected_loss_scale(2.0, 1, 3, min_scale=1.0) == 1.0
+    for hysteresis, overflows in ((2, 2), (1, 2), (3, 2), (2, 5)):
+        scaler = DynamicLossScaler(init_scale=2.0**16, scale_window=1000, min_scale=1, delayed_shift=2,
+                                   consecutive_hysteresis=False)
+        scaler.cur_hysteresis = hysteresis
+        for _ in range(overflows):
+            scaler.update_scale(True)
+        assert scaler.cur_scale == expected_loss_scale(2.0**16, hysteresis, overflows), (hysteresis, overflows)

@@ -81,3 +81,9 @@ def test_tensorboard_round_trip_and_purge_on_resume(tmp_path):
     assert [s for s, _ in scalars["train/loss"]] == list(range(1, 13))
     assert scalars["train/loss"][5][1] == 4.0 and scalars["train/loss"][6][1] == 107.0
     assert metrics.read_texts(log_dir, "sample") == [(10, "to be or not")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks what a machine without CUDA answers")
+def test_native_bf16_without_cuda_is_false_not_an_error():
+    """A CPU-only machine (a login node) may ask: the answer is False (torch's device query would raise)."""
+    assert metrics.gpu_native_bf16() is False and metrics.gpu_native_bf16("cuda:1") is False

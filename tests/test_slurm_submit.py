@@ -142,6 +142,8 @@ def test_the_jobs_gpus_decide_its_precision_not_the_login_nodes(tmp_path, data_d
     assert settings.deepspeed_config.endswith("zero2_fp16.json")
     with pytest.raises(UserError, match=r"1 node\(s\) x 1 task\(s\) = 1 rank\(s\): .*trains in fp16, which needs a GPU"):
         slurm_submit.check_training_args(argv, slurm_submit.JobSpec(nodes=1))
+    with pytest.raises(UserError, match="trains in fp16, which needs a GPU"):  # --cluster local: this machine's
+        slurm_submit.check_training_args(argv, slurm_submit.JobSpec(cluster="local", gpus_per_node=1))
     assert not (tmp_path / "run").exists()
 
 

@@ -603,3 +603,30 @@ def test_compile_trains_and_exports(corpus_data, small_ds_config, tmp_path):
     losses = [loss for _, loss in metrics.read_scalars(run_dir / "tb")["train/loss"]]
     assert len(losses) == 3 and all(loss == loss and loss < 20 for loss in losses)
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+OOM_AT_START_SCRIPT = """
+import sys, torch
+sys.path.insert(0, REPO_PATH)
+from gpt_ds import train
+from gpt_ds.errors import run_cli
+
+def build_engine(plan):  # what a model too large for the device does to DeepSpeed's initialize on a GPU
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.00 GiB. GPU 0 has 3.2 GiB free")
+
+train.build_engine = build_engine
+run_cli(lambda: train.main(sys.argv[1:]), "launch/train.py")
+""".replace("REPO_PATH", repr(str(REPO)))
+
+
+def test_running_out_of_device_memory_at_start_up_is_one_line(corpus_data, tmp_path):
+    """An OOM while building the engine (weights and optimizer states; no CUDA here, so the engine's build
+    raises what a GPU would) is the start-up line with its knobs, exit 2, no traceback; nothing is written
+    but RUN_DIR's lock folder."""
+    proc = subprocess.run([sys.executable, "-c", OOM_AT_START_SCRIPT, *train_args(corpus_data, tmp_path / "run", ZERO2)],
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("launch/train.py: error: the device ran out of memory at start-up"), errors
+    assert "CUDA out of memory. Tried to allocate 18.00 GiB" in errors[0] and "use ZeRO-3" in errors[0]
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "settings.json").exists()
