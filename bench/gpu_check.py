@@ -590,11 +590,14 @@ def train_driver(argv: list[str]) -> None:
         engine.step = step
         return engine
 
+    def driven() -> int | None:
+        try:
+            return train.main(argv)
+        finally:  # inside run_cli's call: its exit after a distributed run skips the interpreter's teardown
+            record_path.write_text(json.dumps({"injected": sorted(inject), "steps": steps}, indent=1))
+
     train.build_engine = build_engine
-    try:
-        run_cli(lambda: train.main(argv), "gpu_check train driver")
-    finally:
-        record_path.write_text(json.dumps({"injected": sorted(inject), "steps": steps}, indent=1))
+    run_cli(driven, "gpu_check train driver")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

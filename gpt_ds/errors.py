@@ -51,7 +51,8 @@ def _is_rank0() -> bool:
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
-    """Run `main`, mapping UserError to `prog: error: ...` on stderr and a non-zero exit."""
+    """Run `main`, mapping UserError to `prog: error: ...` on stderr and a non-zero exit. A process that
+    started torch.distributed ends through `gpt_ds.distributed.exit_process` (no interpreter teardown)."""
     try:
         code = main()
     except UserError as err:
@@ -61,10 +62,10 @@ def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
             import time
 
             time.sleep(QUIET_RANK_DELAY_S)
-        sys.exit(err.exit_code)
+        _exit(err.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit(130)
     except OSError as err:
         import errno
 
@@ -73,5 +74,11 @@ def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
         # a write that no caller turned into its own message: still one line, not a traceback
         print(f"{prog}: error: no space left on the device writing {err.filename or 'a file'}; free some space "
               "there or choose a folder on another disk, then rerun the same command", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    sys.exit(code or 0)
+        _exit(UserError.exit_code)
+    _exit(code or 0)
+
+
+def _exit(code: int) -> NoReturn:
+    from gpt_ds.distributed import exit_process  # here, not at the top: gpt_ds.distributed imports this module
+
+    exit_process(code)
