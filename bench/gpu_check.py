@@ -204,12 +204,13 @@ class Check:
                 "manifest": {k: manifest[k] for k in manifest if "tokens" in k and isinstance(manifest[k], int)}}
 
     # -- 2-4. training ---------------------------------------------------------------------------------
-    def ds_config(self, source: str) -> Path:
-        """ds_configs/SOURCE with this check's micro-batch, written into OUT/configs."""
+    def ds_config(self, source: str, micro_batch: int | None = None) -> Path:
+        """ds_configs/SOURCE with `micro_batch` (default: this check's), written into OUT/configs."""
+        micro_batch = micro_batch or self.shape["micro_batch"]
         config = json.loads((REPO / "ds_configs" / source).read_text())
-        config["train_micro_batch_size_per_gpu"] = self.shape["micro_batch"]
+        config["train_micro_batch_size_per_gpu"] = micro_batch
         config["gradient_accumulation_steps"] = 1
-        path = self.out / "configs" / source.replace(".json", f"_mb{self.shape['micro_batch']}.json")
+        path = self.out / "configs" / source.replace(".json", f"_mb{micro_batch}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=2))
         return path
@@ -320,11 +321,7 @@ class Check:
         if self.device != "cuda":
             raise Skipped("needs CUDA")
         self.need("data")
-        config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
-        config["train_micro_batch_size_per_gpu"] = 1024
-        path = self.out / "configs" / "zero2_oom.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config))
+        path = self.ds_config("zero2.json", micro_batch=1024)
         argv = [sys.executable, "launch/train.py", "--deepspeed_config", str(path), "--data", str(self.data),
                 "--out", str(self.runs / "oom"), "--model", "gpt2", "--seq-len", "1024", "--max-steps", "2",
                 "--eval-interval", "1000", "--eval-tokens", str(self.shape["eval_tokens"]), "--sample-tokens", "0",

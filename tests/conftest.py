@@ -23,8 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # subprocess too
 from gpt_ds.tokenizer import tiktoken_cache_dir  # noqa: E402
 
-if tiktoken_cache_dir() is not None:
-    os.environ["TIKTOKEN_CACHE_DIR"] = tiktoken_cache_dir()
+_TIKTOKEN_CACHE = tiktoken_cache_dir()
+if _TIKTOKEN_CACHE is not None:
+    os.environ["TIKTOKEN_CACHE_DIR"] = _TIKTOKEN_CACHE
 
 # gpt-ds's per-machine cache (the CPU's measured matmul peak) goes to a folder of this test session, not the
 # user's home; training subprocesses inherit it.
