@@ -1,6 +1,6 @@
 """Where one gpt-ds training step goes: forward / loss / backward / optimizer / ZeRO bookkeeping / data / host sync.
 
-Builds gpt-ds's own engine (gpt_ds.train.build_engine, ds_configs/zero2.json by default) on random
+Builds gpt-ds's own engine (gpt_ds.engine.build_engine, ds_configs/zero2.json by default) on random
 tokens, runs --warmup steps, then profiles --steps steps of exactly gpt_ds.train's step (train_step +
 agree) under torch.profiler with labelled regions, and prints the mean milliseconds per step of each:
 
@@ -41,7 +41,7 @@ from gpt_ds import distributed, model as model_module, sampler, settings as run_
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
-from gpt_ds import train as train_module  # noqa: E402
+from gpt_ds import engine as engine_module, train as train_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("data", "forward", "loss", "backward", "zero.backward", "zero.step", "optimizer", "host sync")
@@ -126,12 +126,12 @@ def main() -> None:
     plan = Plan(settings, run_settings.resolve_ds_config(str(config_path), dist_env.world_size), model_config,
                 model_config.block_size, Schedule(peak=1e-3, floor=1e-4, warmup=10, decay_steps=1000),
                 sampler.TokenWindows([tokens], model_config.block_size), None, None, dist_env.world_size)
-    engine = train_module.build_engine(plan)
+    engine = engine_module.build_engine(plan)
     instrument(engine, args.loss)
-    batches = Prefetcher(plan, dist_env.rank, engine.device)
+    batches = train_module.prefetcher(plan, dist_env.rank, engine.device)
 
     def step(i: int) -> None:
-        train_module.set_lr(engine, plan.schedule.lr(i))
+        engine_module.set_lr(engine, plan.schedule.lr(i))
         local = train_module.train_step(engine, batches, i)
         with record_function("host sync"):
             train_module.agree(local, False)

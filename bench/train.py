@@ -4,7 +4,7 @@ The baseline is bench/baseline.py's PlainTrainer, what a ~300-line GPT-2 script 
 (nanoGPT's model written out: same shape, GPT-2's vocabulary padded to 50304, tied head; float32,
 the (B*T, V) logits into F.cross_entropy, loss.backward(), clip_grad_norm_, torch.optim.AdamW, no
 compile, loss.item() every step). gpt-ds's side is its own default step: the engine from
-ds_configs/zero2.json (bf16 ZeRO-2) built by gpt_ds.train.build_engine, gpt_ds.train.train_step
+ds_configs/zero2.json (bf16 ZeRO-2) built by gpt_ds.engine.build_engine, gpt_ds.train.train_step
 (chunked head + cross-entropy) and agree (the step's one all-reduce and host read). Same batch size
 (the global batch), same windows of the same data. Both run in one program, alternating step by step
 (A B A B) so that a change of machine load hits both alike; the figures are medians of the per-step
@@ -37,8 +37,8 @@ from bench.baseline import PlainTrainer  # noqa: E402
 from gpt_ds import distributed, metrics, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
-from gpt_ds.prefetch import Prefetcher  # noqa: E402
-from gpt_ds.train import agree, build_engine, set_lr, train_step  # noqa: E402
+from gpt_ds.engine import build_engine, set_lr  # noqa: E402
+from gpt_ds.train import agree, prefetcher, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def main() -> None:
     device = distributed.device()
     plan = make_plan(args, world)
     engine = build_engine(plan)
-    batches = Prefetcher(plan, rank, engine.device)
+    batches = prefetcher(plan, rank, engine.device)
     ds_threads = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0))
     plain_threads = cores if world > 1 and device.type == "cpu" else ds_threads  # rank 0 alone: all the cores

@@ -13,22 +13,21 @@ pinned and the copy is a no-op; the prefetch then only moves the host work earli
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from gpt_ds.plan import Plan
+from gpt_ds.sampler import TrainStream
 
 Key = tuple[int, int]  # (step, micro_step)
 
 
 class Prefetcher:
-    """This rank's micro-batches of the plan's stream on `device`, one micro-batch ahead."""
+    """Rank `rank`'s micro-batches (of `micro_batch` rows, `accumulation` per step, `world_size` ranks) of
+    `stream` on `device`, one micro-batch ahead."""
 
-    def __init__(self, plan: Plan, rank: int, device: torch.device) -> None:
-        self.plan, self.rank, self.device = plan, rank, torch.device(device)
-        self.accumulation = plan.accumulation
+    def __init__(self, stream: TrainStream, *, micro_batch: int, accumulation: int, rank: int, world_size: int,
+                 device: torch.device | str) -> None:
+        self.stream, self.micro_batch, self.accumulation = stream, micro_batch, accumulation
+        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self._ahead: tuple[Key, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
@@ -53,8 +52,8 @@ class Prefetcher:
 
     def _load(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
         step, micro_step = key
-        x, y = self.plan.stream.micro_batch(step, self.plan.micro_batch, rank=self.rank,
-                                            world_size=self.plan.world_size, micro_step=micro_step)
+        x, y = self.stream.micro_batch(step, self.micro_batch, rank=self.rank, world_size=self.world_size,
+                                       micro_step=micro_step)
         if self._copies is None:
             return x.to(self.device), y.to(self.device)
         x, y = x.pin_memory(), y.pin_memory()  # pinned pages let the copy run asynchronously

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 
 from gpt_ds.errors import UserError
+from gpt_ds.patching import swapped
 
 # "module.qualname" of every class a DeepSpeed checkpoint of ours pickles (beyond torch's own tensors and
 # storages, which the weights-only unpickler always allows). Found by listing the GLOBAL opcodes of the
@@ -83,12 +84,12 @@ def _patched(f: Any, map_location: Any = None, pickle_module: Any = None, *, wei
     return load(f, map_location, mmap=bool(mmap))
 
 
+TORCH_LOAD_WHY = ("DeepSpeed's engine, zero_to_fp32 and ds_to_universal call torch.load(weights_only=False), "
+                  "which runs whatever a checkpoint's pickle names: gpt-ds makes each of those loads weights-only")
+
+
 @contextlib.contextmanager
 def enforced() -> Iterator[None]:
     """Within this scope every torch.load (DeepSpeed's included) is `load`: weights only, ALLOWED_GLOBALS."""
-    previous = torch.load
-    torch.load = _patched
-    try:
+    with swapped(torch, "load", _patched, why=TORCH_LOAD_WHY):
         yield
-    finally:
-        torch.load = previous

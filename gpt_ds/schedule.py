@@ -7,7 +7,7 @@ Two shapes share the linear warmup and the floor after the schedule's end:
   extend from any step of its stable phase).
 
 `lr(step)` is the learning rate of the reference parameter groups (AdamW's, or Muon's Adam half);
-groups with a peak of their own (Muon's matrices) follow it at a fixed ratio (gpt_ds.train.set_lr).
+groups with a peak of their own (Muon's matrices) follow it at a fixed ratio (gpt_ds.engine.set_lr).
 """
 
 from __future__ import annotations

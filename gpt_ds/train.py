@@ -1,9 +1,9 @@
 """The training loop: a GPT model inside a DeepSpeed engine, from prepared shards to RUN_DIR.
 
-`run` reads like a table of contents: start (plan every check, start the ranks, build the engine,
-resume), then per step: learning rate, micro-batches, the one agreed all-reduce, monitor, validation,
-target, checkpoint; finally the consolidated model. Each component decides its own cadence:
-plan (gpt_ds.plan), Schedule (gpt_ds.schedule), Monitor with the target and the non-finite guard
+`run` reads like a table of contents: start (plan every check, start the ranks, lock RUN_DIR, build the
+engine, resume), then per step: learning rate, micro-batches and the one agreed all-reduce (`agreed_step`),
+monitor, validation, target, checkpoint; finally the consolidated model. Each component decides its own
+cadence: plan (gpt_ds.plan), the engine and its optimizers (gpt_ds.engine), Schedule (gpt_ds.schedule), Monitor with the target and the non-finite guard
 (gpt_ds.monitor), Validator (gpt_ds.validate), Checkpointer (gpt_ds.checkpoint), RunRecord
 (gpt_ds.record), batches as a function of the step (gpt_ds.sampler), the export (gpt_ds.export).
 
@@ -15,21 +15,21 @@ EX_TEMPFAIL: "try again") when a signal stopped the run after its checkpoint was
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import logging
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
 from gpt_ds import atomic, checkpoint, distributed, metrics, sampler, settings as run_settings, tags
 from gpt_ds.checkpoint import Checkpointer
+from gpt_ds.engine import build_engine, set_lr
 from gpt_ds.errors import UserError
 from gpt_ds.lock import FolderLock
 from gpt_ds.monitor import Monitor
@@ -55,53 +55,61 @@ class TrainResult:
     model_dir: Path | None = None
 
 
+@dataclass
+class Started:
+    """What `start` hands the loop: where this rank stands, the plan, the engine (resumed), the record."""
+
+    dist_env: distributed.DistEnv
+    plan: Plan
+    engine: Any
+    record: RunRecord
+
+
 def run(settings: RunSettings) -> TrainResult:
     """Train in this process (one rank of WORLD_SIZE), from RUN_DIR's checkpoint when resuming."""
     preemption = PreemptionFlag()  # first: a signal during start-up is honoured at the first step
-    with distributed.peers_lost_as_errors(distributed.current().rank):
-        dist_env, plan, engine, record, run_lock = start(settings)
-    monitor = open_monitor(plan, record, dist_env)
-    checkpointer = Checkpointer(engine, plan.run_dir, settings.save_interval, settings.keep_checkpoints,
-                                last_saved=record.step if plan.resume_from is not None else None)
-    validator = Validator(plan, dist_env.rank)
-    batches = Prefetcher(plan, dist_env.rank, engine.device)
-    watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank, dist_env.world_size)
-    done, preempted = record.step >= settings.max_steps or record.target_reached, False
-    stepping = record.step + 1  # the step a failure is reported at
-    try:
-        with distributed.peers_lost_as_errors(dist_env.rank):  # a lost peer: one line, not a traceback
-            while not done:
-                watchdog.kick()  # each iteration (step, evaluation, checkpoint) within --collective-timeout
-                stepping = record.step + 1
-                lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
-                torch.manual_seed(sampler.step_seed(settings.seed, record.step, dist_env.rank))
-                started = time.perf_counter()
-                loss, preempted, memory_gib = agree(train_step(engine, batches, record.step), preemption.raised)
-                seconds = time.perf_counter() - started
-                record.advance(plan.tokens_per_step, seconds)
-                monitor.step(record, loss, plan.tokens_per_step, seconds, {tags.LR: lr, **engine_stats(engine, plan)},
-                             memory_gib)
-                last_step = record.step >= settings.max_steps
-                if validator.should_validate(record.step, last_step=last_step):
-                    record.val_loss = validator.loss(engine)
-                    sample = validator.text_sample(engine.module, record.step)  # every rank: ZeRO-3 gathers
-                    monitor.evaluation(record.step, record.val_loss, sample)
-                done = monitor.check_target(record) or last_step or preempted
-                if monitor.healthy or done:
-                    checkpointer.save(record.step, client_state(plan, record), last_step=done)
-    except torch.cuda.OutOfMemoryError as err:  # at the first step, typically: which knob to turn, not a traceback
-        raise plan.out_of_memory(stepping, err) from err
-    finally:
-        watchdog.stop()
-        preemption.restore()
-        monitor.close()
-    result = finish(plan, record, preempted, dist_env, monitor)
-    run_lock.release()
-    return result
+    with start(settings) as started:  # rank 0 holds RUN_DIR's lock until this block ends, however it ends
+        dist_env, plan, engine, record = started.dist_env, started.plan, started.engine, started.record
+        monitor = open_monitor(plan, record, dist_env)
+        checkpointer = Checkpointer(engine, plan.run_dir, settings.save_interval, settings.keep_checkpoints,
+                                    last_saved=record.step if plan.resume_from is not None else None)
+        validator = Validator(plan, dist_env.rank)
+        batches = prefetcher(plan, dist_env.rank, engine.device)
+        watchdog = distributed.Watchdog(settings.collective_timeout, dist_env.rank, dist_env.world_size)
+        done, preempted = record.step >= settings.max_steps or record.target_reached, False
+        stepping = record.step + 1  # the step a failure is reported at
+        try:
+            with distributed.peers_lost_as_errors(dist_env.rank):  # a lost peer: one line, not a traceback
+                while not done:
+                    watchdog.kick()  # each iteration (step, evaluation, checkpoint) within --collective-timeout
+                    stepping = record.step + 1
+                    lr = set_lr(engine, plan.schedule.lr(record.step), plan.muon_lr_ratio)
+                    (loss, preempted, memory_gib), seconds = agreed_step(engine, batches, record.step, settings.seed,
+                                                                         dist_env.rank, preemption.raised)
+                    record.advance(plan.tokens_per_step, seconds)
+                    monitor.step(record, loss, plan.tokens_per_step, seconds,
+                                 {tags.LR: lr, **engine_stats(engine, plan)}, memory_gib)
+                    last_step = record.step >= settings.max_steps
+                    if validator.should_validate(record.step, last_step=last_step):
+                        record.val_loss = validator.loss(engine)
+                        sample = validator.text_sample(engine.module, record.step)  # every rank: ZeRO-3 gathers
+                        monitor.evaluation(record.step, record.val_loss, sample)
+                    done = monitor.check_target(record) or last_step or preempted
+                    if monitor.healthy or done:
+                        checkpointer.save(record.step, client_state(plan, record), last_step=done)
+        except torch.cuda.OutOfMemoryError as err:  # at the first step, typically: which knob to turn, not a traceback
+            raise plan.out_of_memory(stepping, err) from err
+        finally:
+            watchdog.stop()
+            preemption.restore()
+            monitor.close()
+        return finish(plan, record, preempted, dist_env, monitor)
 
 
-def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRecord, FolderLock]:
-    """Check everything, start the ranks, lock RUN_DIR, build the engine, resume; write RUN_DIR/settings.json."""
+@contextlib.contextmanager
+def start(settings: RunSettings) -> Iterator[Started]:
+    """Check everything, start the ranks, lock RUN_DIR (for the block's length), build the engine, resume;
+    write RUN_DIR/settings.json."""
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
     try:
@@ -109,31 +117,33 @@ def start(settings: RunSettings) -> tuple[distributed.DistEnv, Plan, Any, RunRec
     except UserError as err:
         err.every_rank = True  # the same files and flags on every rank: the same verdict, printed once
         raise
-    distributed.init(dist_env, settings.collective_timeout)
-    run_lock = lock_run_dir(plan, dist_env)
-    try:  # the weights and optimizer states alone may not fit: which knob to turn, not a traceback
-        engine = build_engine(plan)
-        saved = None if plan.resume_from is None else checkpoint.load(engine, plan.resume_from, reshard=plan.reshard)
-    except torch.cuda.OutOfMemoryError as err:
-        raise plan.out_of_memory(None, err) from err
-    record = RunRecord()
-    if saved is not None:
-        record = RunRecord.from_dict(saved)
-        if dist_env.is_main:
-            print(f"resumed from {plan.resume_from} at step {record.step}"
-                  f"{changed_settings(saved['settings'], settings)}", flush=True)
-    record = dataclasses.replace(record, **plan.record_fields())
-    if dist_env.is_main:  # RUN_DIR exists: rank 0 made it to hold its lock
-        atomic.write_text(plan.run_dir.settings, json.dumps(client_state(plan, record), indent=2))
-    return dist_env, plan, engine, record, run_lock
+    with contextlib.ExitStack() as run_lock:
+        with distributed.peers_lost_as_errors(dist_env.rank):  # a lost peer: one line, not a traceback
+            distributed.init(dist_env, settings.collective_timeout)
+            lock_run_dir(plan, dist_env, run_lock)
+            try:  # the weights and optimizer states alone may not fit: which knob to turn, not a traceback
+                engine = build_engine(plan)
+                saved = None if plan.resume_from is None else checkpoint.load(engine, plan.resume_from,
+                                                                              reshard=plan.reshard)
+            except torch.cuda.OutOfMemoryError as err:
+                raise plan.out_of_memory(None, err) from err
+        record = RunRecord()
+        if saved is not None:
+            record = RunRecord.from_dict(saved)
+            if dist_env.is_main:
+                print(f"resumed from {plan.resume_from} at step {record.step}"
+                      f"{changed_settings(saved['settings'], settings)}", flush=True)
+        record = dataclasses.replace(record, **plan.record_fields())
+        if dist_env.is_main:  # RUN_DIR exists: rank 0 made it to hold its lock
+            atomic.write_text(plan.run_dir.settings, json.dumps(client_state(plan, record), indent=2))
+        yield Started(dist_env, plan, engine, record)
 
 
-def lock_run_dir(plan: Plan, dist_env: distributed.DistEnv) -> FolderLock:
-    """One run per RUN_DIR: rank 0 holds its lock for the run's life (the kernel drops it if the
-    process dies). All ranks learn the outcome in one all-reduce, so a refused run stops everywhere."""
-    run_lock = FolderLock(plan.run_dir.root, "training run")
-    distributed.agreed(run_lock.acquire, here=dist_env.is_main, what=f"the lock of {plan.run_dir}")
-    return run_lock
+def lock_run_dir(plan: Plan, dist_env: distributed.DistEnv, held: contextlib.ExitStack) -> None:
+    """One run per RUN_DIR: rank 0 takes its lock into `held`, which releases it when its block ends (the kernel
+    drops it if the process dies). All ranks learn the outcome in one all-reduce, so a refused run stops everywhere."""
+    distributed.agreed(lambda: held.enter_context(FolderLock(plan.run_dir.root, "training run")),
+                       here=dist_env.is_main, what=f"the lock of {plan.run_dir}")
 
 
 def finish(plan: Plan, record: RunRecord, preempted: bool, dist_env: distributed.DistEnv,
@@ -165,71 +175,21 @@ def client_state(plan: Plan, record: RunRecord) -> dict[str, Any]:
             "rng": "reseeded every step from (seed, step, rank)"}
 
 
-def build_engine(plan: Plan) -> Any:
-    import deepspeed
-    from deepspeed.utils import logger as ds_logger
-
-    from gpt_ds.model import GPT
-
-    ds_logger.setLevel(logging.WARNING)  # our progress bar is the console; DeepSpeed's INFO lines drown it
-    # DeepSpeed calls torch.distributed APIs that torch marks deprecated, once per rank: noise to users
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    torch.manual_seed(plan.settings.seed)  # same initial weights on every rank and every fresh run
-    if torch.cuda.is_available():  # TF32 tensor cores for whatever math stays in fp32 (Ampere and newer)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = GPT(plan.model_config)
-    model.set_activation_checkpointing(plan.settings.activation_checkpointing)
-    groups = model.param_groups(run_settings.weight_decay_of(plan.ds_config))
-    if plan.muon_lr_ratio is None:
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=plan.ds_config)
-    else:
-        engine = initialize_with_muon(deepspeed, model, groups, plan.ds_config)
-    if plan.settings.compile:
-        engine.compile()
-    return engine
+def prefetcher(plan: Plan, rank: int, device: torch.device) -> Prefetcher:
+    """This rank's micro-batches of the plan's stream on `device`, one ahead (gpt_ds.prefetch)."""
+    return Prefetcher(plan.stream, micro_batch=plan.micro_batch, accumulation=plan.accumulation, rank=rank,
+                      world_size=plan.world_size, device=device)
 
 
-def hidden_matrices(model: torch.nn.Module) -> set[str]:
-    """The parameters Muon trains: the blocks' 2-D weights (attention c_attn/c_proj, MLP c_fc/c_proj).
-    Embeddings, the output head, gains and biases stay with Adam (Keller Jordan's Muon: hidden layers only)."""
-    return {name for name, p in model.named_parameters() if p.ndim == 2 and name.startswith("transformer.h.")}
-
-
-def initialize_with_muon(deepspeed: Any, model: torch.nn.Module, groups: list[dict[str, Any]],
-                         ds_config: dict[str, Any]) -> Any:
-    """deepspeed.initialize with DeepSpeed's Muon, each parameter tagged `use_muon` by `hidden_matrices`.
-
-    DeepSpeed tags the parameters itself inside initialize (deepspeed.set_optimizer_flags: >= 2-D and no
-    "embed"/"lm_head" in the name), which would put GPT-2's `wte`/`wpe` tables on Muon; our tags are
-    applied right after its own, before the engine builds the optimizer. Our weight-decay groups pass
-    through: DeepSpeed splits each into its Muon and Adam halves, keeping the group's weight_decay."""
-    from unittest import mock
-
-    hidden = hidden_matrices(model)
-    deepspeeds_own = deepspeed.set_optimizer_flags
-
-    def tag(config_class: Any, module: torch.nn.Module) -> None:
-        deepspeeds_own(config_class, module)
-        for name, param in module.named_parameters():
-            param.use_muon = name in hidden
-
-    with mock.patch.object(deepspeed, "set_optimizer_flags", tag):
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
-    on_muon = {name for name, p in model.named_parameters() if getattr(p, "use_muon", None) is True}
-    muon_groups = [g for g in engine.optimizer.param_groups if g.get("use_muon")]
-    if on_muon != hidden or not muon_groups:  # a DeepSpeed that tags elsewhere: fail loudly, not train wrongly
-        raise RuntimeError(f"Muon tagging did not hold ({len(on_muon)} parameters on Muon, {len(hidden)} hidden "
-                           f"matrices, {len(muon_groups)} Muon groups); this DeepSpeed tags parameters elsewhere")
-    return engine
-
-
-def set_lr(engine: Any, lr: float, muon_lr_ratio: float | None = None) -> float:
-    """Every param group to the schedule's `lr`; Muon's matrix groups to lr x muon_lr / adam_lr (their own
-    peak from the JSON). Non-Muon groups get `lr` itself, so AdamW runs are exactly as before."""
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr * muon_lr_ratio if muon_lr_ratio is not None and group.get("use_muon") else lr
-    return lr
+def agreed_step(engine: Any, batches: Prefetcher, step: int, seed: int, rank: int,
+                preempt: bool) -> tuple[Agreement, float]:
+    """Optimizer step `step` + 1, agreed by all ranks (`agree`), and the seconds it took, its one host read
+    included. torch is reseeded from (seed, step, rank) first, so dropout and any other randomness are
+    functions of the step too, and a resume needs no saved RNG state."""
+    torch.manual_seed(sampler.step_seed(seed, step, rank))
+    started = time.perf_counter()
+    agreement = agree(train_step(engine, batches, step), preempt)
+    return agreement, time.perf_counter() - started
 
 
 def train_step(engine: Any, batches: Prefetcher, step: int) -> torch.Tensor:

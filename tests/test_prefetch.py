@@ -25,12 +25,17 @@ def plan_of(world_size: int, accumulation: int, sampling: str) -> Plan:
                 None, None, world_size)
 
 
+def batches_of(plan: Plan, rank: int) -> Prefetcher:
+    return Prefetcher(plan.stream, micro_batch=plan.micro_batch, accumulation=plan.accumulation, rank=rank,
+                      world_size=plan.world_size, device="cpu")
+
+
 @pytest.mark.parametrize("world_size,accumulation,sampling", [(1, 1, "random"), (1, 3, "epoch"), (2, 2, "random")])
 def test_the_prefetched_micro_batches_are_the_streams_own(world_size, accumulation, sampling):
     plan = plan_of(world_size, accumulation, sampling)
     for rank in range(world_size):
         for resume_at in (0, 3):  # a fresh prefetcher, as after a resume, starts at its step's first micro-batch
-            batches = Prefetcher(plan, rank, torch.device("cpu"))
+            batches = batches_of(plan, rank)
             for step in range(resume_at, 6):
                 for micro_step in range(accumulation):
                     x, y = batches.get(step, micro_step)
@@ -43,7 +48,7 @@ def test_the_prefetched_micro_batches_are_the_streams_own(world_size, accumulati
 
 def test_a_batch_asked_out_of_order_is_loaded_rather_than_the_prefetched_one():
     plan = plan_of(1, 2, "random")
-    batches = Prefetcher(plan, 0, torch.device("cpu"))
+    batches = batches_of(plan, 0)
     batches.get(0, 0)
     batches.prefetch_after(0, 0)  # (0, 1) ahead
     x, _ = batches.get(4, 1)

@@ -177,11 +177,10 @@ sys.path.insert(0, REPO_PATH)
 from gpt_ds import settings, train
 from gpt_ds.validate import Validator
 out, *argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
-dist_env, plan, engine, record, run_lock = train.start(settings.settings_from_args(argv))
-copy = Validator(plan, dist_env.rank).whole_model(engine.module)  # every rank gathers; rank 0 holds the copy
+with train.start(settings.settings_from_args(argv)) as started:  # RUN_DIR locked for the block
+    copy = Validator(started.plan, started.dist_env.rank).whole_model(started.engine.module)  # every rank gathers; rank 0 holds the copy
 if copy is not None:
     torch.save({name: p.detach() for name, p in copy.named_parameters()}, out)
-run_lock.release()
 """.replace("REPO_PATH", repr(str(REPO)))
 
 
@@ -559,7 +558,7 @@ def test_muon_exact_resume_and_kill9(corpus_data, tmp_path):
 
 def test_muon_trains_the_hidden_matrices_and_adam_the_rest():
     from gpt_ds.model import GPT, PRESETS
-    from gpt_ds.train import hidden_matrices
+    from gpt_ds.engine import hidden_matrices
 
     hidden = hidden_matrices(GPT(PRESETS["tiny"]))
     layers = PRESETS["tiny"].n_layer

@@ -18,9 +18,9 @@ import torch
 from gpt_ds import distributed, sampler, settings as run_settings
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
-from gpt_ds.prefetch import Prefetcher
 from gpt_ds.schedule import Schedule
-from gpt_ds.train import agree, build_engine, train_step
+from gpt_ds.engine import build_engine
+from gpt_ds.train import agree, prefetcher, train_step
 
 GPT_DS = str(Path(__file__).resolve().parents[1] / "gpt_ds")
 ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
@@ -49,7 +49,7 @@ def engine_and_plan(tmp_path_factory):
 
 def test_one_host_read_per_step(engine_and_plan, monkeypatch):
     engine, plan = engine_and_plan
-    batches = Prefetcher(plan, 0, engine.device)
+    batches = prefetcher(plan, 0, engine.device)
     agree(train_step(engine, batches, 0), False)  # warm-up: first steps may set things up
     reads = []
 
