@@ -158,7 +158,7 @@ class Check:
     def part_env(self) -> dict[str, Any]:
         import torch
 
-        from gpt_ds import metrics
+        from gpt_ds import hardware, metrics
         from gpt_ds.model import config_from_preset
 
         figures: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
@@ -185,8 +185,8 @@ class Check:
         name = torch.cuda.get_device_name()
         props = torch.cuda.get_device_properties(0)
         figures.update(device_name=name, capability=f"{props.major}.{props.minor}",
-                       memory_gib=round(props.total_memory / 2**30, 1), bf16=metrics.gpu_native_bf16(),
-                       peak_tflops=(metrics.gpu_peak_flops(name) or 0) / 1e12 or None)
+                       memory_gib=round(props.total_memory / 2**30, 1), bf16=hardware.gpu_native_bf16(),
+                       peak_tflops=(hardware.gpu_peak_flops(name) or 0) / 1e12 or None)
         figures.update(sdpa_backends(config.n_head, config.head_dim, self.shape["seq_len"], self.shape["micro_batch"]))
         return figures
 

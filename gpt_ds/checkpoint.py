@@ -310,8 +310,3 @@ class Checkpointer:
             return None
         self.last_saved = step
         return save(self.engine, self.checkpoints, step, client_state, self.keep)
-
-    @property
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint on disk (the one a rerun resumes from)."""
-        return latest_tag_dir(self.checkpoints)

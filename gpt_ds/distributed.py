@@ -23,9 +23,9 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-from gpt_ds.errors import UserError
+from gpt_ds.errors import PeerFailed, UserError
 
 T = TypeVar("T")
 
@@ -192,9 +192,9 @@ SHUTDOWN_WAIT_S = 10.0  # the most a rank's exit waits for its process group to 
 
 
 def shutdown() -> None:
-    """Close torch.distributed's process group at exit, before the interpreter's own teardown, for a
-    process that returns rather than ending through `exit_process` (the Slurm task under submitit): left to
-    the teardown, its communication threads are destroyed still running. Bounded: a group that does not
+    """Close torch.distributed's process group at exit, before the interpreter's own teardown, for a process
+    that returns rather than ending through gpt_ds.errors.exit_process (the Slurm task under submitit): left
+    to the teardown, its communication threads are destroyed still running. Bounded: a group that does not
     close in SHUTDOWN_WAIT_S is left to the exit."""
     import threading
 
@@ -212,27 +212,6 @@ def shutdown() -> None:
     closer = threading.Thread(target=destroy, name="gpt-ds-shutdown", daemon=True)
     closer.start()
     closer.join(SHUTDOWN_WAIT_S)
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a command-line process with `code`. Where this process started torch.distributed, without the
-    interpreter's teardown (os._exit, after flushing stdio and logging): there, now and then, a rank that had
-    finished cleanly still aborted while its peer was exporting ("terminate called without an active
-    exception", SIGABRT; seen in the ZeRO-3 tests, also after `shutdown` closed the group), and the launcher
-    then killed the peer mid-export. By the time a command returns, every file of gpt-ds's is written and
-    closed, so the teardown has nothing left to do for us."""
-    dist = sys.modules.get("torch.distributed")  # not imported: never started (and no torch import to ask)
-    if dist is None or not (dist.is_available() and dist.is_initialized()):
-        sys.exit(code)
-    import logging
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
-            pass
-    os._exit(code)
 
 
 def release_shm_buffer(dist_env: DistEnv) -> None:
@@ -277,8 +256,6 @@ def agreed(check: "Callable[[], T]", *, here: bool, what: str) -> "T | None":
     together instead of one failing and the others hanging in their next collective. A rank whose
     check failed raises its UserError, the others a quiet PeerFailed; when every rank failed, the
     error is the same everywhere and only rank 0 prints it. Returns `check`'s result where it ran."""
-    from gpt_ds.errors import PeerFailed
-
     refused, result = None, None
     if here:
         try:

@@ -1,4 +1,4 @@
-"""The user-facing error type and the one place that turns it into a clean exit.
+"""The user-facing error type and the one place that turns it into a clean exit (`run_cli`, `exit_process`).
 
 Every entry point raises `UserError` for bad input (a missing path, an inconsistent config, ...)
 with a message that names the problem and the fix; `run_cli` prints it as one line on stderr and
@@ -14,6 +14,7 @@ argparse would print its usage and exit on every rank.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -45,14 +46,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _is_rank0() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"
 
 
 def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
     """Run `main`, mapping UserError to `prog: error: ...` on stderr and a non-zero exit. A process that
-    started torch.distributed ends through `gpt_ds.distributed.exit_process` (no interpreter teardown)."""
+    started torch.distributed ends through `exit_process` (no interpreter teardown)."""
     try:
         code = main()
     except UserError as err:
@@ -62,10 +61,10 @@ def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
             import time
 
             time.sleep(QUIET_RANK_DELAY_S)
-        _exit(err.exit_code)
+        exit_process(err.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        _exit(130)
+        exit_process(130)
     except OSError as err:
         import errno
 
@@ -74,11 +73,26 @@ def run_cli(main: Callable[[], int | None], prog: str) -> NoReturn:
         # a write that no caller turned into its own message: still one line, not a traceback
         print(f"{prog}: error: no space left on the device writing {err.filename or 'a file'}; free some space "
               "there or choose a folder on another disk, then rerun the same command", file=sys.stderr)
-        _exit(UserError.exit_code)
-    _exit(code or 0)
+        exit_process(UserError.exit_code)
+    exit_process(code or 0)
 
 
-def _exit(code: int) -> NoReturn:
-    from gpt_ds.distributed import exit_process  # here, not at the top: gpt_ds.distributed imports this module
+def exit_process(code: int) -> NoReturn:
+    """End a command-line process with `code`. Where this process started torch.distributed, without the
+    interpreter's teardown (os._exit, after flushing stdio and logging): there, now and then, a rank that had
+    finished cleanly still aborted while its peer was exporting ("terminate called without an active
+    exception", SIGABRT; seen in the ZeRO-3 tests, also after gpt_ds.distributed.shutdown closed the group), and the launcher
+    then killed the peer mid-export. By the time a command returns, every file of gpt-ds's is written and
+    closed, so the teardown has nothing left to do for us."""
+    dist = sys.modules.get("torch.distributed")  # not imported: never started (and no torch import to ask)
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    import logging
 
-    exit_process(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
+            pass
+    os._exit(code)

@@ -19,7 +19,7 @@ import torch
 
 from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, detokenize_stream, stream
-from gpt_ds.metrics import gpu_native_bf16
+from gpt_ds.hardware import gpu_native_bf16
 from gpt_ds.model import GPT
 from gpt_ds.model_io import ModelInfo, load_model, parse_dtype
 from gpt_ds.tokenizer import get_encoding

@@ -3,7 +3,7 @@ the ETA-to-target fit, and reading a run's TensorBoard scalars back (for tests a
 
 MFU = achieved model FLOPs / the device's peak. Model FLOPs per token come from
 `GPT.flops_per_token` (6N + attention); the peak from a table of accelerators' dense bf16/fp16
-tensor-core figures, or `--peak-tflops`. A CPU has no datasheet figure, so there the peak is measured
+tensor-core figures (gpt_ds.hardware), or `--peak-tflops`. A CPU has no datasheet figure, so there the peak is measured
 once per machine, dtype and thread count with a large matmul (the best of several rounds, so a busy
 moment does not lower it) and cached in GPT_DS_CACHE_DIR (default ~/.cache/gpt-ds): the same run then
 reports the same MFU on a quiet machine and a busy one, and MFU on the CPU reads "fraction of the
@@ -25,44 +25,7 @@ import numpy as np
 import torch
 
 from gpt_ds import atomic, tags
-
-# Dense (non-sparse) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets.
-GPU_PEAK_FLOPS: dict[str, float] = {
-    "B200": 2250e12,
-    "H200 NVL": 835e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "H100 SXM": 989e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L40": 181e12,
-    "A6000": 155e12,
-    "A10G": 70e12,
-    "A10": 125e12,
-    "L4": 121e12,
-    "4090": 165e12,
-    "V100": 125e12,
-    "T4": 65e12,
-}
-
-
-def gpu_peak_flops(device_name: str) -> float | None:
-    """The table's peak for a device name such as 'NVIDIA H100 80GB HBM3' (longest key that matches)."""
-    matches = [key for key in GPU_PEAK_FLOPS if key.lower() in device_name.lower()]
-    return GPU_PEAK_FLOPS[max(matches, key=len)] if matches else None
-
-
-def gpu_native_bf16(device: str | torch.device | None = None) -> bool:
-    """Whether the GPU `device` (None: the current one) computes in bf16 natively: Ampere and newer, as torch
-    counts ROCm GPUs. Not torch.cuda.is_bf16_supported()'s default, which says yes where bf16 is only
-    emulated (V100, T4), slowly. False without CUDA."""
-    if not torch.cuda.is_available():
-        return False
-    return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
-
+from gpt_ds.hardware import gpu_native_bf16, gpu_peak_flops  # noqa: F401 (gpu_native_bf16: plan.py's, until the merge)
 
 CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau
 CPU_PEAK_ROUNDS = 5

@@ -10,9 +10,10 @@ and stops a run whose loss stays non-finite (`TrainingDiverged`, exit 3, the las
 from __future__ import annotations
 
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from gpt_ds import checkpoint, tags
+from gpt_ds import tags
 from gpt_ds.errors import UserError
 from gpt_ds.metrics import LossCurve, PeakMemory, TensorBoard, Throughput
 from gpt_ds.record import RunRecord
@@ -30,8 +31,9 @@ class Monitor:
 
     def __init__(self, run_dir: RunDir, *, is_main: bool, world_size: int, flops_per_token: float,
                  peak_flops: float, target_loss: float | None, target_on_val: bool, record: RunRecord,
-                 max_steps: int, log_interval: int) -> None:
+                 max_steps: int, log_interval: int, last_checkpoint: Callable[[], Path | None] = lambda: None) -> None:
         self.run_dir = run_dir
+        self.last_checkpoint = last_checkpoint  # the checkpoint a diverged run keeps, named in its error
         self.world_size = world_size
         self.target_loss = target_loss
         self.target_on_val = target_on_val
@@ -76,7 +78,7 @@ class Monitor:
         if self.nonfinite_streak >= NONFINITE_PATIENCE:
             raise TrainingDiverged(
                 f"the loss was not finite for {self.nonfinite_streak} steps in a row (step {record.step}); the last "
-                f"good checkpoint {checkpoint.latest_tag_dir(self.run_dir.checkpoints) or '(none)'} is kept. Lower "
+                f"good checkpoint {self.last_checkpoint() or '(none)'} is kept. Lower "
                 "--lr or raise --warmup-steps (or use bf16, ds_configs/zero2.json, instead of fp16), then rerun to resume")
         self.throughput.add(tokens, seconds)
         if loss is not None:

@@ -3,9 +3,10 @@
 `run` reads like a table of contents: start (plan every check, start the ranks, lock RUN_DIR, build the
 engine, resume), then per step: learning rate, micro-batches and the one agreed all-reduce (`agreed_step`),
 monitor, validation, target, checkpoint; finally the consolidated model. Each component decides its own
-cadence: plan (gpt_ds.plan), the engine and its optimizers (gpt_ds.engine), Schedule (gpt_ds.schedule), Monitor with the target and the non-finite guard
-(gpt_ds.monitor), Validator (gpt_ds.validate), Checkpointer (gpt_ds.checkpoint), RunRecord
-(gpt_ds.record), batches as a function of the step (gpt_ds.sampler), the export (gpt_ds.export).
+cadence: plan (gpt_ds.plan), the engine and its optimizers (gpt_ds.engine), Schedule (gpt_ds.schedule),
+Monitor with the target and the non-finite guard (gpt_ds.monitor), Validator (gpt_ds.validate),
+Checkpointer (gpt_ds.checkpoint), RunRecord (gpt_ds.record), batches as a function of the step
+(gpt_ds.sampler, gpt_ds.prefetch), the export (gpt_ds.export).
 
 Entry points: `main(argv) -> exit code` (launch/train.py, submitit tasks), `parse_args(argv)`
 (validation only, e.g. before submitting a Slurm job), `run(settings) -> TrainResult`.
@@ -251,7 +252,8 @@ def open_monitor(plan: Plan, record: RunRecord, dist_env: distributed.DistEnv) -
     monitor = Monitor(plan.run_dir, is_main=dist_env.is_main, world_size=plan.world_size,
                       flops_per_token=flops_per_token, peak_flops=peak_flops, target_loss=settings.target_loss,
                       target_on_val=plan.val is not None, record=record, max_steps=settings.max_steps,
-                      log_interval=settings.log_interval)
+                      log_interval=settings.log_interval,
+                      last_checkpoint=lambda: checkpoint.latest_tag_dir(plan.run_dir.checkpoints))
     if dist_env.is_main:
         print(f"MFU against a peak of {peak_flops / 1e12:.2f} TFLOP/s per rank ({peak_source})", flush=True)
     if record.step == 0:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gpt_ds import metrics
+from gpt_ds import hardware, metrics
 
 
 def test_eta_fit_recovers_a_log_linear_curve():
@@ -39,10 +39,10 @@ def test_throughput_and_mfu():
 
 
 def test_peak_table_and_cpu_measurement():
-    assert metrics.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert metrics.gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert metrics.gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
-    assert metrics.gpu_peak_flops("Some Unknown Device") is None
+    assert hardware.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert hardware.gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert hardware.gpu_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert hardware.gpu_peak_flops("Some Unknown Device") is None
     assert metrics.measure_matmul_flops(torch.float32, size=128, rounds=2) > 1e7
 
 
@@ -86,4 +86,4 @@ def test_tensorboard_round_trip_and_purge_on_resume(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks what a machine without CUDA answers")
 def test_native_bf16_without_cuda_is_false_not_an_error():
     """A CPU-only machine (a login node) may ask: the answer is False (torch's device query would raise)."""
-    assert metrics.gpu_native_bf16() is False and metrics.gpu_native_bf16("cuda:1") is False
+    assert hardware.gpu_native_bf16() is False and hardware.gpu_native_bf16("cuda:1") is False

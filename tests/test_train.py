@@ -178,8 +178,8 @@ from gpt_ds import settings, train
 from gpt_ds.validate import Validator
 out, *argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
 with train.start(settings.settings_from_args(argv)) as started:  # RUN_DIR locked for the block
-    copy = Validator(started.plan, started.dist_env.rank).whole_model(started.engine.module)  # every rank gathers; rank 0 holds the copy
-if copy is not None:
+    copy = Validator(started.plan, started.dist_env.rank).whole_model(started.engine.module)  # every rank gathers
+if copy is not None:  # rank 0 holds the copy
     torch.save({name: p.detach() for name, p in copy.named_parameters()}, out)
 """.replace("REPO_PATH", repr(str(REPO)))
 
