@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_ds import atomic, reshard as resharding, safe_load
-from gpt_ds.errors import UserError
+from gpt_ds.errors import UserError, first_line
 from gpt_ds.run_dir import RunDir
 
 LATEST = "latest"
@@ -139,7 +139,7 @@ def save(engine: Any, checkpoints: Path, step: int, client_state: dict[str, Any]
         if failure is not None:
             if atomic.is_full_disk(failure) or "write failed" in str(failure) or (atomic.free_bytes(tag_dir) or 1) == 0:
                 raise atomic.disk_full(tag_dir, needed, "saving the checkpoint") from failure
-            raise UserError(f"saving the checkpoint {tag_dir} failed: {str(failure).splitlines()[0][:200]}") from failure
+            raise UserError(f"saving the checkpoint {tag_dir} failed: {first_line(failure)}") from failure
 
     try:
         distributed.agreed(check_written, here=True, what=f"the checkpoint {tag_dir}")

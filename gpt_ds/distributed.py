@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-from gpt_ds.errors import PeerFailed, UserError
+from gpt_ds.errors import PeerFailed, UserError, first_line
 
 T = TypeVar("T")
 
@@ -302,8 +302,7 @@ def rank_lost(err: BaseException, rank: int) -> RankLost | None:
     text = str(err)
     if not (isinstance(err, getattr(torch.distributed, "DistNetworkError", ())) or any(m in text for m in PEER_LOST_MARKERS)):
         return None
-    reason = (text.splitlines() or [type(err).__name__])[0]
-    return RankLost(f"rank {rank}: a collective with the other ranks failed ({reason[:200]}): {RANK_LOST_ADVICE}")
+    return RankLost(f"rank {rank}: a collective with the other ranks failed ({first_line(err)}): {RANK_LOST_ADVICE}")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ exits non-zero, so users never see a traceback for a mistake they can correct.
 Under several ranks every rank runs the same checks on the same files and reaches the same verdict;
 such an error (`every_rank`, set by the training plan, and `PeerFailed`, which a rank raises when
 rank 0's check failed) is printed by rank 0 alone, so that the console shows it once.
-`ArgumentParser` raises argparse's own errors (an unknown flag, a bad value) as such an error, where
+`first_line` quotes another library's error in such a line. `ArgumentParser` raises argparse's own errors (an unknown flag, a bad value) as such an error, where
 argparse would print its usage and exit on every rank.
 """
 
@@ -43,6 +43,16 @@ class ArgumentParser(argparse.ArgumentParser):
         err = UserError(f"{message} (see {self.prog} --help)")
         err.every_rank = True
         raise err
+
+
+def first_line(err: BaseException | str, limit: int = 200, empty: str | None = None) -> str:
+    """The first non-blank line of `err`'s message, cut to `limit` characters, for a one-line error that
+    quotes a library's. An empty message gives `empty` (default: the exception's type name); never raises."""
+    text = str(err)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), None)
+    if line is None:
+        line = empty if empty is not None else type(err).__name__ if isinstance(err, BaseException) else ""
+    return line[:limit]
 
 
 def _is_rank0() -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from gpt_ds import atomic, safe_load
-from gpt_ds.errors import UserError
+from gpt_ds.errors import UserError, first_line
 
 UNIVERSAL_SUFFIX = ".universal"  # step_N.universal: the universal copy of the checkpoint step_N
 PARAMS_FOLDER = "zero"  # ds_to_universal's folder of one sub-folder per parameter
@@ -77,7 +77,7 @@ def convert(tag_dir: Path) -> Path:
         if atomic.is_full_disk(err):
             raise atomic.disk_full(target, needed, "for the universal copy") from err
         raise UserError(f"converting {tag_dir} to a universal checkpoint failed ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}); the checkpoint is "
+                        f"{first_line(err, empty='no message')}); the checkpoint is "
                         "untouched: resume it with its own number of ranks and ZeRO stage") from err
     finally:
         (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's own pointer: unused

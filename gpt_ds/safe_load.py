@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from gpt_ds.errors import UserError
+from gpt_ds.errors import UserError, first_line
 from gpt_ds.patching import swapped
 
 # "module.qualname" of every class a DeepSpeed checkpoint of ours pickles (beyond torch's own tensors and
@@ -62,11 +62,11 @@ def load(path: str | Path, map_location: Any = None, *, mmap: bool = False) -> A
             return _torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
-        what = found.group(1) if found else str(err).splitlines()[0][:200]
+        what = found.group(1) if found else first_line(err)
         raise UserError(f"refusing to load {path}: its pickle calls {what}, which no gpt-ds checkpoint holds "
                         "(loading it could run code); delete it, or use a checkpoint you trust") from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+        first = first_line(err, 160).split(". ")[0]
         raise UserError(f"{path} is not a readable torch checkpoint file ({first}): it is damaged or "
                         "truncated") from err
 

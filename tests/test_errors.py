@@ -1,6 +1,7 @@
 """gpt_ds.errors under several ranks: launch/train.py through the deepspeed launcher on 2 real ranks, where a bad
 flag (argparse's own error) and a bad DeepSpeed config value each print one `error:` line (rank 0's) and exit
-non-zero, and a key that DeepSpeed ignores is one warning line."""
+non-zero, and a key that DeepSpeed ignores is one warning line; and `first_line`, which quotes another library's
+error in such a line."""
 
 from __future__ import annotations
 
@@ -56,3 +57,14 @@ def test_a_bad_config_value_is_one_error_line_and_an_ignored_key_one_warning_und
         f"launch/train.py: warning: DeepSpeed config {path}: unknown key wall_clock_breakdwn (did you mean "
         "wall_clock_breakdown?); DeepSpeed ignores it (--strict-config makes this an error)"], output
     assert "Traceback" not in output and not (tmp_path / "run").exists()
+
+
+def test_first_line_quotes_one_line_and_never_fails_on_an_empty_message():
+    """The first non-blank line of a library's error, cut to the limit; an empty message is named, not an IndexError."""
+    from gpt_ds.errors import first_line
+
+    assert first_line(RuntimeError("\n  write failed: disk\nat frame 3\n")) == "write failed: disk"
+    assert first_line(RuntimeError("x" * 500), limit=160) == "x" * 160
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(AssertionError(), empty="no message") == "no message"
+    assert first_line("plain text\nmore") == "plain text" and first_line("") == ""
