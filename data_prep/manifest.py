@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from gpt_ds import atomic
+from gpt_ds import atomic, json_object
 from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, check_tokens, open_split, shard_problem
 from gpt_ds.errors import UserError
 
@@ -103,11 +103,7 @@ def _read_json(path: Path) -> dict | None:
     """The JSON object at `path`; {} when it is there but unreadable; None when absent."""
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return json_object.read_or_none(path) or {}
 
 
 def _differences(found: dict, wanted: dict) -> str:

@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gpt_ds import atomic, reshard as resharding, safe_load
+from gpt_ds import atomic, json_object, reshard as resharding, safe_load
 from gpt_ds.errors import UserError, first_line
 from gpt_ds.run_dir import RunDir
 
@@ -44,18 +44,12 @@ def is_complete(tag_dir: Path) -> bool:
 
 
 def read_client_state(tag_dir: Path) -> dict[str, Any]:
-    path = tag_dir / CLIENT_STATE
     try:
-        state = json.loads(path.read_text())
-        if not isinstance(state, dict):
-            raise UserError(f"{path} is not a gpt-ds client state (a JSON {type(state).__name__}, not an object); "
-                            "pick another checkpoint or --resume never")
-        return state
+        return json_object.read(tag_dir / CLIENT_STATE, fix="pick another checkpoint or --resume never",
+                                kind="a gpt-ds client state", invalid="is corrupt")
     except FileNotFoundError as err:
         raise UserError(f"{tag_dir} is not a complete gpt-ds checkpoint (no {CLIENT_STATE}); "
                         "pick another tag or --resume never") from err
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is corrupt ({err}); pick another checkpoint or --resume never") from err
 
 
 def latest_tag_dir(checkpoints: Path) -> Path | None:

@@ -10,12 +10,11 @@ The batch sampler that draws training windows from these arrays lives in gpt_ds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from gpt_ds import atomic
+from gpt_ds import atomic, json_object
 from gpt_ds.atomic import file_sha256
 from gpt_ds.errors import UserError
 
@@ -121,11 +120,9 @@ def load_manifest(data_dir: str | Path) -> dict:
                 "rerun the same python -m data_prep command to finish it"
             )
         raise ShardError(f"data folder {data_dir} has no {MANIFEST_NAME}; prepare it with: {hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ShardError(f"{path} is not valid JSON ({err}); re-prepare the folder with: {hint}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+    manifest = json_object.read(path, fix=f"re-prepare the folder with: {hint}", kind="a data_prep manifest",
+                                error=ShardError)
+    if not isinstance(manifest.get("splits"), dict):
         raise ShardError(f"{path} is not a data_prep manifest (no 'splits'); re-prepare the folder with: {hint}")
     if manifest.get("dtype", "uint16") != "uint16":
         raise ShardError(f"{path} describes {manifest['dtype']} tokens; only uint16 shards are supported")

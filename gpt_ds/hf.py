@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from gpt_ds import json_object
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPTConfig
 from gpt_ds.model_io import (
@@ -157,15 +158,10 @@ def read_hf_config(hf_dir: Path) -> GPTConfig:
                    "a folder saved by save_pretrained")
     if not path.is_file():
         raise UserError(f"{hf_dir} has no {HF_CONFIG}; pass a Hugging Face model folder (made by save_pretrained)")
-    try:
-        hf = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from err
+    hf = json_object.read(path, fix="pass a folder saved by save_pretrained", kind="a Hugging Face config")
     if folder_kind(hf_dir) == MODEL_KIND:
         raise UserError(f"{hf_dir} is a gpt-ds model folder already, not a Hugging Face one; use it as it is "
                         f"(python -m gpt_ds.hf export {hf_dir} --out HF_DIR makes a Hugging Face folder of it)")
-    if not isinstance(hf, dict):
-        raise UserError(f"{path} is not a JSON object, so not a Hugging Face config; pass a folder saved by save_pretrained")
     model_type = hf.get("model_type")
     architectures = hf.get("architectures") or []
     if model_type != "gpt2":
@@ -209,10 +205,11 @@ def read_hf_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
     if (hf_dir / HF_WEIGHTS).is_file():
         return read_safetensors(hf_dir / HF_WEIGHTS)
     if (hf_dir / HF_INDEX).is_file():
-        try:
-            shards = sorted(set(json.loads((hf_dir / HF_INDEX).read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
-            raise UserError(f"{hf_dir / HF_INDEX} is not a safetensors index ({err})") from err
+        index = json_object.read(hf_dir / HF_INDEX, fix="download it again", kind="a safetensors index",
+                                 invalid="is not a safetensors index")
+        if not isinstance(index.get("weight_map"), dict):
+            raise UserError(f"{hf_dir / HF_INDEX} is not a safetensors index (no weight_map); download it again")
+        shards = sorted(set(index["weight_map"].values()))
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
             if not (hf_dir / shard).is_file():

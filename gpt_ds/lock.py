@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 
+from gpt_ds import json_object
 from gpt_ds.errors import UserError
 
 LOCK_NAME = ".gpt-ds.lock"
@@ -74,8 +75,7 @@ class FolderLock:
 
 
 def _holder(text: str) -> str:
-    try:
-        info = json.loads(text)
-        return f"pid {info['pid']} on {info['host']}, since {info['since']}"
-    except (ValueError, KeyError, TypeError):
+    info = json_object.parse_or_none(text) or {}
+    if not {"pid", "host", "since"} <= info.keys():
         return "a process that has not written its pid yet"
+    return f"pid {info['pid']} on {info['host']}, since {info['since']}"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt_ds import atomic, tags
+from gpt_ds import atomic, json_object, tags
 from gpt_ds.hardware import gpu_native_bf16, gpu_peak_flops  # noqa: F401 (gpu_native_bf16: plan.py's, until the merge)
 
 CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau
@@ -67,12 +67,7 @@ def cpu_peak_flops(dtype: torch.dtype) -> tuple[float, str]:
     threads = torch.get_num_threads()
     key = f"{_cpu_name()} | {str(dtype).removeprefix('torch.')} | {threads} threads"
     path = cache_dir() / "peak_flops.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if not isinstance(cached, dict):
-        cached = {}
+    cached = json_object.read_or_none(path) or {}
     if isinstance(cached.get(key), (int, float)) and cached[key] > 0:
         return float(cached[key]), f"CPU {key}: measured {CPU_PEAK_MATMUL}^3 matmul, cached in {path}"
     peak = measure_matmul_flops(dtype)

@@ -38,6 +38,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from gpt_ds import json_object
 from gpt_ds.atomic import file_sha256, full_disk_as_error
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPT, GPTConfig
@@ -155,11 +156,8 @@ def require_folder(path: Path, what: str, fix: str, example: str) -> None:
 
 def folder_kind(folder: Path) -> str | None:
     """MODEL_KIND or HF_KIND by the shape of `folder`/config.json; None when it has none or another."""
-    try:
-        document = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
-        return None
-    if not isinstance(document, dict):
+    document = json_object.read_or_none(folder / CONFIG_FILE)
+    if document is None:  # missing, unreadable, not JSON, not an object
         return None
     if "model_type" in document:
         return HF_KIND
@@ -302,11 +300,8 @@ def read_model_info(folder: str | Path) -> ModelInfo:
             f"{folder} has no {CONFIG_FILE}, so it is not a model folder; pass the `model/` folder of a run "
             f"(e.g. RUN_DIR/model) or create one with `python -m gpt_ds.export RUN_DIR`"
         )
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); re-export the model") from err
-    if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+    document = json_object.read(path, fix="re-export the model", kind="a model folder's config")
+    if not isinstance(document.get("model"), dict):
         if folder_kind(folder) == HF_KIND:
             raise UserError(f"{folder} is a Hugging Face model folder, not a gpt-ds one; convert it first: "
                             f"python -m gpt_ds.hf import {folder} --out MODEL_DIR")
@@ -353,8 +348,10 @@ def saved_config(path: str | Path) -> GPTConfig | None:
         record = (weights.metadata() or {}).get(CONFIG_RECORD)
     if record is None:
         return None
+    document = json_object.parse(record, f"{path}: the model config recorded in its header", fix="re-export the model",
+                                 kind="a model config", invalid="is unreadable")
     try:
-        return GPTConfig.from_dict(json.loads(record))
+        return GPTConfig.from_dict(document)
     except (ValueError, UserError) as err:
         raise UserError(f"{path}: the model config recorded in its header is unreadable ({err}); re-export the model") from err
 
