@@ -6,8 +6,8 @@ flows through them:
 - data (prepared by data_prep/): tokenizer (tiktoken's GPT-2 BPE), data (token shards and their
   manifest), sampler (batches as a function of (seed, step)), prefetch (the next micro-batch on its
   way to the device).
-- the model: model_config (GPTConfig and the presets; no torch), model (the transformer), loss (the chunked head and cross-entropy),
-  recipes (switches turned on together).
+- the model: model_config (GPTConfig and the presets; no torch), model (the transformer), loss (the
+  chunked head and cross-entropy), recipes (switches turned on together).
 - the run's settings: settings (the command line: RunSettings), ds_config (the DeepSpeed JSON, read
   once and resolved), ds_keys (its keys against DeepSpeed's readers), plan (every check before any
   rank starts: the Plan), schedule (the learning rate as a function of the step).
