@@ -128,13 +128,7 @@ def start(settings: RunSettings) -> Iterator[Started]:
                                                                               reshard=plan.reshard)
             except torch.cuda.OutOfMemoryError as err:
                 raise plan.out_of_memory(None, err) from err
-        record = RunRecord()
-        if saved is not None:
-            record = RunRecord.from_dict(saved)
-            if dist_env.is_main:
-                print(f"resumed from {plan.resume_from} at step {record.step}"
-                      f"{changed_settings(saved['settings'], settings)}", flush=True)
-        record = dataclasses.replace(record, **plan.record_fields())
+        record = resumed_record(plan, saved, dist_env.is_main)
         if dist_env.is_main:  # RUN_DIR exists: rank 0 made it to hold its lock
             atomic.write_text(plan.run_dir.settings, json.dumps(client_state(plan, record), indent=2))
         yield Started(dist_env, plan, engine, record)
@@ -145,6 +139,18 @@ def lock_run_dir(plan: Plan, dist_env: distributed.DistEnv, held: contextlib.Exi
     drops it if the process dies). All ranks learn the outcome in one all-reduce, so a refused run stops everywhere."""
     distributed.agreed(lambda: held.enter_context(FolderLock(plan.run_dir.root, "training run")),
                        here=dist_env.is_main, what=f"the lock of {plan.run_dir}")
+
+
+def resumed_record(plan: Plan, saved: dict[str, Any] | None, is_main: bool) -> RunRecord:
+    """The run's record: the checkpoint's (`saved` client state; rank 0 says what changed since) or a fresh
+    one, with what the plan says the run is."""
+    record = RunRecord()
+    if saved is not None:
+        record = RunRecord.from_dict(saved)
+        if is_main:
+            print(f"resumed from {plan.resume_from} at step {record.step}"
+                  f"{changed_settings(saved['settings'], plan.settings)}", flush=True)
+    return dataclasses.replace(record, **plan.record_fields())
 
 
 def finish(plan: Plan, record: RunRecord, preempted: bool, dist_env: distributed.DistEnv,
