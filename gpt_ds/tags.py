@@ -1,4 +1,4 @@
-"""TensorBoard tags of a training run (DESIGN.md, "TensorBoard tags"): written by gpt_ds.metrics,
+"""TensorBoard tags of a training run (docs/design.md, "TensorBoard tags"): written by gpt_ds.metrics,
 read by the app and the tests. A tag is spelled here and nowhere else."""
 
 TRAIN_LOSS = "train/loss"
