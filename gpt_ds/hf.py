@@ -207,9 +207,11 @@ def read_hf_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
     if (hf_dir / HF_INDEX).is_file():
         index = json_object.read(hf_dir / HF_INDEX, fix="download it again", kind="a safetensors index",
                                  invalid="is not a safetensors index")
-        if not isinstance(index.get("weight_map"), dict):
-            raise UserError(f"{hf_dir / HF_INDEX} is not a safetensors index (no weight_map); download it again")
-        shards = sorted(set(index["weight_map"].values()))
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+            raise UserError(f"{hf_dir / HF_INDEX} is not a safetensors index (no weight_map of tensor names to "
+                            "files); download it again")
+        shards = sorted(set(weight_map.values()))
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
             if not (hf_dir / shard).is_file():
