@@ -88,7 +88,8 @@ def resolve(loaded: dict[str, Any], path: str | Path, world_size: int, global_ba
         path=str(path), config=config, train_batch_size=config["train_batch_size"], micro_batch=micro,
         accumulation=accum, zero_stage=config["zero_optimization"]["stage"], precision=_precision(config),
         is_muon=muon, weight_decay=float(optimizer.get("params", {}).get("weight_decay", 0.0)),
-        lr=_config_lr(optimizer, "adam_lr" if muon else "lr"), muon_lr_ratio=_muon_lr_ratio(optimizer) if muon else None)
+        lr=_config_lr(optimizer, "adam_lr" if muon else "lr"),
+        muon_lr_ratio=_muon_lr_ratio(optimizer) if muon else None)
 
 
 def _batch_sizes(config: dict[str, Any], where: str, world_size: int, resuming: bool = False) -> tuple[int, int]:
