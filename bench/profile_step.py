@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from gpt_ds import distributed, model as model_module, sampler, settings as run_settings  # noqa: E402
+from gpt_ds import distributed, ds_config, model as model_module, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
                                         model=args.model)
     model_config = config_from_preset(args.model, **settings.shape_overrides)
     tokens = np.random.default_rng(0).integers(0, 50257, size=4_000_000, dtype=np.uint16)
-    plan = Plan(settings, run_settings.resolve_ds_config(str(config_path), dist_env.world_size), model_config,
+    plan = Plan(settings, ds_config.resolve(config, config_path, dist_env.world_size), model_config,
                 model_config.block_size, Schedule(peak=1e-3, floor=1e-4, warmup=10, decay_steps=1000),
                 sampler.TokenWindows([tokens], model_config.block_size), None, None, dist_env.world_size)
     engine = engine_module.build_engine(plan)

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.baseline import PlainTrainer  # noqa: E402
-from gpt_ds import distributed, metrics, sampler, settings as run_settings  # noqa: E402
+from gpt_ds import distributed, ds_config, metrics, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
 from gpt_ds.engine import build_engine, set_lr  # noqa: E402
@@ -50,7 +50,8 @@ def make_plan(args: argparse.Namespace, world_size: int) -> Plan:
                                         model=args.model, block_size=args.block_size, compile=args.compile)
     model_config = config_from_preset(args.model, **settings.shape_overrides)
     tokens = np.random.default_rng(0).integers(0, 50257, size=4_000_000, dtype=np.uint16)
-    return Plan(settings, run_settings.resolve_ds_config(args.deepspeed_config, world_size), model_config,
+    ds = ds_config.resolve(ds_config.load(args.deepspeed_config), args.deepspeed_config, world_size)
+    return Plan(settings, ds, model_config,
                 model_config.block_size, Schedule(peak=1e-3, floor=1e-4, warmup=10, decay_steps=1000),
                 sampler.TokenWindows([tokens], model_config.block_size), None, None, world_size)
 

@@ -1,9 +1,11 @@
 """Planning a run: every check that can fail on bad input, before any rank starts or any file is
-written. `plan_run(settings, world_size)` resolves the DeepSpeed JSON, the model shape, the data,
-the schedule and the checkpoint to resume from into one `Plan`; the loop then only executes it."""
+written. `plan_run(settings, world_size)` is the one resolver: it reads the DeepSpeed JSON once, checks its
+keys, and resolves it, the model shape, the data, the schedule and the checkpoint to resume from into one
+`Plan`; the loop then only executes it."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,9 @@ from typing import Any
 
 import torch
 
-from gpt_ds import checkpoint, sampler, settings as run_settings
+from gpt_ds import checkpoint, ds_config, sampler
+from gpt_ds.ds_config import DeepSpeedConfig
+from gpt_ds.ds_keys import check_ds_config_keys
 from gpt_ds.errors import UserError
 from gpt_ds.metrics import gpu_native_bf16
 from gpt_ds.recipes import MUON_CONFIG, RECIPES
@@ -26,7 +30,7 @@ class Plan:
     """What `settings` resolve to for `world_size` ranks, checked before any work."""
 
     settings: RunSettings
-    ds_config: dict[str, Any]
+    ds: DeepSpeedConfig
     model_config: GPTConfig
     seq_len: int  # training sequence length (<= model_config.block_size)
     schedule: Schedule
@@ -34,38 +38,50 @@ class Plan:
     val: sampler.TokenWindows | None
     resume_from: Path | None
     world_size: int
-    muon_lr_ratio: float | None = None  # Muon: the matrices' lr over the schedule's (muon_lr / adam_lr); else None
     reshard: str | None = None  # a resume on another world size or ZeRO stage: what changed ("2 -> 1 ranks")
 
     @functools.cached_property
     def stream(self) -> sampler.TrainStream:
         """The run's training stream: the global batch of each step, sliced per rank and micro-step."""
-        return sampler.TrainStream(self.train, self.ds_config["train_batch_size"], self.settings.seed,
-                                   self.settings.sampling)
+        return sampler.TrainStream(self.train, self.ds.train_batch_size, self.settings.seed, self.settings.sampling)
 
     @property
     def run_dir(self) -> RunDir:
         return self.settings.run_dir
 
     @property
+    def ds_config(self) -> dict[str, Any]:
+        """The resolved DeepSpeed JSON, as deepspeed.initialize gets it."""
+        return self.ds.config
+
+    @property
     def precision(self) -> str:
-        return run_settings.precision_of(self.ds_config)
+        return self.ds.precision
 
     @property
     def zero_stage(self) -> int:
-        return self.ds_config["zero_optimization"]["stage"]
+        return self.ds.zero_stage
 
     @property
     def micro_batch(self) -> int:
-        return self.ds_config["train_micro_batch_size_per_gpu"]
+        return self.ds.micro_batch
 
     @property
     def accumulation(self) -> int:
-        return self.ds_config["gradient_accumulation_steps"]
+        return self.ds.accumulation
+
+    @property
+    def muon_lr_ratio(self) -> float | None:
+        """Muon: the matrices' lr over the schedule's (muon_lr / adam_lr); else None."""
+        return self.ds.muon_lr_ratio
+
+    @property
+    def weight_decay(self) -> float:
+        return self.ds.weight_decay
 
     @property
     def tokens_per_step(self) -> int:
-        return self.ds_config["train_batch_size"] * self.seq_len
+        return self.ds.train_batch_size * self.seq_len
 
     def out_of_memory(self, step: int | None, err: BaseException) -> UserError:
         """The one line for a device that ran out of memory at `step`: what this rank holds, and the knobs
@@ -102,21 +118,19 @@ class Plan:
 def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -> Plan:
     """Every check that can fail on bad input, before any rank starts or any file is written. `cuda`: whether
     the ranks run on GPUs (None: this machine's answer; a Slurm submit from a CPU login node says its job's)."""
-    ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size)
-    precision = run_settings.precision_of(ds_config)
+    loaded = ds_config.load(settings.deepspeed_config)  # the one read of the JSON
+    check_ds_config_keys(loaded, settings.deepspeed_config, strict=settings.strict_config)
+    ds = ds_config.resolve(loaded, settings.deepspeed_config, world_size)
     elsewhere = cuda is not None  # another machine's GPUs (a job's): whether they have bf16, its ranks check
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    check_precision(precision, settings.deepspeed_config, cuda=cuda,
-                    bf16_supported=elsewhere or not cuda or precision != "bf16" or gpu_native_bf16())
-    muon_lr_ratio = check_optimizer(settings, ds_config)
-    if settings.compile and ds_config["zero_optimization"]["stage"] == 3:
+    check_precision(ds.precision, settings.deepspeed_config, cuda=cuda,
+                    bf16_supported=elsewhere or not cuda or ds.precision != "bf16" or gpu_native_bf16())
+    check_optimizer(settings, ds)
+    if settings.compile and ds.zero_stage == 3:
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered
         raise UserError(f"--compile does not work with ZeRO-3 ({settings.deepspeed_config}): the compiled graph "
                         "bypasses DeepSpeed's gathering of partitioned weights; drop --compile or use ZeRO-2")
-    peak, floor = run_settings.peak_lr(settings, ds_config), run_settings.floor_lr(settings, ds_config)
-    if floor > peak:
-        raise UserError(f"--min-lr {floor:g} is above the peak learning rate {peak:g} (--lr or the DeepSpeed "
-                        "config's); the schedule decays from the peak to --min-lr: lower --min-lr")
+    peak, floor = ds.learning_rates(settings.lr, settings.min_lr)
     check_apart(settings)
     schedule = Schedule(peak=peak, floor=floor,
                         warmup=settings.warmup, decay_steps=settings.decay_steps, kind=settings.schedule_kind,
@@ -130,37 +144,35 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
     resume_from = resolve_resume(settings, model_config)
     reshard = None
     if resume_from is not None:
-        ds_config, reshard = fit_to_checkpoint(settings, ds_config, checkpoint.read_client_state(resume_from),
-                                               world_size)
-    ds_config = fit_to_device(ds_config, cuda=cuda)  # last: on the config as resolved
-    return Plan(settings, ds_config, model_config, seq_len, schedule, train, val, resume_from, world_size,
-                muon_lr_ratio, reshard)
+        ds, reshard = fit_to_checkpoint(loaded, ds, checkpoint.read_client_state(resume_from), world_size)
+    ds = dataclasses.replace(ds, config=fit_to_device(ds.config, cuda=cuda))  # last: on the config as resolved
+    return Plan(settings, ds, model_config, seq_len, schedule, train, val, resume_from, world_size, reshard)
 
 
-def fit_to_checkpoint(settings: RunSettings, ds_config: dict[str, Any], saved: dict[str, Any], world_size: int
-                      ) -> tuple[dict[str, Any], str | None]:
+def fit_to_checkpoint(loaded: dict[str, Any], ds: DeepSpeedConfig, saved: dict[str, Any], world_size: int
+                      ) -> tuple[DeepSpeedConfig, str | None]:
     """A resume keeps its checkpoint's global batch (the data stream is a function of it): on another
-    world size the accumulation is derived anew. Another world size or ZeRO stage than the checkpoint's
-    means resharding it (gpt_ds.reshard); returns the config and what changed (None: a direct load)."""
+    world size the accumulation is derived anew, from the JSON as `loaded`. Another world size or ZeRO stage
+    than the checkpoint's means resharding it (gpt_ds.reshard); returns the config and what changed (None: a
+    direct load)."""
     saved_config = saved.get("ds_config") or {}
     global_batch = saved_config.get("train_batch_size")
-    if global_batch is not None and global_batch != ds_config["train_batch_size"]:
-        ds_config = run_settings.resolve_ds_config(settings.deepspeed_config, world_size, global_batch=global_batch)
+    if global_batch is not None and global_batch != ds.train_batch_size:
+        ds = ds_config.resolve(loaded, ds.path, world_size, global_batch=global_batch)
     changes = []
     if saved.get("world_size") != world_size:
         changes.append(f"{saved.get('world_size')} -> {world_size} ranks")
-    stage = ds_config["zero_optimization"]["stage"]
-    saved_stage = (saved_config.get("zero_optimization") or {}).get("stage", stage)
-    if saved_stage != stage:
-        changes.append(f"ZeRO stage {saved_stage} -> {stage}")
-    if changes and run_settings.is_muon(ds_config):
+    saved_stage = (saved_config.get("zero_optimization") or {}).get("stage", ds.zero_stage)
+    if saved_stage != ds.zero_stage:
+        changes.append(f"ZeRO stage {saved_stage} -> {ds.zero_stage}")
+    if changes and ds.is_muon:
         import deepspeed
 
         # measured with 0.19.8: ds_to_universal reads Adam's exp_avg of every parameter (KeyError on Muon's)
         raise UserError(f"resuming a Muon run with {', '.join(changes)} needs its checkpoint resharded, which "
                         f"DeepSpeed {deepspeed.__version__}'s universal checkpoints cannot do for Muon's momentum; "
                         f"resume with {saved.get('world_size')} ranks at ZeRO stage {saved_stage}")
-    return ds_config, ", ".join(changes) or None
+    return ds, ", ".join(changes) or None
 
 
 def check_precision(precision: str, config_path: str, *, cuda: bool, bf16_supported: bool) -> None:
@@ -173,16 +185,16 @@ def check_precision(precision: str, config_path: str, *, cuda: bool, bf16_suppor
                         "ds_configs/zero2_fp16.json (fp16 with dynamic loss scaling)")
 
 
-def fit_to_device(ds_config: dict[str, Any], cuda: bool) -> dict[str, Any]:
+def fit_to_device(config: dict[str, Any], cuda: bool) -> dict[str, Any]:
     """The fastest kernels where they exist: on CUDA, torch's AdamW (`"torch_adam": true`) with its fused
     kernel (one launch for every partition instead of a loop of them), unless the JSON sets "fused" itself.
     On the CPU the config is left as it is."""
-    optimizer = ds_config.get("optimizer") or {}
+    optimizer = config.get("optimizer") or {}
     params = optimizer.get("params") or {}
     adam = str(optimizer.get("type", "")).lower() in ("adam", "adamw")  # Muon's Adam half is DeepSpeed's own
     if not cuda or not adam or not params.get("torch_adam") or "fused" in params:
-        return ds_config
-    return {**ds_config, "optimizer": {**ds_config["optimizer"], "params": {**params, "fused": True}}}
+        return config
+    return {**config, "optimizer": {**config["optimizer"], "params": {**params, "fused": True}}}
 
 
 def check_apart(settings: RunSettings) -> None:
@@ -194,18 +206,15 @@ def check_apart(settings: RunSettings) -> None:
                         "own, outside the data folder")
 
 
-def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float | None:
-    """The recipe's optimizer against the JSON's, and what Muon needs; the Muon lr ratio (None: not Muon)."""
-    muon = run_settings.is_muon(ds_config)
+def check_optimizer(settings: RunSettings, ds: DeepSpeedConfig) -> None:
+    """The recipe's optimizer against the JSON's, and what Muon needs."""
     wanted = RECIPES[settings.recipe]["optimizer"]
-    if wanted == "Muon" and not muon:
+    if wanted == "Muon" and not ds.is_muon:
         raise UserError(f"--recipe {settings.recipe} trains with Muon, and {settings.deepspeed_config} has "
-                        f"{ds_config['optimizer'].get('type')}; pass --deepspeed_config {MUON_CONFIG}")
-    if not muon:
-        return None
-    ratio = run_settings.muon_lr_ratio(ds_config)
-    zero = ds_config["zero_optimization"]
-    if zero["stage"] == 3 and zero.get("reduce_scatter", True):  # DeepSpeed's own check, as a ValueError deep in init
+                        f"{ds.config['optimizer'].get('type')}; pass --deepspeed_config {MUON_CONFIG}")
+    if not ds.is_muon:
+        return
+    if ds.zero_stage == 3 and ds.config["zero_optimization"].get("reduce_scatter", True):  # DeepSpeed's own check, as a ValueError deep in init
         raise UserError(f"{settings.deepspeed_config}: DeepSpeed's Muon under ZeRO-3 cannot reduce-scatter its "
                         "gradients; set \"reduce_scatter\": false in zero_optimization")
     from deepspeed.runtime.engine import DeepSpeedEngine
@@ -219,7 +228,6 @@ def check_optimizer(settings: RunSettings, ds_config: dict[str, Any]) -> float |
         raise UserError(f"{settings.deepspeed_config} uses Muon, which needs a DeepSpeed whose Muon keeps the param "
                         f"groups it is given (0.19.8 is tested; installed: {deepspeed.__version__}); "
                         "pip install -U deepspeed, or use ds_configs/zero2.json")
-    return ratio
 
 
 def resolve_model(settings: RunSettings) -> GPTConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt_ds import checkpoint
+from gpt_ds import checkpoint, ds_config
 from gpt_ds.data import write_shard
 from gpt_ds.errors import UserError
 from gpt_ds.model import PRESETS
@@ -56,14 +56,19 @@ def test_bad_shapes_are_refused_with_the_flag(shards, tmp_path):
         plan_for(shards, tmp_path, "--block-size", "2048")
 
 
-def test_resume_is_checked_against_the_plan(shards, tmp_path):
-    good = plan_for(shards, tmp_path)
-    tag_dir = tmp_path / "run" / "checkpoints" / checkpoint.tag_for(4)
+def save_state_of_two_ranks(plan, run_dir: Path) -> Path:
+    """A checkpoint's client state (no weights: planning reads none) of `plan`'s run on 2 ranks x 8 rows."""
+    tag_dir = run_dir / "checkpoints" / checkpoint.tag_for(4)
     tag_dir.mkdir(parents=True)
-    saved_config = {**good.ds_config, "train_batch_size": 16, "gradient_accumulation_steps": 1}  # 2 ranks x 8
-    state = {"step": 4, "model": good.model_config.to_dict(), "world_size": 2, "ds_config": saved_config}
+    saved_config = {**plan.ds_config, "train_batch_size": 16, "gradient_accumulation_steps": 1}  # 2 ranks x 8
+    state = {"step": 4, "model": plan.model_config.to_dict(), "world_size": 2, "ds_config": saved_config}
     (tag_dir / checkpoint.CLIENT_STATE).write_text(json.dumps(state))
-    (tmp_path / "run" / "checkpoints" / checkpoint.LATEST).write_text(tag_dir.name)
+    (run_dir / "checkpoints" / checkpoint.LATEST).write_text(tag_dir.name)
+    return tag_dir
+
+
+def test_resume_is_checked_against_the_plan(shards, tmp_path):
+    tag_dir = save_state_of_two_ranks(plan_for(shards, tmp_path), tmp_path / "run")
     same = plan_for(shards, tmp_path, world_size=2)
     assert same.resume_from == tag_dir and same.reshard is None and "checkpoint" not in same.ds_config
     # another world size: the checkpoint's global batch is kept (accumulation derived) and the load reshards
@@ -83,6 +88,25 @@ def test_resume_is_checked_against_the_plan(shards, tmp_path):
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(MUON), world_size=2).reshard is None
     with pytest.raises(UserError, match=r"Muon run with 2 -> 1 ranks .* resume with 2 ranks at ZeRO stage 2"):
         plan_for(shards, tmp_path, "--deepspeed_config", str(MUON))
+
+
+def test_the_json_is_read_and_its_keys_checked_once_even_on_a_resume_on_another_world_size(shards, tmp_path,
+                                                                                           monkeypatch, capsys):
+    monkeypatch.delenv("RANK", raising=False)
+    config = {**json.loads(ZERO2.read_text()), "gradient_clipin": 1.0}  # a key DeepSpeed ignores: one warning
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    save_state_of_two_ranks(plan_for(shards, tmp_path, "--deepspeed_config", str(path)), tmp_path / "run")
+    capsys.readouterr()
+    reads = []
+    load = ds_config.load
+    monkeypatch.setattr(ds_config, "load", lambda source: reads.append(source) or load(source))
+    plan = plan_for(shards, tmp_path, "--deepspeed_config", str(path))  # 2 -> 1 ranks: re-resolved for 16 rows
+    assert plan.reshard == "2 -> 1 ranks" and (plan.micro_batch, plan.accumulation, plan.tokens_per_step) == (
+        8, 2, 16 * 128)
+    assert reads == [str(path)] and capsys.readouterr().err.count("warning: DeepSpeed config") == 1
+    assert plan.settings.schedule is None and plan.identity()["settings"]["schedule"] == "cosine"
+    assert (plan.weight_decay, plan.precision, plan.zero_stage) == (0.1, "bf16", 2)
 
 
 def test_changed_settings_name_what_differs_from_the_checkpoint(shards, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_ds import sampler, settings as run_settings
+from gpt_ds import ds_config, sampler, settings as run_settings
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
 from gpt_ds.prefetch import Prefetcher
@@ -17,10 +17,10 @@ from gpt_ds.schedule import Schedule
 def plan_of(world_size: int, accumulation: int, sampling: str) -> Plan:
     settings = run_settings.RunSettings(deepspeed_config="(inline)", data="(random tokens)", out="(none)",
                                         block_size=16, sampling=sampling)
-    ds_config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": accumulation,
-                 "train_batch_size": 2 * accumulation * world_size, "zero_optimization": {"stage": 2}}
+    ds = ds_config.resolve({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": accumulation,
+                            "zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}, "(inline)", world_size)
     tokens = np.random.default_rng(0).integers(0, 50257, size=5_000, dtype=np.uint16)
-    return Plan(settings, ds_config, config_from_preset("tiny", block_size=16), 16,
+    return Plan(settings, ds, config_from_preset("tiny", block_size=16), 16,
                 Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 16),
                 None, None, world_size)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_ds import distributed, sampler, settings as run_settings
+from gpt_ds import distributed, ds_config, sampler, settings as run_settings
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
 from gpt_ds.schedule import Schedule
@@ -41,7 +41,7 @@ def engine_and_plan(tmp_path_factory):
                                         model="tiny", block_size=32)
     model_config = config_from_preset("tiny", **settings.shape_overrides)
     tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
-    plan = Plan(settings, run_settings.resolve_ds_config(str(path), 1), model_config, 32,
+    plan = Plan(settings, ds_config.resolve(config, path, 1), model_config, 32,
                 Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
                 None, None, 1)
     return build_engine(plan), plan
