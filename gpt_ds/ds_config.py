@@ -12,12 +12,12 @@ optimizer lr, so the JSON stays the place where a DeepSpeed user looks for it.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt_ds import json_object
 from gpt_ds.errors import UserError
 from gpt_ds.recipes import MUON_CONFIG
 
@@ -61,13 +61,8 @@ def load(path: str | Path) -> dict[str, Any]:
                         "e.g. ds_configs/zero2.json")
     if not path.is_file():
         raise UserError(f"DeepSpeed config {path} not found; pass one of ds_configs/*.json to --deepspeed_config")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"DeepSpeed config {path} is not valid JSON ({err}); fix the file") from err
-    if not isinstance(config, dict):
-        raise UserError(f"DeepSpeed config {path} must hold a JSON object")
-    return config
+    return json_object.read(path, fix="fix the file, e.g. from ds_configs/zero2.json",
+                            source=f"DeepSpeed config {path}")
 
 
 def resolve(loaded: dict[str, Any], path: str | Path, world_size: int, global_batch: int | None = None

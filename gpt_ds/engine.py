@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gpt_ds import settings as run_settings
 from gpt_ds.patching import swapped
 
 if TYPE_CHECKING:
@@ -34,8 +33,7 @@ def build_engine(plan: Plan) -> Any:
         torch.backends.cudnn.allow_tf32 = True
     model = GPT(plan.model_config)
     model.set_activation_checkpointing(plan.settings.activation_checkpointing)
-    # TODO(merge): plan.weight_decay once the config helper's Plan carries it
-    groups = model.param_groups(run_settings.weight_decay_of(plan.ds_config))
+    groups = model.param_groups(plan.weight_decay)
     if plan.muon_lr_ratio is None:
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=plan.ds_config)
     else:

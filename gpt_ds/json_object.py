@@ -30,14 +30,15 @@ def parse(text: str | bytes, source: str | Path, *, fix: str, kind: str = "a JSO
 
 
 def read(path: str | Path, *, fix: str, kind: str = "a JSON object", invalid: str = "is not valid JSON",
-         error: type[UserError] = UserError) -> dict[str, Any]:
-    """The JSON object in the file `path` (UTF-8), as `parse` says. A missing file is the caller's to name:
-    FileNotFoundError."""
+         error: type[UserError] = UserError, source: str | None = None) -> dict[str, Any]:
+    """The JSON object in the file `path` (UTF-8), as `parse` says, naming it `source` (default: the path).
+    A missing file is the caller's to name: FileNotFoundError."""
+    source = str(path) if source is None else source
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise error(f"{path} {invalid} ({err}); {fix}") from err
-    return parse(text, path, fix=fix, kind=kind, invalid=invalid, error=error)
+        raise error(f"{source} {invalid} ({err}); {fix}") from err
+    return parse(text, source, fix=fix, kind=kind, invalid=invalid, error=error)
 
 
 def parse_or_none(text: str | bytes) -> dict[str, Any] | None:

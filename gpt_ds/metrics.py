@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gpt_ds import atomic, json_object, tags
-from gpt_ds.hardware import gpu_native_bf16, gpu_peak_flops  # noqa: F401 (gpu_native_bf16: plan.py's, until the merge)
+from gpt_ds.hardware import gpu_peak_flops
 
 CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau
 CPU_PEAK_ROUNDS = 5

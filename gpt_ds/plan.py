@@ -16,10 +16,10 @@ import torch
 from gpt_ds import checkpoint, ds_config, sampler
 from gpt_ds.ds_config import DeepSpeedConfig
 from gpt_ds.ds_keys import check_ds_config_keys
-from gpt_ds.errors import UserError
-from gpt_ds.metrics import gpu_native_bf16
+from gpt_ds.errors import UserError, first_line
+from gpt_ds.hardware import gpu_native_bf16
 from gpt_ds.recipes import MUON_CONFIG, RECIPES
-from gpt_ds.model import GPTConfig
+from gpt_ds.model_config import GPTConfig, config_from_preset
 from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import Schedule
 from gpt_ds.settings import RunSettings
@@ -89,7 +89,7 @@ class Plan:
         at start-up, building the engine or loading its checkpoint, where only the weights and optimizer states
         are held, so the knobs are how they are spread."""
         s = self.settings
-        reason = (str(err).splitlines() or ["out of memory"])[0][:160]
+        reason = first_line(err, 160, empty="out of memory")
         if step is None:
             return UserError(
                 f"the device ran out of memory at start-up, before step 1, holding {s.model}'s weights and optimizer "
@@ -233,8 +233,6 @@ def check_optimizer(settings: RunSettings, ds: DeepSpeedConfig) -> None:
 def resolve_model(settings: RunSettings) -> GPTConfig:
     """The preset's GPTConfig with the recipe's architecture, the architecture flags and the shape flags
     (--n-layer, --n-head, --n-embd, --block-size) replaced."""
-    from gpt_ds.model import config_from_preset
-
     overrides = {**settings.architecture_overrides, **settings.shape_overrides}
     try:
         return config_from_preset(settings.model, **overrides)
