@@ -3,17 +3,16 @@ DeepSpeed JSON held against what DeepSpeed knows (unknown keys, optimizer values
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.errors import UserError
 from gpt_ds.plan import changed_settings
 from gpt_ds.settings import DEFAULT_WARMUP, resolve_ds_config, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 MUON = REPO / "ds_configs" / "zero2_muon.json"
 FP16 = REPO / "ds_configs" / "zero2_fp16.json"
 BASE = ["--deepspeed_config", str(ZERO2), "--data", "data", "--out", "run"]
@@ -112,12 +111,7 @@ def test_help_still_prints_and_exits_0(capsys):
 
 def ds_config(tmp_path: Path, source: Path = ZERO2, edit=None) -> Path:
     """A copy of `source` with `edit(config)` applied."""
-    config = json.loads(source.read_text())
-    if edit is not None:
-        edit(config)
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_variant(tmp_path / "ds.json", source, edit)
 
 
 @pytest.mark.parametrize("shipped", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from gpt_ds import distributed, sampler, settings as run_settings
+from gpt_ds.config_variant import write_variant
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
 from gpt_ds.prefetch import Prefetcher
@@ -23,18 +24,13 @@ from gpt_ds.schedule import Schedule
 from gpt_ds.train import agree, build_engine, train_step
 
 GPT_DS = str(Path(__file__).resolve().parents[1] / "gpt_ds")
-ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
 
 
 @pytest.fixture(scope="module")
 def engine_and_plan(tmp_path_factory):
-    import json
-
-    config = json.loads(ZERO2.read_text())
-    config["train_micro_batch_size_per_gpu"] = 2
-    config["gradient_accumulation_steps"] = 3  # several micro-batches: still one read
-    path = tmp_path_factory.mktemp("ds") / "ds.json"
-    path.write_text(json.dumps(config))
+    # several micro-batches: still one read
+    path = write_variant(tmp_path_factory.mktemp("ds") / "ds.json", train_micro_batch_size_per_gpu=2,
+                         gradient_accumulation_steps=3)
     dist_env = distributed.fill_env()
     distributed.init(dist_env)
     settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
