@@ -31,6 +31,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.requires import require  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "shakespeare"
 
@@ -135,6 +137,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--only", nargs="*", default=["plain", "gpt2", "modern"])
     args = parser.parse_args()
+    require("bench/convergence.py", {"matplotlib": "bench"})  # the curves' picture, drawn at the end
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = prepare(args)
     common = ["--lr", str(args.lr), "--warmup-steps", str(args.warmup)]

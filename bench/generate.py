@@ -16,12 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt_ds.generate import Sampling, generate
-from gpt_ds.hf import export_hf
-from gpt_ds.model import GPT, PRESETS, config_from_preset
-from gpt_ds.model_io import save_model
+import torch  # noqa: E402
+
+from bench.requires import require  # noqa: E402
+from gpt_ds.generate import Sampling, generate  # noqa: E402
+from gpt_ds.hf import export_hf  # noqa: E402
+from gpt_ds.model import GPT, PRESETS, config_from_preset  # noqa: E402
+from gpt_ds.model_io import save_model  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> tuple[float, list[int]]:
@@ -80,15 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    require("bench/generate.py", {"transformers": "dev"})
     if args.threads:
         # On a machine shared with other jobs, fewer threads than cores avoids threads waiting on
         # descheduled peers, which dominates the many small kernels of one-token decoding.
         torch.set_num_threads(args.threads)
-    try:
-        import transformers
-    except ImportError:
-        print("bench/generate.py needs transformers: pip install transformers", file=sys.stderr)
-        return 2
+    import transformers
 
     config = config_from_preset(args.preset)
     if max(args.prompt_tokens) + args.new_tokens > config.block_size:

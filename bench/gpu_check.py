@@ -51,6 +51,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from data_prep.stdlib_corpus import write_python_corpus  # noqa: E402  (the test suite's corpus, no network)
+from bench.requires import require  # noqa: E402
+from gpt_ds.config_variant import SHIPPED, write_variant  # noqa: E402
 from gpt_ds.tokenizer import tiktoken_cache_dir  # noqa: E402
 
 DRIVER = "_train_driver"  # argv[1] of this file's own training driver (the fp16 part's overflow injection)
@@ -207,13 +209,8 @@ class Check:
     def ds_config(self, source: str, micro_batch: int | None = None) -> Path:
         """ds_configs/SOURCE with `micro_batch` (default: this check's), written into OUT/configs."""
         micro_batch = micro_batch or self.shape["micro_batch"]
-        config = json.loads((REPO / "ds_configs" / source).read_text())
-        config["train_micro_batch_size_per_gpu"] = micro_batch
-        config["gradient_accumulation_steps"] = 1
-        path = self.out / "configs" / source.replace(".json", f"_mb{micro_batch}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
-        return path
+        return write_variant(self.out / "configs" / source.replace(".json", f"_mb{micro_batch}.json"), SHIPPED / source,
+                             train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1)
 
     def train(self, name: str, config: str, steps: int, extra: list[str], *, driver_env: dict[str, str] | None = None,
               timeout: float | None = None) -> tuple[Path, dict[str, Any]]:
@@ -623,7 +620,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return Check(parse_args(argv)).run()
+    args = parse_args(argv)
+    require("bench/gpu_check.py", {"transformers": "dev"})  # the generate part's reference
+    return Check(args).run()
 
 
 if __name__ == "__main__":

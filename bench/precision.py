@@ -26,15 +26,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.convergence import REPO, gpt_ds_run, prepare  # noqa: E402
+from gpt_ds.config_variant import write_variant  # noqa: E402
 
 
 def fp32_config(out: Path) -> Path:
     """ds_configs/zero2.json with bf16 disabled: everything else (batch, optimizer, ZeRO) the same."""
-    config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
-    config["bf16"] = {"enabled": False}
-    path = out / "zero2_fp32.json"
-    path.write_text(json.dumps(config, indent=2))
-    return path
+    return write_variant(out / "zero2_fp32.json", bf16={"enabled": False})
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
 from gpt_ds import engine as engine_module, train as train_module  # noqa: E402
+from gpt_ds.config_variant import write_variant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("data", "forward", "loss", "backward", "zero.backward", "zero.step", "optimizer", "host sync")
@@ -107,12 +108,13 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    config = json.loads(Path(args.deepspeed_config).read_text())
-    if args.precision != "config":
-        config.pop("fp16", None)
-        config["bf16"] = {"enabled": args.precision == "bf16"}
-    config_path = Path(tempfile.mkdtemp()) / "ds.json"
-    config_path.write_text(json.dumps(config))
+    def set_precision(config: dict) -> None:  # --precision fp32|bf16 replaces the config's own
+        if args.precision != "config":
+            config.pop("fp16", None)
+            config["bf16"] = {"enabled": args.precision == "bf16"}
+
+    config_path = write_variant(Path(tempfile.mkdtemp()) / "ds.json", Path(args.deepspeed_config), set_precision)
+    config = json.loads(config_path.read_text())
 
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)

@@ -114,7 +114,7 @@ def test_manifest_matches_the_shards(mixed_corpus, tmp_path):
         assert entry["tokens"] == sum(s["tokens"] for s in entry["shards"])
         total += entry["tokens"]
     assert manifest["total_tokens"] == total
-    assert not IN_PROGRESS_NAME in os.listdir(out)
+    assert IN_PROGRESS_NAME not in os.listdir(out)
 
 
 def test_shard_header_byte_by_byte(tmp_path):

@@ -3,29 +3,23 @@ value checked first (a clear line rather than a traceback deep in DeepSpeed), on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from gpt_ds import ds_config
+from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.errors import UserError
 from gpt_ds.plan import plan_run
 from gpt_ds.settings import settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 MUON = REPO / "ds_configs" / "zero2_muon.json"
 
 
 def edited(tmp_path: Path, source: Path = ZERO2, edit=None) -> Path:
     """A copy of `source` with `edit(config)` applied."""
-    config = json.loads(source.read_text())
-    if edit is not None:
-        edit(config)
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_variant(tmp_path / "ds.json", source, edit)
 
 
 def _set_param(key: str, value):

@@ -3,29 +3,23 @@ models, its optimizers' constructors): unknown keys and optimizer types, on real
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from gpt_ds import ds_config
 from gpt_ds.ds_keys import check_ds_config_keys
+from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 MUON = REPO / "ds_configs" / "zero2_muon.json"
 FP16 = REPO / "ds_configs" / "zero2_fp16.json"
 
 
 def ds_json(tmp_path: Path, source: Path = ZERO2, edit=None) -> Path:
     """A copy of `source` with `edit(config)` applied."""
-    config = json.loads(source.read_text())
-    if edit is not None:
-        edit(config)
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_variant(tmp_path / "ds.json", source, edit)
 
 
 def check(path: Path, strict: bool = False) -> None:

@@ -5,17 +5,16 @@ error in such a line."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.distributed import launcher_command
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "launch" / "train.py")
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 RUN_TIMEOUT = 240
 
 
@@ -43,11 +42,8 @@ def test_a_bad_flag_value_is_one_error_line_under_two_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_a_bad_config_value_is_one_error_line_and_an_ignored_key_one_warning_under_two_ranks(tmp_path):
-    config = json.loads(ZERO2.read_text())
-    config["optimizer"]["params"]["lr"] = "fast"
-    config["wall_clock_breakdwn"] = False
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(config))
+    path = write_variant(tmp_path / "ds.json", edit=lambda config: config["optimizer"]["params"].update(lr="fast"),
+                         wall_clock_breakdwn=False)
     code, output = two_ranks(tmp_path, path)
     assert code != 0, output[-3000:]
     assert lines_with(output, "error:") == [

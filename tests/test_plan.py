@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from gpt_ds import checkpoint, ds_config
+from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.data import write_shard
 from gpt_ds.errors import UserError
 from gpt_ds.model import PRESETS
 from gpt_ds.plan import changed_settings, plan_run
 from gpt_ds.settings import settings_from_args
 
-ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
 
 
 @pytest.fixture
@@ -80,8 +80,7 @@ def test_resume_is_checked_against_the_plan(shards, tmp_path):
         plan_for(shards, tmp_path, world_size=4)  # 4 ranks x 8 rows are more than the step's 16 windows
     with pytest.raises(UserError, match="different model config"):
         plan_for(shards, tmp_path, "--n-layer", "3", world_size=2)
-    zero3 = tmp_path / "zero3.json"
-    zero3.write_text(json.dumps({**json.loads(ZERO2.read_text()), "zero_optimization": {"stage": 3}}))
+    zero3 = write_variant(tmp_path / "zero3.json", zero_optimization={"stage": 3})
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(zero3), world_size=2).reshard == "ZeRO stage 2 -> 3"
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(zero3)).reshard == "2 -> 1 ranks, ZeRO stage 2 -> 3"
     # Muon's momentum is not in DeepSpeed's universal checkpoints: its runs resume on their own layout only
@@ -141,19 +140,14 @@ def test_the_modern_recipe_resolves_to_its_architecture_wsd_and_muon(shards, tmp
 def test_modern_without_muon_and_muon_without_its_lrs_are_refused(shards, tmp_path):
     with pytest.raises(UserError, match="--recipe modern trains with Muon.*zero2_muon.json"):
         plan_for(shards, tmp_path, "--recipe", "modern")
-    config = json.loads(MUON.read_text())
-    del config["optimizer"]["params"]["adam_lr"]
-    (tmp_path / "muon.json").write_text(json.dumps(config))
+    write_variant(tmp_path / "muon.json", MUON, lambda config: config["optimizer"]["params"].pop("adam_lr"))
     with pytest.raises(UserError, match="muon_lr >= 0 and adam_lr > 0"):
         plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon.json"))
     # ZeRO-3 with an option it cannot take: Muon with reduce-scatter, --compile
-    zero3_muon = json.loads(MUON.read_text())
-    zero3_muon["zero_optimization"] = {"stage": 3}
-    (tmp_path / "muon3.json").write_text(json.dumps(zero3_muon))
+    write_variant(tmp_path / "muon3.json", MUON, zero_optimization={"stage": 3})
     with pytest.raises(UserError, match=r"Muon under ZeRO-3 cannot reduce-scatter .* \"reduce_scatter\": false"):
         plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon3.json"))
-    zero3_muon["zero_optimization"]["reduce_scatter"] = False
-    (tmp_path / "muon3.json").write_text(json.dumps(zero3_muon))
+    write_variant(tmp_path / "muon3.json", MUON, zero_optimization={"stage": 3, "reduce_scatter": False})
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon3.json")).zero_stage == 3
     with pytest.raises(UserError, match="--compile does not work with ZeRO-3 .* drop --compile or use ZeRO-2"):
         plan_for(shards, tmp_path, "--deepspeed_config", str(tmp_path / "muon3.json"), "--compile")

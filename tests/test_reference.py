@@ -24,11 +24,11 @@ import pytest
 import torch
 
 from gpt_ds import metrics
+from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.model import GPT, PRESETS
 from gpt_ds.model_io import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 
 SEED, STEPS, WARMUP, PEAK_LR, BLOCK = 1234, 10, 3, 3e-3, 64
 MICRO_BATCH, ACCUMULATION = 4, 2
@@ -150,8 +150,7 @@ def reference_run(data: Path, config: dict) -> tuple[list[float], dict[str, torc
 
 def test_train_py_matches_a_plain_pytorch_loop(data_dir, tmp_path):
     config = fp32_zero2_config()
-    config_path = tmp_path / "zero2_fp32.json"
-    config_path.write_text(json.dumps(config))
+    config_path = write_variant(tmp_path / "zero2_fp32.json", **config)
     run_dir = tmp_path / "run"
     command = [sys.executable, str(REPO / "launch" / "train.py"), "--deepspeed_config", str(config_path),
                "--data", str(data_dir), "--out", str(run_dir), "--model", "tiny", "--block-size", str(BLOCK),

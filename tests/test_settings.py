@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from gpt_ds.config_variant import ZERO2
 from gpt_ds.errors import UserError
 from gpt_ds.plan import changed_settings
 from gpt_ds.settings import DEFAULT_WARMUP, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 BASE = ["--deepspeed_config", str(ZERO2), "--data", "data", "--out", "run"]
 
 

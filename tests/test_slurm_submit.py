@@ -23,6 +23,7 @@ import submitit
 
 from gpt_ds import slurm_submit
 from gpt_ds.checkpoint import tag_for
+from gpt_ds.config_variant import write_variant
 from gpt_ds.errors import UserError
 from gpt_ds.slurm_task import TaskReport
 from launch import submit
@@ -56,11 +57,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ds_config(tmp_path_factory) -> Path:
     """ds_configs/zero2.json (ZeRO-2, bf16) with a micro-batch of 2, to keep CPU steps short."""
-    config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
-    config["train_micro_batch_size_per_gpu"] = 2
-    path = tmp_path_factory.mktemp("ds") / "zero2_micro2.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_variant(tmp_path_factory.mktemp("ds") / "zero2_micro2.json", train_micro_batch_size_per_gpu=2)
 
 
 def train_args(ds_config: Path, data_dir: Path, out: Path) -> list[str]:
@@ -123,10 +120,8 @@ def test_training_arguments_come_after_a_double_dash(capsys):
 
 
 def test_rank_count_inconsistent_with_the_deepspeed_batch_sizes(tmp_path, data_dir, capsys):
-    config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
-    config.update(train_batch_size=16, train_micro_batch_size_per_gpu=8)  # fits 1 or 2 ranks, not 3
-    pinned = tmp_path / "pinned.json"
-    pinned.write_text(json.dumps(config))
+    # fits 1 or 2 ranks, not 3
+    pinned = write_variant(tmp_path / "pinned.json", train_batch_size=16, train_micro_batch_size_per_gpu=8)
     with pytest.raises(SystemExit) as exit_info:
         submit.main(["--nodes", "3", "--dry-run", "--", *train_args(pinned, data_dir, tmp_path / "run")])
     assert exit_info.value.code == 2

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from gpt_ds import checkpoint, metrics, reshard
+from gpt_ds.config_variant import SHIPPED, ZERO2, write_variant, zero_stage
 from gpt_ds.distributed import launcher_command
 from gpt_ds.errors import UserError
 from gpt_ds.schedule import Schedule
@@ -32,7 +33,6 @@ from gpt_ds.train import PREEMPTED_EXIT_CODE, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "launch" / "train.py")
-ZERO2 = REPO / "ds_configs" / "zero2.json"
 RUN_TIMEOUT = 240
 
 
@@ -52,12 +52,8 @@ def corpus_data(tmp_path_factory, stdlib_corpus, encoding) -> Path:
 
 def ds_config_variant(folder: Path, micro_batch: int, accumulation: int) -> Path:
     """zero2.json with a smaller micro-batch (quick CPU steps) and the given gradient accumulation."""
-    config = json.loads(ZERO2.read_text())
-    config["train_micro_batch_size_per_gpu"] = micro_batch
-    config["gradient_accumulation_steps"] = accumulation
-    path = folder / f"zero2_mb{micro_batch}_ga{accumulation}.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_variant(folder / f"zero2_mb{micro_batch}_ga{accumulation}.json",
+                         train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=accumulation)
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +186,7 @@ def test_zero3_on_two_ranks_reaches_a_target_and_exports_the_gathered_weights(co
     that ZeRO-2 reaches, with its evaluations and text samples (collectives under ZeRO-3); the model folder
     (zero_to_fp32 of stage 3's partitions) rounds to the engine's weights gathered from the ranks after
     resuming its last checkpoint (the evaluation-time gather, gpt_ds.validate)."""
-    config = tmp_path / "zero3_mb4.json"
-    config.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero3.json").read_text()),
-                                  "train_micro_batch_size_per_gpu": 4}))
+    config = write_variant(tmp_path / "zero3_mb4.json", SHIPPED / "zero3.json", train_micro_batch_size_per_gpu=4)
     run_dir = tmp_path / "run"
     args = train_args(corpus_data, run_dir, config, max_steps=80, lr=3e-3, eval_interval=5, save_interval=1000,
                       target_loss=4.0, sample_tokens=12)
@@ -277,12 +271,9 @@ def test_exact_resume_and_kill9(corpus_data, accumulating_ds_config, tmp_path, s
 
 def fp32_config(folder: Path, stage: int, accumulation: int = 1) -> Path:
     """zero2.json in fp32 (bf16 off) at ZeRO `stage`, micro-batch 4."""
-    config = json.loads(ZERO2.read_text())
-    config.update(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=accumulation, bf16={"enabled": False})
-    config["zero_optimization"]["stage"] = stage
-    path = folder / f"fp32_zero{stage}_ga{accumulation}.json"
-    path.write_text(json.dumps(config))
-    return path
+    return write_variant(folder / f"fp32_zero{stage}_ga{accumulation}.json", edit=zero_stage(stage),
+                         train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=accumulation,
+                         bf16={"enabled": False})
 
 
 def resume_chain(data: Path, run_dir: Path, chain: list[tuple[int, Path, int]], common: dict, cwd: Path) -> None:
@@ -347,10 +338,9 @@ def test_a_bf16_run_resharded_stays_within_its_tolerance(corpus_data, tmp_path):
     forward differently for another reduction order, and each Adam step can then move a weight by up to
     lr = 0.01 otherwise)."""
     n = 4
-    bf16_zero2, bf16_zero3 = ds_config_variant(tmp_path, 4, 1), tmp_path / "bf16_zero3.json"
-    bf16_zero3.write_text(json.dumps({**json.loads(bf16_zero2.read_text()),
-                                      "zero_optimization": json.loads((REPO / "ds_configs" / "zero3.json").read_text())[
-                                          "zero_optimization"]}))
+    bf16_zero2 = ds_config_variant(tmp_path, 4, 1)
+    bf16_zero3 = write_variant(tmp_path / "bf16_zero3.json", bf16_zero2,
+                               zero_optimization=json.loads((SHIPPED / "zero3.json").read_text())["zero_optimization"])
     common = dict(lr_decay_steps=2 * n, eval_interval=2 * n, save_interval=n, sample_tokens=4)
     straight = tmp_path / "straight"
     run_ok(deepspeed_command(train_args(corpus_data, straight, bf16_zero2, **common, max_steps=2 * n)), tmp_path)
@@ -428,14 +418,6 @@ def tiny_data(tmp_path) -> Path:
     return folder
 
 
-def write_ds_config(tmp_path: Path, **changes) -> Path:
-    config = json.loads(ZERO2.read_text())
-    config.update(changes)
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
 def check_refused(argv: list[str], *words: str, world_size: int = 1) -> None:
     with pytest.raises(UserError) as err:
         parse_args(argv, world_size=world_size)
@@ -475,18 +457,15 @@ def test_bad_model_and_ds_config_are_refused(tiny_data, tmp_path):
     check_refused(["--deepspeed_config", str(bad_json), *base], "not valid JSON")
     check_refused(["--deepspeed_config", str(tmp_path / "missing.json"), *base], "not found")
     # train_batch_size that no whole number of accumulation steps fits for 3 ranks
-    inconsistent = write_ds_config(tmp_path, train_batch_size=16)
+    inconsistent = write_variant(tmp_path / "ds.json", train_batch_size=16)
     check_refused(["--deepspeed_config", str(inconsistent), *base], "train_batch_size 16", "3 ranks", world_size=3)
     parse_args(["--deepspeed_config", str(inconsistent), *base], world_size=2)  # 16 = 8 x 1 x 2: fine
-    zero3 = json.loads(ZERO2.read_text())
-    zero3["zero_optimization"]["stage"] = 3
-    (tmp_path / "zero3.json").write_text(json.dumps(zero3))
+    write_variant(tmp_path / "zero3.json", edit=zero_stage(3))
     parse_args(["--deepspeed_config", str(tmp_path / "zero3.json"), *base])  # ZeRO-3 is supported
-    no_zero = json.loads(ZERO2.read_text())
-    del no_zero["zero_optimization"]  # stage 0: nothing for the export to consolidate
-    (tmp_path / "zero0.json").write_text(json.dumps(no_zero))
+    # stage 0: nothing for the export to consolidate
+    write_variant(tmp_path / "zero0.json", edit=lambda config: config.pop("zero_optimization"))
     check_refused(["--deepspeed_config", str(tmp_path / "zero0.json"), *base], "stage must be 1, 2 or 3 (got 0)")
-    scheduler = write_ds_config(tmp_path, scheduler={"type": "WarmupLR"})
+    scheduler = write_variant(tmp_path / "ds.json", scheduler={"type": "WarmupLR"})
     check_refused(["--deepspeed_config", str(scheduler), *base], "scheduler", "--lr-decay-steps")
     fp16 = REPO / "ds_configs" / "zero2_fp16.json"
     if not torch.cuda.is_available():
@@ -521,10 +500,9 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
 def test_muon_exact_resume_and_kill9(corpus_data, tmp_path):
     """Muon (ds_configs/zero2_muon.json, with accumulation) and the wsd schedule: 2N steps straight ==
     kill -9, auto-resume to N, resume to 2N, bit for bit; the checkpoint holds Muon's momentum."""
-    config = json.loads((REPO / "ds_configs" / "zero2_muon.json").read_text())
-    config.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=2)
-    muon_config = tmp_path / "zero2_muon_mb2_ga2.json"
-    muon_config.write_text(json.dumps(config))
+    muon_config = write_variant(tmp_path / "zero2_muon_mb2_ga2.json", SHIPPED / "zero2_muon.json",
+                                train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=2)
+    config = json.loads(muon_config.read_text())
     n = 6
     common = dict(max_steps=2 * n, lr_decay_steps=2 * n, eval_interval=6, save_interval=2, sample_tokens=0,
                   lr=config["optimizer"]["params"]["adam_lr"], schedule="wsd", decay_fraction=0.5)

@@ -8,6 +8,7 @@ single-tensor AdamW reads its step counter, a CPU tensor; those are DeepSpeed's 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from gpt_ds import distributed, ds_config, sampler, settings as run_settings
+from gpt_ds.config_variant import write_variant
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
 from gpt_ds.schedule import Schedule
@@ -23,28 +25,26 @@ from gpt_ds.engine import build_engine
 from gpt_ds.train import agree, prefetcher, train_step
 
 GPT_DS = str(Path(__file__).resolve().parents[1] / "gpt_ds")
-ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
 
 
 @pytest.fixture(scope="module")
 def engine_and_plan(tmp_path_factory):
-    import json
-
-    config = json.loads(ZERO2.read_text())
-    config["train_micro_batch_size_per_gpu"] = 2
-    config["gradient_accumulation_steps"] = 3  # several micro-batches: still one read
-    path = tmp_path_factory.mktemp("ds") / "ds.json"
-    path.write_text(json.dumps(config))
+    # several micro-batches: still one read
+    path = write_variant(tmp_path_factory.mktemp("ds") / "ds.json", train_micro_batch_size_per_gpu=2,
+                         gradient_accumulation_steps=3)
+    environ = dict(os.environ)  # fill_env sets RANK, MASTER_PORT...: not for later tests' training subprocesses
     dist_env = distributed.fill_env()
     distributed.init(dist_env)
     settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
                                         model="tiny", block_size=32)
     model_config = config_from_preset("tiny", **settings.shape_overrides)
     tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
-    plan = Plan(settings, ds_config.resolve(config, path, 1), model_config, 32,
+    plan = Plan(settings, ds_config.resolve(ds_config.load(path), path, 1), model_config, 32,
                 Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
                 None, None, 1)
-    return build_engine(plan), plan
+    yield build_engine(plan), plan
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def test_one_host_read_per_step(engine_and_plan, monkeypatch):
