@@ -9,8 +9,9 @@ flows through them:
 - the model: model_config (GPTConfig and the presets; no torch), model (the transformer), loss (the
   chunked head and cross-entropy), recipes (switches turned on together).
 - the run's settings: settings (the command line: RunSettings), ds_config (the DeepSpeed JSON, read
-  once and resolved), ds_keys (its keys against DeepSpeed's readers), plan (every check before any
-  rank starts: the Plan), schedule (the learning rate as a function of the step).
+  once and resolved), ds_keys (its keys against DeepSpeed's readers), config_variant (a shipped config
+  with a few keys changed, for tests and benches), plan (every check before any rank starts: the Plan),
+  schedule (the learning rate as a function of the step).
 - starting the ranks: distributed (rank, world size, collectives, the watchdog), hardware (what the
   accelerator can do), lock (one run per folder), engine (the model inside DeepSpeed, Muon's wiring),
   patching (the named swaps of a library's attribute).

@@ -50,5 +50,5 @@ def test_tags_are_unique_and_contract_tags_present():
     values = [v for k, v in vars(tags).items() if k.isupper()]
     assert len(values) == len(set(values))
     for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "train/loss_scale",
-                "train/tokens_per_sec", "train/mfu"):  # DESIGN.md's TensorBoard contract
+                "train/tokens_per_sec", "train/mfu"):  # docs/design.md: the TensorBoard contract
         assert tag in values
