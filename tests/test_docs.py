@@ -42,7 +42,7 @@ HF_NAMES = ("launch/hf.py", "python -m gpt_ds.hf", "gpt-ds-hf")
 HF_SUBCOMMANDS = ("export", "import")
 
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*(?![\w-])")
-PATH = re.compile(r"(?<![\w./-])((?:ds_configs|gpt_ds|launch|docs|bench|tests|app|data_prep|reliability)/[\w./-]*)")
+PATH = re.compile(r"(?<![\w./-])((?:ds_configs|gpt_ds|launch|docs|bench|tests|app|data_prep|reliability)/[\w./{},*-]*)")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 SPAN = re.compile(r"`([^`\n]+)`")
