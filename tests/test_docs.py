@@ -44,7 +44,7 @@ HF_SUBCOMMANDS = ("export", "import")
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*(?![\w-])")
 PATH = re.compile(r"(?<![\w./-])((?:ds_configs|gpt_ds|launch|docs|bench|tests|app|data_prep|reliability)/[\w./{},*-]*)")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
-FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
+FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 SPAN = re.compile(r"`([^`\n]+)`")
 
 
@@ -57,13 +57,13 @@ def _help_command(key: str) -> list[str]:
 
 def _run_help(key: str) -> tuple[str, frozenset[str] | str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(_help_command(key), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_help_command(key), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         return key, f"{' '.join(_help_command(key)[1:])} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
     return key, frozenset(FLAG.findall(done.stdout))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_flags() -> dict[str, frozenset[str] | str]:
     """Every program's flags (or why its --help failed), the --help runs in parallel."""
     keys = sorted({_canonical(k) for k in PROGRAMS} | {f"hf {s}" for s in HF_SUBCOMMANDS})
@@ -164,6 +164,6 @@ def test_every_path_a_doc_names_exists():
 ])
 def test_a_wrong_flag_is_caught(command, key, flag):
     """The check can fail: a flag no parser has is attributed to its program and found missing."""
-    attributed = dict((k, f) for k, f in _program_flags(command) if flag in f)
+    attributed = {k: f for k, f in _program_flags(command) if flag in f}
     assert key in attributed
     assert flag not in _all_flags()[key]
