@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ranks of 8 x 128 tokens. DEFAULT_MAX_STEPS is about 3 minutes of training on 2 cores, and each corpus's
 # target is the validation loss that run reaches at its end (its schedule decays over the last 20%).
 DEFAULT_MAX_STEPS = 240
-TARGETS = {"shakespeare": 5.2, "python": 3.7}  # measured: see the README's figures
+TARGETS = {"shakespeare": 5.2, "python": 3.7}  # the val loss the quickstart run reaches on each (docs/performance.md)
 PROMPTS = {"shakespeare": "ROMEO:", "python": "def "}  # a speaker and a `def`: the corpora's forms
 SAMPLE_TOKENS = 120  # the sample printed at the end
 DS_CONFIG = "ds_configs/zero2_muon.json"
