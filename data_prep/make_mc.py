@@ -112,8 +112,8 @@ def build_examples(val: _Val, settings: MCSettings) -> list[dict]:
             f"{{fit}} examples of {settings.ctx_tokens}+{settings.ending_tokens} tokens, fewer than --n {settings.n}; "
             "prepare the folder again with a larger --val-fraction, or ask for a smaller --n, --ctx-tokens or "
             "--ending-tokens")
-    if len(starts) < settings.n:
-        raise UserError(room.format(fit=len(starts)))
+    if len(starts) < settings.n:  # few passages: say exactly how many make examples
+        raise UserError(room.format(fit=sum(_true_ending(val, start, settings) is not None for start in starts)))
     labels = rng.permutation(np.arange(settings.n) % settings.choices)
     examples: list[dict] = []
     for start in rng.permutation(starts).tolist():
@@ -126,17 +126,24 @@ def build_examples(val: _Val, settings: MCSettings) -> list[dict]:
                          "offset": start})
         if len(examples) == settings.n:
             return examples
-    raise UserError(room.format(fit=f"{len(examples)} usable (of {len(starts)})"))
+    raise UserError(room.format(fit=len(examples)))
+
+
+def _true_ending(val: _Val, start: int, settings: MCSettings) -> str | None:
+    """The ending that follows the context at `start`; None where it is blank or either cuts a character."""
+    true = val.text(start + settings.ctx_tokens, settings.ending_tokens)
+    if val.text(start, settings.ctx_tokens) is None or true is None or not true.strip():
+        return None
+    return true
 
 
 def _endings(val: _Val, start: int, settings: MCSettings, rng: np.random.Generator) -> list[str] | None:
     """The true ending first, then choices-1 distinct distractors; None where the passage cannot make an example
-    (a context or ending that cuts a character, a blank ending, too few distinct distractors)."""
-    end = start + settings.ctx_tokens
-    length = settings.ending_tokens
-    true = val.text(end, length)
-    if val.text(start, settings.ctx_tokens) is None or true is None or not true.strip():
+    (see _true_ending; or too few distinct distractors)."""
+    true = _true_ending(val, start, settings)
+    if true is None:
         return None
+    end, length = start + settings.ctx_tokens, settings.ending_tokens
     endings, seen = [true], {_key(true)}
     for _ in range(DRAWS_PER_DISTRACTOR * (settings.choices - 1)):
         other = int(rng.integers(0, len(val.tokens) - length + 1))

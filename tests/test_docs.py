@@ -34,6 +34,8 @@ PROGRAMS: dict[str, list[str]] = {
     "gpt-ds-export": ["launch/export.py"],
     "python -m data_prep": ["-m", "data_prep"],
     "gpt-ds-prepare": ["-m", "data_prep"],
+    "python -m data_prep.make_mc": ["-m", "data_prep.make_mc"],
+    "gpt-ds-make-mc": ["-m", "data_prep.make_mc"],
     "python -m reliability": ["-m", "reliability"],
     **{f"bench/{p.name}": [f"bench/{p.name}"] for p in sorted((ROOT / "bench").glob("*.py"))},
 }
@@ -91,8 +93,9 @@ def _program_flags(command: str) -> list[tuple[str, list[str]]]:
     launch/train.py's begin."""
     found = []
     names = sorted([*PROGRAMS, *HF_NAMES], key=len, reverse=True)
-    hits = sorted((m.start(), m.end(), name) for name in names
-                  for m in re.finditer(r"(?<![\w/.-])" + re.escape(name) + r"(?![\w/-])", command))
+    hits = sorted(((m.start(), m.end(), name) for name in names
+                   for m in re.finditer(r"(?<![\w/.-])" + re.escape(name) + r"(?![\w/-])", command)),
+                  key=lambda hit: (hit[0], -hit[1]))  # at one place, the longest name (data_prep.make_mc, not data_prep)
     taken: list[tuple[int, int, str]] = []
     for hit in hits:
         if not any(s <= hit[0] < e for s, e, _ in taken):
@@ -161,6 +164,7 @@ def test_every_path_a_doc_names_exists():
     ("python launch/train.py --data d --out o --no-such-flag", "launch/train.py", "--no-such-flag"),
     ("python launch/submit.py --nodes 2 -- --deepspeed_config x --bogus", "launch/train.py", "--bogus"),
     ("python -m gpt_ds.hf export M --out H --dtypo f", "hf export", "--dtypo"),
+    ("python -m data_prep.make_mc D --out F --val-fraction 0.1", "python -m data_prep.make_mc", "--val-fraction"),
 ])
 def test_a_wrong_flag_is_caught(command, key, flag):
     """The check can fail: a flag no parser has is attributed to its program and found missing."""
