@@ -72,14 +72,23 @@ def check_out(out: Path, force: bool) -> None:
         raise UserError(f"--out {out} already exists; pass --force to replace it, or choose another --out")
 
 
-class _Val:
-    """The val split's tokens, where its documents start and end, and how to decode a passage of them."""
+class ValSplit:
+    """A prepared folder's val split: its tokens (the shards end to end), where its documents start and end, and
+    how to decode a passage of them."""
 
     def __init__(self, tokens: np.ndarray, eot: int, encoding) -> None:
         self.tokens, self.encoding = tokens, encoding
         self.eots = np.flatnonzero(tokens == eot)
         bounds = np.concatenate([[-1], self.eots, [len(tokens)]])
         self.documents = [(int(a) + 1, int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a + 1]
+
+    @classmethod
+    def open(cls, data: Path) -> ValSplit:
+        """The val split of the folder `data`, decoded with its manifest's encoding (ShardError naming the fix)."""
+        manifest = load_manifest(data) if (data / MANIFEST_NAME).is_file() else {}
+        shards = open_split(data, "val")  # llm.c's shards (no manifest) hold GPT-2 tokens
+        tokens = shards[0] if len(shards) == 1 else np.concatenate(shards)
+        return cls(tokens, int(manifest.get("eot_token", EOT_TOKEN)), get_encoding(manifest.get("encoding", DEFAULT_ENCODING)))
 
     def starts(self, window: int) -> np.ndarray:
         """The starts of non-overlapping `window`-token passages laid end to end inside each document."""
@@ -103,17 +112,12 @@ def _key(text: str) -> str:
     return " ".join(text.split())
 
 
-def build_examples(val: _Val, settings: MCSettings) -> list[dict]:
+def build_examples(val: ValSplit, settings: MCSettings) -> list[dict]:
     """`settings.n` examples, their contexts in seeded random order, or UserError when val holds too few."""
     rng = np.random.default_rng(settings.seed)
     starts = val.starts(settings.window)
-    tokens = len(val.tokens)
-    room = (f"the val split of {settings.data} holds {tokens:,} tokens in {len(val.documents)} documents: room for "
-            f"{{fit}} examples of {settings.ctx_tokens}+{settings.ending_tokens} tokens, fewer than --n {settings.n}; "
-            "prepare the folder again with a larger --val-fraction, or ask for a smaller --n, --ctx-tokens or "
-            "--ending-tokens")
     if len(starts) < settings.n:  # few passages: say exactly how many make examples
-        raise UserError(room.format(fit=sum(_true_ending(val, start, settings) is not None for start in starts)))
+        raise _too_small(val, settings, sum(_true_ending(val, start, settings) is not None for start in starts))
     labels = rng.permutation(np.arange(settings.n) % settings.choices)
     examples: list[dict] = []
     for start in rng.permutation(starts).tolist():
@@ -126,10 +130,17 @@ def build_examples(val: _Val, settings: MCSettings) -> list[dict]:
                          "offset": start})
         if len(examples) == settings.n:
             return examples
-    raise UserError(room.format(fit=len(examples)))
+    raise _too_small(val, settings, len(examples))
 
 
-def _true_ending(val: _Val, start: int, settings: MCSettings) -> str | None:
+def _too_small(val: ValSplit, settings: MCSettings, fit: int) -> UserError:
+    return UserError(
+        f"the val split of {settings.data} holds {len(val.tokens):,} tokens in {len(val.documents)} documents: room "
+        f"for {fit} examples of {settings.ctx_tokens}+{settings.ending_tokens} tokens, fewer than --n {settings.n}; "
+        "prepare the folder again with a larger --val-fraction, or ask for a smaller --n, --ctx-tokens or --ending-tokens")
+
+
+def _true_ending(val: ValSplit, start: int, settings: MCSettings) -> str | None:
     """The ending that follows the context at `start`; None where it is blank or either cuts a character."""
     true = val.text(start + settings.ctx_tokens, settings.ending_tokens)
     if val.text(start, settings.ctx_tokens) is None or true is None or not true.strip():
@@ -137,7 +148,7 @@ def _true_ending(val: _Val, start: int, settings: MCSettings) -> str | None:
     return true
 
 
-def _endings(val: _Val, start: int, settings: MCSettings, rng: np.random.Generator) -> list[str] | None:
+def _endings(val: ValSplit, start: int, settings: MCSettings, rng: np.random.Generator) -> list[str] | None:
     """The true ending first, then choices-1 distinct distractors; None where the passage cannot make an example
     (see _true_ending; or too few distinct distractors)."""
     true = _true_ending(val, start, settings)
@@ -164,13 +175,7 @@ def _endings(val: _Val, start: int, settings: MCSettings, rng: np.random.Generat
 def make_mc(settings: MCSettings) -> list[dict]:
     """Build the examples from `settings.data`'s val split and write them to `settings.out` atomically."""
     check_out(settings.out, settings.force)
-    has_manifest = (settings.data / MANIFEST_NAME).is_file()
-    manifest = load_manifest(settings.data) if has_manifest else {}
-    shards = open_split(settings.data, "val")  # llm.c's shards (no manifest) are GPT-2 tokens
-    tokens = shards[0] if len(shards) == 1 else np.concatenate(shards)
-    encoding = get_encoding(manifest.get("encoding", DEFAULT_ENCODING))
-    val = _Val(tokens, int(manifest.get("eot_token", EOT_TOKEN)), encoding)
-    examples = build_examples(val, settings)
+    examples = build_examples(ValSplit.open(settings.data), settings)
     lines = "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples)
     atomic.write_text(settings.out, lines)
     return examples
