@@ -54,14 +54,16 @@ def tokenizer_files(encoding_name: str, model_max_length: int) -> dict[str, str]
     """The text of each of HF_TOKENIZER_FILES for the tiktoken encoding `encoding_name` (UserError when
     it cannot be loaded offline). `model_max_length`: the model's context, in tokens."""
     encoding = get_encoding(encoding_name)
-    ranks: dict[bytes, int] = encoding._mergeable_ranks  # tiktoken has no public accessor for the ranks
+    specials = {name: encoding.encode_single_token(name) for name in encoding.special_tokens_set}
+    # A token's id is its rank: the ranks are the bytes of every id that is not a special token.
+    ranks = {encoding.decode_single_token_bytes(i): i for i in range(encoding.n_vocab) if i not in specials.values()}
     characters = byte_characters()
 
     def spelled(token: bytes) -> str:
         return "".join(characters[b] for b in token)
 
     vocab = {spelled(token): rank for token, rank in ranks.items()}
-    vocab.update(encoding._special_tokens)
+    vocab.update(specials)
     merges = [MERGES_HEADER]
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         if len(token) > 1:
@@ -79,7 +81,7 @@ def tokenizer_files(encoding_name: str, model_max_length: int) -> dict[str, str]
         "added_tokens_decoder": {
             str(token_id): {"content": content, "lstrip": False, "normalized": True, "rstrip": False,
                             "single_word": False, "special": True}
-            for content, token_id in sorted(encoding._special_tokens.items(), key=lambda item: item[1])
+            for content, token_id in sorted(specials.items(), key=lambda item: item[1])
         },
     }
     return {
