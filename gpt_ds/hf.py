@@ -8,6 +8,10 @@ The architectures are the same, so conversion is renaming plus three layout deta
 - the Hugging Face vocabulary is unpadded (gpt-ds model folders are unpadded too: no change);
 - the output head is tied to wte in both (`lm_head.weight` is not written; it is ignored on import
   when it equals wte).
+The export carries its tokenizer: transformers' GPT-2 tokenizer files, converted from the model
+folder's tiktoken encoding (gpt_ds.hf_tokenizer), so `AutoTokenizer.from_pretrained(HF_DIR)` works
+offline. Import ignores tokenizer files: a model folder names its encoding, and import needs no
+tiktoken cache.
 Only a GPT-2 architecture exports: a model folder of the modern recipe (rotary positions, QK-norm,
 ReLU^2, an untied head, soft-capped logits; any of them) has no GPT2LMHeadModel equivalent and is
 refused naming what differs (zero-initialised projections are only an initialisation: such a model
@@ -31,6 +35,7 @@ import torch
 
 from gpt_ds import json_object
 from gpt_ds.errors import UserError
+from gpt_ds.hf_tokenizer import tokenizer_files
 from gpt_ds.model import GPTConfig
 from gpt_ds.model_io import (
     CONFIG_FILE,
@@ -73,9 +78,15 @@ def _is_conv1d(name: str) -> bool:
 # ---- export -----------------------------------------------------------------------------------
 
 
+def has_gpt2_vocabulary(config: GPTConfig) -> bool:
+    """Whether the model's vocabulary holds the GPT-2 BPE's tokens; a small test vocabulary has neither
+    its end-of-text token nor a tokenizer."""
+    return EOT_TOKEN < config.vocab_size
+
+
 def hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
     """A transformers GPT2Config as JSON for `config`."""
-    eot = EOT_TOKEN if EOT_TOKEN < config.vocab_size else None  # a small test vocabulary has no EOT
+    eot = EOT_TOKEN if has_gpt2_vocabulary(config) else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -106,14 +117,18 @@ def hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
 def export_hf(
     model_dir: str | Path, out: str | Path, dtype: str | torch.dtype = torch.float32, force: bool = False
 ) -> Path:
-    """Write the model folder `model_dir` as a transformers GPT-2 folder `out` (atomically). `force`:
+    """Write the model folder `model_dir` as a transformers GPT-2 folder `out` (atomically), with the
+    tokenizer files of its encoding (gpt_ds.hf_tokenizer; none for a small test vocabulary). `force`:
     replace whatever folder `out` is (never `model_dir` or a folder inside or above it)."""
     from safetensors.torch import save_file
 
     dtype = parse_dtype(dtype)
-    # Before reading any weights: the input is a GPT-2 model folder, the output may be written.
-    check_exportable(read_model_info(model_dir).config, model_dir)
+    # Before reading any weights: the input is a GPT-2 model folder, the output may be written, and
+    # the tokenizer is in the tiktoken cache.
+    info = read_model_info(model_dir)
+    check_exportable(info.config, model_dir)
     check_output_folder(out, HF_KIND, force=force, inputs=(model_dir,))
+    tokenizer = tokenizer_files(info.tokenizer, info.config.block_size) if has_gpt2_vocabulary(info.config) else {}
     model, info = load_model(model_dir, dtype=dtype)
     config = info.config
     # The model folder's tensors (no padding rows), with Hugging Face's Conv1D layout where it differs.
@@ -125,10 +140,12 @@ def export_hf(
         # GPT-2 always has biases; a model trained without them equals one whose biases are zero.
         for name, shape in _hf_bias_shapes(config).items():
             tensors[name] = torch.zeros(shape, dtype=dtype)
-    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + sum(len(text.encode()) for text in tokenizer.values())
     with atomic_folder(out, HF_KIND, force=force, inputs=(model_dir,), needed=needed) as staging:
         save_file(tensors, str(staging / HF_WEIGHTS), metadata={"format": "pt"})
         (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
+        for name, text in tokenizer.items():
+            (staging / name).write_text(text, encoding="utf-8")
     return Path(out)
 
 

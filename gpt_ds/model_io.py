@@ -42,6 +42,7 @@ from gpt_ds import json_object
 from gpt_ds.atomic import file_sha256, full_disk_as_error
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPT, GPTConfig
+from gpt_ds.hf_tokenizer import HF_TOKENIZER_FILES
 from gpt_ds.tokenizer import DEFAULT_ENCODING
 
 WEIGHTS_FILE = "model.safetensors"
@@ -63,6 +64,8 @@ FOLDER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 MODEL_KIND = "gpt-ds"  # config.json {"model": {...}, "tokenizer": ..., "metadata": ...}
 HF_KIND = "huggingface"  # config.json of transformers: {"model_type": ..., ...}
 KIND_NAMES = {MODEL_KIND: "a gpt-ds model folder", HF_KIND: "a Hugging Face model folder"}
+# What a previous output of each kind holds (an export also carries its tokenizer).
+KIND_FILES = {MODEL_KIND: FOLDER_FILES, HF_KIND: FOLDER_FILES + HF_TOKENIZER_FILES}
 # The weights file's header metadata key holding the model config (JSON) they were saved with.
 CONFIG_RECORD = "gpt_ds_model_config"
 SHA256_KEY = "weights_sha256"  # config.json's record of model.safetensors' sha256
@@ -197,7 +200,7 @@ def check_output_folder(
     folder: str | Path, kind: str, force: bool = False, inputs: Sequence[str | Path] = ()
 ) -> None:
     """UserError unless `folder` may be written as a `kind` folder (MODEL_KIND or HF_KIND): a new or
-    empty folder, or a previous output of the same kind (only FOLDER_FILES, config.json of that
+    empty folder, or a previous output of the same kind (only KIND_FILES[kind], config.json of that
     shape). Anything else is refused unless `force`, which replaces the folder with all it holds.
     Never allowed, whatever `force` says: a file at `folder`, or `folder` being one of `inputs`,
     inside one or above one (check_not_input)."""
@@ -209,7 +212,7 @@ def check_output_folder(
         raise UserError(f"{folder} exists and is not a folder; choose another output path")
     entries = sorted(p.name for p in folder.iterdir())
     found = folder_kind(folder)
-    others = [name for name in entries if name not in FOLDER_FILES]
+    others = [name for name in entries if name not in KIND_FILES[kind]]
     if not entries or (found == kind and not others) or force:
         return
     if found is not None and found != kind:

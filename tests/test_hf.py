@@ -2,7 +2,9 @@
 import and export both give the same logits in fp32 (1e-5), the same greedy tokens and attention
 weights; non-GPT-2 folders are refused, and so is the export of a model of the modern recipe. The
 program (`python -m gpt_ds.hf`, a real process) never writes into its input and replaces an existing
---out of the other kind or with other files only with --force."""
+--out of the other kind or with other files only with --force. The export carries its tokenizer:
+transformers' AutoTokenizer on it gives tiktoken's ids over the whole stdlib and Shakespeare corpora,
+and the export folder alone, offline, generates gpt-ds's greedy tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +25,10 @@ from gpt_ds.generate import Sampling, generate
 from gpt_ds.hf import import_hf
 from launch.hf import run
 from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
+from gpt_ds.hf_tokenizer import HF_TOKENIZER_FILES
 from gpt_ds.model_io import HF_KIND, MODEL_KIND, folder_kind, load_model, read_model_info, save_model
+from gpt_ds.tokenizer import EOT_TOKEN
+from data_prep.stdlib_corpus import stdlib_text
 
 transformers = pytest.importorskip("transformers")
 
@@ -98,6 +104,8 @@ def test_exported_model_loads_in_transformers_with_our_logits(tmp_path, tokens, 
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     torch.testing.assert_close(hf_logits(hf, tokens), ours_logits(ours, tokens), **TOLERANCE)
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_positions"] == 32
+    # a test vocabulary is not the GPT-2 BPE's, so no tokenizer goes with it
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
 
     # And back: import of the export is the model we started from.
     assert run(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
@@ -300,3 +308,125 @@ def test_importing_a_gpt_ds_model_folder_says_it_is_one_already(tmp_path):
     assert str(raised.value) == (f"{model} is a gpt-ds model folder already, not a Hugging Face one; use it as it is "
                                  f"(python -m gpt_ds.hf export {model} --out HF_DIR makes a Hugging Face folder of it)")
     assert not (tmp_path / "out").exists()
+
+
+# ---- the export's tokenizer ----------------------------------------------------------------------
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "shakespeare"
+EXPORT_FILES = sorted(["config.json", "model.safetensors", *HF_TOKENIZER_FILES])
+
+
+def gpt2_vocabulary_model(folder):
+    """A small model with the GPT-2 vocabulary, weights perturbed by 0.1 so its greedy choices are clear."""
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=EOT_TOKEN + 1)
+    ours = GPT(config).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return ours, save_model(folder, ours, config)
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory, encoding):
+    """(gpt-ds model, its model folder, its export) for a model with the GPT-2 vocabulary."""
+    work = tmp_path_factory.mktemp("gpt2-export")
+    ours, model_dir = gpt2_vocabulary_model(work / "model")
+    assert run(["export", str(model_dir), "--out", str(work / "hf")]) == 0
+    return ours, model_dir, work / "hf"
+
+
+@pytest.fixture(scope="module")
+def export_tokenizers(gpt2_export):
+    """Each distinct tokenizer class AutoTokenizer loads from the export, fast and slow (transformers 5 has
+    only one GPT-2 tokenizer, and ignores use_fast)."""
+    loaded = [transformers.AutoTokenizer.from_pretrained(gpt2_export[2], use_fast=fast) for fast in (True, False)]
+    return list({type(tokenizer): tokenizer for tokenizer in loaded}.values())
+
+
+def test_export_writes_gpt2_tokenizer_files(gpt2_export, export_tokenizers):
+    _, model_dir, hf_dir = gpt2_export
+    assert sorted(p.name for p in hf_dir.iterdir()) == EXPORT_FILES
+    vocab = json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8"))
+    assert len(vocab) == EOT_TOKEN + 1 and sorted(vocab.values()) == list(range(EOT_TOKEN + 1))
+    assert (vocab["Hello"], vocab["\u0120world"], vocab["<|endoftext|>"]) == (15496, 995, EOT_TOKEN)  # GPT-2's ids
+    merges = (hf_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[:3] == ["#version: 0.2", "\u0120 t", "\u0120 a"] and len(merges) == 1 + 50_000  # GPT-2's merges
+    for tokenizer in export_tokenizers:
+        assert tokenizer.bos_token == tokenizer.eos_token == tokenizer.unk_token == "<|endoftext|>"
+        assert tokenizer.eos_token_id == EOT_TOKEN and tokenizer.model_max_length == 64
+        assert "<|endoftext|>" in tokenizer.all_special_tokens
+        # the end-of-text token in text is the special token, as tiktoken's encode(allowed_special="all")
+        assert tokenizer("one<|endoftext|>two")["input_ids"] == [505, EOT_TOKEN, 11545]
+    # a previous export, tokenizer and all, is replaced without --force
+    assert run(["export", str(model_dir), "--out", str(hf_dir)]) == 0
+    assert sorted(p.name for p in hf_dir.iterdir()) == EXPORT_FILES
+
+
+def assert_tiktoken_ids(tokenizers, encoding, texts: dict[str, str]) -> None:
+    """Each text, encoded whole, gives tiktoken's ids with every tokenizer, and decodes back to itself."""
+    for tokenizer in tokenizers:
+        differ = []
+        for name, text in texts.items():
+            ids = tokenizer(text)["input_ids"]
+            if ids != encoding.encode(text, allowed_special="all") or tokenizer.decode(ids) != text:
+                differ.append(name)
+        assert not differ, f"{type(tokenizer).__name__} tokenizes differently from tiktoken: {differ}"
+
+
+def test_export_tokenizer_gives_tiktoken_ids_over_the_stdlib_corpus(export_tokenizers, encoding):
+    text = stdlib_text().decode()
+    assert len(text) > 1_000_000
+    assert_tiktoken_ids(export_tokenizers, encoding, {"stdlib": text})
+
+
+def test_export_tokenizer_gives_tiktoken_ids_over_the_shakespeare_corpus(export_tokenizers, encoding):
+    if not SHAKESPEARE.is_dir():
+        pytest.skip(f"the Shakespeare corpus is not at {SHAKESPEARE} (../shared/corpora beside the checkout)")
+    texts = {path.name: path.read_text(encoding="utf-8") for path in sorted(SHAKESPEARE.glob("*.txt"))}
+    assert len(texts) == 77
+    assert_tiktoken_ids(export_tokenizers, encoding, texts)
+
+
+# Run where nothing of gpt-ds is importable and the Hub cannot be reached: the export folder alone.
+OFFLINE_GENERATE = """
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+folder, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
+ids = tokenizer(prompt, return_tensors="pt").input_ids
+new = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1]:]
+text = pipeline("text-generation", model=folder)(prompt, max_new_tokens=n, do_sample=False)[0]["generated_text"]
+print(json.dumps({"prompt": ids[0].tolist(), "new": new.tolist(), "text": text}))
+"""
+
+
+def test_the_export_alone_generates_our_greedy_tokens_offline(gpt2_export, encoding, tmp_path):
+    ours, _, hf_dir = gpt2_export
+    prompt, n = "ROMEO:\nBut soft, what light through yonder window breaks?", 20
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_GENERATE, str(hf_dir), prompt, str(n)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    prompt_ids = encoding.encode_ordinary(prompt)
+    expected = generate(ours, [prompt_ids], Sampling(n, temperature=0))[0]
+    assert len(expected) == n
+    assert result["prompt"] == prompt_ids
+    assert result["new"] == expected
+    assert result["text"] == encoding.decode(prompt_ids + expected)
+
+
+def test_export_without_the_tiktoken_cache_is_one_line(tmp_path, repo_root):
+    # An empty cache and a proxy that refuses every connection: the BPE cannot be had; nothing is written.
+    _, model_dir = gpt2_vocabulary_model(tmp_path / "model")
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-cache"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9"}
+    (tmp_path / "empty-cache").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "gpt_ds.hf", "export", str(model_dir), "--out", str(tmp_path / "hf")],
+                          env=env, cwd=repo_root, capture_output=True, text=True, timeout=180)
+    message = one_error_line(proc)
+    assert message.startswith("could not load the tiktoken encoding 'r50k_base'") and "TIKTOKEN_CACHE_DIR" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-cache", "model"]  # nothing half-written
