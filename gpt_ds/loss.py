@@ -164,14 +164,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             n = h.size(0)
             valid = targets != ignore_index
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
+            count = valid.sum().to(torch.float32)
+            if not with_grad:  # evaluation: the rows' losses alone, no backward to prepare
+                return _token_losses(h, w, safe_targets, valid, softcap, rows).sum() / count
             loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-            if not with_grad:
-                loss_sum += _token_losses(h, w, safe_targets, valid, softcap, rows).sum()
-            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device) if with_grad else None
+            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device)
             # float32 accumulators: bf16/fp16 sums over chunks would lose digits, and fp16 gradients
             # of size ~p/N would underflow before the backward's loss scale reached them.
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if with_grad else None
-            for start in range(0, n if with_grad else 0, rows):
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+            for start in range(0, n, rows):
                 end = min(start + rows, n)
                 h_c, tgt, keep = h[start:end], safe_targets[start:end], valid[start:end]
                 logits = h_c @ w.t()  # (rows, V) in the compute dtype
@@ -183,10 +184,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 keep_f = keep.unsqueeze(1).to(compute_dtype)
                 torch.mul(grad @ w, keep_f, out=grad_h[start:end])
                 grad_w[:vocab_size].add_(grad.t() @ (h_c * keep_f))
-            count = valid.sum().to(torch.float32)
             loss = loss_sum / count
-        if with_grad:
-            ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.save_for_backward(grad_h, grad_w, count)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return loss
 

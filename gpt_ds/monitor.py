@@ -2,9 +2,10 @@
 
 `Monitor` writes the run's start records (hyper-parameters, the settings text, the target line),
 each step's scalars (loss, lr, grad norm, loss scale, tokens/s, MFU, memory, ETA) to TensorBoard and
-the progress bar (rank 0), the evaluations (val loss, bits per byte) and their text samples; it decides when the loss target
-is met (`check_target`: on the validation loss, or on the smoothed training loss without a val split)
-and stops a run whose loss stays non-finite (`TrainingDiverged`, exit 3, the last good checkpoint kept).
+the progress bar (rank 0), the evaluations (val loss, bits per byte) and their text samples; it
+decides when the loss target is met (`check_target`: on the validation loss, or on the smoothed
+training loss without a val split) and stops a run whose loss stays non-finite (`TrainingDiverged`,
+exit 3, the last good checkpoint kept).
 """
 
 from __future__ import annotations
