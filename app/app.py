@@ -97,7 +97,7 @@ def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
     with st.container(border=True):
         st.markdown(f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "")
                     + f" · architecture **{card.architecture}** · tokenizer `{card.tokenizer}`")
-        shape, training = st.columns(4), st.columns(4)
+        shape, training = st.columns(4), st.columns(4 if card.val_bpb is None else 5)
         shape[0].metric("Parameters", format_count(card.parameters), help=f"{card.parameters:,} parameters")
         shape[1].metric("Context", f"{card.context} tokens")
         shape[2].metric("Layers · heads · width", f"{card.n_layer} · {card.n_head} · {card.n_embd}")
@@ -112,6 +112,9 @@ def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
             verdict = f"reached{at_step}" if card.target_reached else "not reached"
             training[3].metric("Loss target", format_loss(card.target_loss), verdict,
                                delta_color="green" if card.target_reached else "red", delta_arrow="off")
+        if card.val_bpb is not None:
+            training[4].metric("Final val bpb", format_loss(card.val_bpb), chart_data=sparkline(tags.VAL_BPB),
+                               help="validation bits per byte: comparable across tokenizers (docs/training.md)")
 
 
 def as_html_line(text: str) -> str:

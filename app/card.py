@@ -37,6 +37,7 @@ class ModelCard:
     tokens: int | None = None
     train_loss: float | None = None
     val_loss: float | None = None
+    val_bpb: float | None = None  # bits per byte (gpt_ds.bpb); older folders do not record it
     target_loss: float | None = None
     target_reached: bool | None = None
     target_step: int | None = None
@@ -65,6 +66,7 @@ def model_card(model: GPT, info: ModelInfo) -> ModelCard:
         tokens=record.tokens,
         train_loss=record.train_loss,
         val_loss=record.val_loss,
+        val_bpb=record.val_bpb,
         target_loss=record.target_loss,
         target_reached=None if record.target_loss is None else record.target_reached,
         target_step=record.target_step,

@@ -16,6 +16,9 @@ does all the head's work, and nothing of size N x V outlives a chunk.
 The loss is always float32. `softcap` (Gemma-2 style) maps logits to softcap * tanh(logits / softcap)
 before the softmax, in the forward and in the gradient. Targets equal to `ignore_index` do not count;
 the mean is over the others (all ignored: nan, as F.cross_entropy).
+
+`chunked_token_losses` gives each row's loss instead of their mean (evaluation only, no gradient): what
+the validation needs for the loss and bits per byte in one pass.
 """
 
 from __future__ import annotations
@@ -41,6 +44,28 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
                           softcap: float | None = None, ignore_index: int = -100,
                           chunk_rows: int | None = None) -> torch.Tensor:
     """Mean cross-entropy (float32 scalar) of `hidden (N, C) @ weight[:vocab_size].T` against targets (N,)."""
+    rows, compute_dtype = _checked(hidden, weight, targets, vocab_size, softcap, chunk_rows)
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, vocab_size, softcap, ignore_index, rows,
+                                            compute_dtype, with_grad)
+
+
+@torch.no_grad()
+def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
+                         softcap: float | None = None, ignore_index: int = -100,
+                         chunk_rows: int | None = None) -> torch.Tensor:
+    """Each row's cross-entropy (float32, (N,); 0 where the target is ignore_index), computed as
+    chunked_cross_entropy computes its mean: evaluation only, no gradient."""
+    rows, compute_dtype = _checked(hidden, weight, targets, vocab_size, softcap, chunk_rows)
+    with torch.autocast(hidden.device.type, enabled=False):
+        valid = targets != ignore_index
+        return _token_losses(hidden.to(compute_dtype), weight[:vocab_size].to(compute_dtype),
+                             torch.where(valid, targets, torch.zeros_like(targets)), valid, softcap, rows)
+
+
+def _checked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+             softcap: float | None, chunk_rows: int | None) -> tuple[int, torch.dtype]:
+    """The rows per chunk and the dtype of the logits, once the arguments are checked."""
     if hidden.dim() != 2 or targets.dim() != 1 or hidden.size(0) != targets.size(0):
         raise ValueError(f"hidden must be (N, C) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     if not 0 < vocab_size <= weight.size(0) or weight.size(1) != hidden.size(1):
@@ -53,9 +78,18 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     device_type = hidden.device.type
     compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                      else hidden.dtype)
-    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, vocab_size, softcap, ignore_index, rows,
-                                            compute_dtype, with_grad)
+    return rows, compute_dtype
+
+
+def _token_losses(h: torch.Tensor, w: torch.Tensor, safe_targets: torch.Tensor, valid: torch.Tensor,
+                  softcap: float | None, rows: int) -> torch.Tensor:
+    """The rows' float32 losses, 0 where not valid, a chunk of rows at a time (h, w in the compute dtype)."""
+    losses = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
+    for start in range(0, h.size(0), rows):
+        end = min(start + rows, h.size(0))
+        losses[start:end] = torch.where(valid[start:end], row_loss(h[start:end] @ w.t(), safe_targets[start:end],
+                                                                   softcap), 0.0)
+    return losses
 
 
 def _head_gradient(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
@@ -130,18 +164,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             n = h.size(0)
             valid = targets != ignore_index
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
+            count = valid.sum().to(torch.float32)
+            if not with_grad:  # evaluation: the rows' losses alone, no backward to prepare
+                return _token_losses(h, w, safe_targets, valid, softcap, rows).sum() / count
             loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device) if with_grad else None
+            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device)
             # float32 accumulators: bf16/fp16 sums over chunks would lose digits, and fp16 gradients
             # of size ~p/N would underflow before the backward's loss scale reached them.
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if with_grad else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
             for start in range(0, n, rows):
                 end = min(start + rows, n)
                 h_c, tgt, keep = h[start:end], safe_targets[start:end], valid[start:end]
                 logits = h_c @ w.t()  # (rows, V) in the compute dtype
-                if not with_grad:
-                    loss_sum += torch.where(keep, row_loss(logits, tgt, softcap), 0.0).sum()
-                    continue
                 grad, losses = head_gradient(logits, tgt, softcap)
                 del logits
                 loss_sum += torch.where(keep, losses, 0.0).sum()
@@ -150,10 +184,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 keep_f = keep.unsqueeze(1).to(compute_dtype)
                 torch.mul(grad @ w, keep_f, out=grad_h[start:end])
                 grad_w[:vocab_size].add_(grad.t() @ (h_c * keep_f))
-            count = valid.sum().to(torch.float32)
             loss = loss_sum / count
-        if with_grad:
-            ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.save_for_backward(grad_h, grad_w, count)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return loss
 

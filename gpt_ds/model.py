@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gpt_ds.loss import chunked_cross_entropy
+from gpt_ds.loss import chunked_cross_entropy, chunked_token_losses
 from gpt_ds.model_config import (  # noqa: F401 (GPT2_RECIPE, MODERN_RECIPE, PRESETS, config_from_preset: the model's names too)
     GPT2_RECIPE,
     MODERN_RECIPE,
@@ -303,19 +303,21 @@ class GPT(nn.Module):
         return x
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100,
+        per_token: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for idx (B, T), None as the loss; with targets (B, T), (None, the
         mean cross-entropy over the positions whose target is not ignore_index). The loss never holds
-        the B*T x vocab logits: gpt_ds.loss computes head, float32 loss and its gradients chunk by chunk."""
+        the B*T x vocab logits: gpt_ds.loss computes head, float32 loss and its gradients chunk by chunk.
+        per_token: each position's loss (B, T) instead of the mean, without a gradient (evaluation)."""
         if targets is None:
             return self.lm_head(self.hidden_states(idx)), None
         # The head's matrix (wte's when tied, lm_head's own when not) and its softcap: the same logits
         # as lm_head(hidden), never materialised.
-        loss = chunked_cross_entropy(self.hidden_states(idx).flatten(0, 1), self.head_weight, targets.flatten(),
-                                     vocab_size=self.config.vocab_size, softcap=self.config.logit_softcap,
-                                     ignore_index=ignore_index)
-        return None, loss
+        loss_of = chunked_token_losses if per_token else chunked_cross_entropy
+        loss = loss_of(self.hidden_states(idx).flatten(0, 1), self.head_weight, targets.flatten(),
+                       vocab_size=self.config.vocab_size, softcap=self.config.logit_softcap, ignore_index=ignore_index)
+        return None, loss.view_as(targets) if per_token else loss
 
     @torch.no_grad()
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 `Monitor` writes the run's start records (hyper-parameters, the settings text, the target line),
 each step's scalars (loss, lr, grad norm, loss scale, tokens/s, MFU, memory, ETA) to TensorBoard and
-the progress bar (rank 0), the evaluations and their text samples; it decides when the loss target
-is met (`check_target`: on the validation loss, or on the smoothed training loss without a val split)
-and stops a run whose loss stays non-finite (`TrainingDiverged`, exit 3, the last good checkpoint kept).
+the progress bar (rank 0), the evaluations (val loss, bits per byte) and their text samples; it
+decides when the loss target is met (`check_target`: on the validation loss, or on the smoothed
+training loss without a val split) and stops a run whose loss stays non-finite (`TrainingDiverged`,
+exit 3, the last good checkpoint kept).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Monitor:
 
     def start(self, hparams: dict[str, Any], settings_text: str) -> None:
         """The records of a fresh run: hyper-parameters, the settings as text, the target as a line."""
-        self.tb.hparams(hparams, {tags.VAL_LOSS: float("nan"), tags.TRAIN_LOSS: float("nan")})
+        self.tb.hparams(hparams, {tags.VAL_LOSS: float("nan"), tags.VAL_BPB: float("nan"), tags.TRAIN_LOSS: float("nan")})
         self.tb.text(tags.SETTINGS, "```\n" + settings_text + "\n```", 0)
         self.tb.scalars(0, {tags.TARGET_LOSS: self.target_loss})
 
@@ -106,10 +107,11 @@ class Monitor:
                                       tok_s=f"{self.throughput.tokens_per_sec:,.0f}",
                                       eta=_duration(eta_seconds), refresh=False)
 
-    def evaluation(self, step: int, val_loss: float, sample: str | None) -> None:
+    def evaluation(self, step: int, val_loss: float, sample: str | None, val_bpb: float | None = None) -> None:
+        """An evaluation's figures (val_bpb: None when unknown) and its text sample."""
         if self.target_on_val:
             self.target_curve.add(step, val_loss)
-        self.tb.scalars(step, {tags.VAL_LOSS: val_loss})
+        self.tb.scalars(step, {tags.VAL_LOSS: val_loss, tags.VAL_BPB: val_bpb})
         if sample is not None:
             self.tb.text(tags.SAMPLE, sample, step)
         self.tb.flush()
@@ -130,6 +132,8 @@ class Monitor:
         losses = f"train loss {record.train_loss:.4f}" if record.train_loss is not None else "train loss n/a"
         if record.val_loss is not None:
             losses += f", val loss {record.val_loss:.4f}"
+        if record.val_bpb is not None:
+            losses += f", val bpb {record.val_bpb:.4f}"
         return (f"done: step {record.step}, {record.tokens:,} tokens, {losses}, {record.train_seconds:.1f}s "
                 f"training, {self.throughput.tokens_per_sec:,.0f} tok/s, MFU {self.throughput.mfu(self.world_size):.1%}"
                 f"{self.memory.summary()}; {outcome}")

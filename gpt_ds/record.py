@@ -22,6 +22,7 @@ class RunRecord:
     train_seconds: float = 0.0
     train_loss: float | None = None  # smoothed (EMA) training loss
     val_loss: float | None = None
+    val_bpb: float | None = None  # bits per byte of the val loss (gpt_ds.bpb); absent from older records
     target_loss: float | None = None
     target_step: int | None = None  # the first step at which the target was met
     target_tokens: int | None = None

@@ -14,6 +14,7 @@ MEMORY_GIB_OF_RANK = "memory/rank_{rank}_gib"  # each rank's, in runs of several
 TOKENS = "train/tokens"
 SECONDS = "train/seconds"  # training time so far (steps only: no start-up, evaluation or checkpoints)
 VAL_LOSS = "val/loss"
+VAL_BPB = "val/bpb"  # bits per byte (gpt_ds.bpb)
 ETA_STEPS = "eta/steps_to_target"
 ETA_SECONDS = "eta/seconds_to_target"
 TARGET_LOSS = "target/loss"

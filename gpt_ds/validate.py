@@ -1,6 +1,6 @@
 """Validation during training: when to evaluate, the validation loss over the fixed token budget
-(all ranks together; windows spread evenly over the whole val split, gpt_ds.sampler.val_batches), and a
-short generated text sample to watch the model learn in TensorBoard.
+(all ranks together; windows spread evenly over the whole val split, gpt_ds.sampler.val_batches) with
+its bits per byte (gpt_ds.bpb), and a short generated text sample to watch the model learn in TensorBoard.
 
 Under ZeRO-3 every forward gathers the parameters from all ranks (a collective), so every rank runs
 the same number of validation forwards (one with fewer windows repeats its last batch and ignores it),
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-
 import torch
 
 from gpt_ds import distributed, sampler
+from gpt_ds.bpb import bits_per_byte, bpb_sums, token_byte_lengths
 from gpt_ds.errors import UserError
 from gpt_ds.plan import Plan
 
@@ -25,14 +25,17 @@ class Validator:
         self.plan = plan
         self.rank = rank
         self.interval = plan.settings.eval_interval
+        self._byte_lengths: torch.Tensor | bool | None = None  # False: the tokenizer's files are missing
 
     def should_validate(self, step: int, *, last_step: bool = False) -> bool:
         return self.plan.val is not None and (step % self.interval == 0 or last_step)
 
     @torch.no_grad()
-    def loss(self, engine: Any) -> float:
-        """Mean validation loss over the fixed token budget, across all ranks (a collective)."""
+    def loss(self, engine: Any) -> tuple[float, float | None]:
+        """The mean validation loss over the fixed token budget and its bits per byte (gpt_ds.bpb; None
+        without the tokenizer's files), across all ranks: one all-reduce of the four sums."""
         plan = self.plan
+        byte_lengths = self.byte_lengths(engine.device)
         engine.eval()
         share = lambda rank: sampler.val_batches(plan.val, plan.settings.eval_tokens, plan.micro_batch,  # noqa: E731
                                                   rank=rank, world_size=plan.world_size)
@@ -40,17 +43,31 @@ class Validator:
         forwards = len(batches)
         if plan.zero_stage == 3:  # the same number of (collective) forwards on every rank
             forwards = max(len(share(rank)) for rank in range(plan.world_size))
-        loss_sum, count = 0.0, 0
+        # loss (nats) and tokens; loss over the tokens that decode to bytes, and those bytes
+        sums = torch.zeros(4, dtype=torch.float64, device=engine.device)
         for i in range(forwards):
             x, y = batches[min(i, len(batches) - 1)] if batches else sampler.val_batches(
                 plan.val, plan.settings.eval_tokens, plan.micro_batch, rank=0, world_size=plan.world_size)[0]
-            _, loss = engine(x.to(engine.device), y.to(engine.device))
+            x, y = x.to(engine.device), y.to(engine.device)
+            _, losses = engine(x, y, per_token=True)
             if i < len(batches):
-                loss_sum += loss.item() * len(x)
-                count += len(x)
+                sums[0] += losses.double().sum()
+                sums[1] += y.numel()
+                if byte_lengths is not None:
+                    sums[2:] += bpb_sums(losses, y, byte_lengths)
         engine.train()
-        loss_sum, count = distributed.all_reduce_sum([loss_sum, count])
-        return loss_sum / count
+        loss_sum, count, bpb_loss, n_bytes = distributed.all_reduce_sum(sums)
+        return loss_sum / count, bits_per_byte(bpb_loss, n_bytes)
+
+    def byte_lengths(self, device: torch.device) -> torch.Tensor | None:
+        """Each token's UTF-8 byte count (gpt_ds.bpb) on `device`, looked up once; None without the
+        tokenizer's files (no tiktoken cache offline: the val loss alone)."""
+        if self._byte_lengths is None:
+            try:
+                self._byte_lengths = token_byte_lengths(self.plan.model_config.vocab_size).to(device)
+            except UserError:
+                self._byte_lengths = False
+        return self._byte_lengths if self._byte_lengths is not False else None
 
     def text_sample(self, model: torch.nn.Module, step: int) -> str | None:
         """A short generated text on rank 0 (None elsewhere), or None without a tokenizer or with

@@ -37,6 +37,7 @@ MODERN_TINY_CONFIG = dataclasses.replace(TINY_CONFIG, **MODERN_RECIPE)
 MODERN_ARCHITECTURE = "modern: rope, qk-norm, relu², untied, softcap 30"
 TARGET_LOSS = 5.0
 TARGET_STEP = 150  # the first val point at or below TARGET_LOSS
+VAL_BPB = 1.25  # the record's final val bits per byte
 STEPS = 200
 TRAIN_TOKENS = STEPS * 8 * TINY_CONFIG.block_size
 
@@ -67,6 +68,7 @@ def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True, config: GPTConf
         tokens=TRAIN_TOKENS,
         train_loss=train_loss_at(STEPS),
         val_loss=train_loss_at(STEPS) + 0.1,
+        val_bpb=VAL_BPB,
         target_loss=TARGET_LOSS,
         target_step=TARGET_STEP,
         preset="tiny" if config.uses_gpt2_recipe else "modern-tiny",

@@ -18,6 +18,7 @@ from app_fixtures import (
     STEPS,
     TARGET_LOSS,
     TARGET_STEP,
+    VAL_BPB,
     make_run,
     train_loss_at,
 )
@@ -92,6 +93,7 @@ def test_generate_streams_text_without_reloading_the_weights(monkeypatch, good_m
     assert "preset `tiny`" in texts(app.markdown) and "architecture **GPT-2**" in texts(app.markdown)
     target = next(m for m in app.metric if m.label == "Loss target")
     assert (target.value, target.delta) == (f"{TARGET_LOSS:.3f}", f"reached at step {TARGET_STEP}")
+    assert metrics["Final val bpb"] == f"{VAL_BPB:.3f}"
 
     first = generate(app, "ROMEO:\n")
     assert first.strip()

@@ -11,6 +11,7 @@ from app_fixtures import (
     TARGET_STEP,
     TINY_CONFIG,
     TRAIN_TOKENS,
+    VAL_BPB,
     make_run,
     train_loss_at,
 )
@@ -19,6 +20,7 @@ from card import format_count, format_loss, model_card
 from gpt_ds.inference import load_for_inference
 from gpt_ds.model import GPT
 from gpt_ds.model_io import save_model
+from gpt_ds.record import RunRecord
 
 
 def test_model_card_reports_config_and_training_metadata(tmp_path):
@@ -29,7 +31,16 @@ def test_model_card_reports_config_and_training_metadata(tmp_path):
     assert (card.steps, card.tokens, card.target_loss, card.target_reached, card.target_step) == (
         STEPS, TRAIN_TOKENS, TARGET_LOSS, True, TARGET_STEP)
     assert card.train_loss == pytest.approx(train_loss_at(STEPS))
+    assert card.val_bpb == VAL_BPB and format_loss(card.val_bpb) == "1.250"
     assert card.architecture == "GPT-2"
+
+
+def test_a_record_from_before_bits_per_byte_loads_without_them(tmp_path):
+    record = RunRecord(step=STEPS, tokens=TRAIN_TOKENS, val_loss=3.5, preset="tiny").to_dict()
+    del record["val_bpb"]  # as folders written before val_bpb existed hold it
+    folder = save_model(tmp_path / "old", GPT(TINY_CONFIG), TINY_CONFIG, metadata=record)
+    card = model_card(*load_for_inference(folder))
+    assert (card.steps, card.val_loss, card.val_bpb) == (STEPS, 3.5, None)
     assert format_count(124_439_808) == "124M" and format_count(None) == "—"
 
 

@@ -1,10 +1,10 @@
-"""gpt_ds.loss.chunked_cross_entropy against the plain head + F.cross_entropy."""
+"""gpt_ds.loss.chunked_cross_entropy and chunked_token_losses against the plain head + F.cross_entropy."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_ds.loss import _ChunkedLinearCrossEntropy, chunked_cross_entropy
+from gpt_ds.loss import _ChunkedLinearCrossEntropy, chunked_cross_entropy, chunked_token_losses
 
 N, C, V, PADDED = 37, 16, 90, 128
 
@@ -84,6 +84,21 @@ def test_no_grad_path_and_all_ignored():
     with torch.no_grad():
         torch.testing.assert_close(chunked_cross_entropy(h, w, t, vocab_size=V), plain(h, w, t))
     assert torch.isnan(chunked_cross_entropy(h, w, torch.full((N,), -100), vocab_size=V))  # as F.cross_entropy
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_token_losses_are_the_rows_of_the_mean(softcap):
+    h, w, t = inputs()
+    logits = F.linear(h, w)[:, :V].float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    want = F.cross_entropy(logits, t, reduction="none")  # 0 where ignored, as ours
+    got = chunked_token_losses(h, w, t, vocab_size=V, softcap=softcap, chunk_rows=8)
+    assert got.shape == (N,) and got.dtype == torch.float32 and not got.requires_grad
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        mean = chunked_cross_entropy(h, w, t, vocab_size=V, softcap=softcap, chunk_rows=8)
+    torch.testing.assert_close(got.sum() / (t != -100).sum(), mean)
 
 
 def test_saves_nothing_of_size_n_by_v_and_peaks_lower():

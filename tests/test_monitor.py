@@ -25,17 +25,21 @@ def test_start_steps_evaluations_and_target_on_val(tmp_path):
         monitor.step(record, loss, 100, 0.5, {tags.LR: 1e-3, tags.LOSS_SCALE: None}, per_rank)
         if val is not None:
             record.val_loss = val
-            monitor.evaluation(record.step, val, sample=f"text {record.step}")
+            record.val_bpb = None if record.step == 2 else 1.5  # step 2: without the tokenizer's files
+            monitor.evaluation(record.step, val, sample=f"text {record.step}", val_bpb=record.val_bpb)
         # the smoothed training loss is below the target at step 3, but the target is on val
         assert monitor.check_target(record) == (record.step == 4)
     assert record.target_reached and (record.target_step, record.target_tokens, record.target_seconds) == (4, 400, 2.0)
     assert "target reached" in monitor.summary(record, "target reached") and "MFU" in monitor.summary(record, "")
     assert "peak memory 3.00 GiB (rank 0)" in monitor.summary(record, "")
+    assert ", val loss 4.9000, val bpb 1.5000, " in monitor.summary(record, "")
+    assert ", val bpb" not in monitor.summary(RunRecord(train_loss=4.0, val_loss=4.5), "")
     monitor.close()
 
     scalars = metrics.read_scalars(tmp_path / "run" / "tb")
     assert [s for s, _ in scalars[tags.TRAIN_LOSS]] == [1, 2, 4]  # step 1 and every log_interval
     assert scalars[tags.VAL_LOSS] == [(2, 5.5), (4, pytest.approx(4.9))]
+    assert scalars[tags.VAL_BPB] == [(4, 1.5)]  # unknown bits per byte are not written
     assert scalars[tags.TARGET_LOSS] == [(0, 5.0)] and scalars[tags.TARGET_STEP] == [(4, 4.0)]
     assert tags.LOSS_SCALE not in scalars and scalars[tags.TOKENS][-1] == (4, 400.0)
     assert scalars[tags.MFU][-1][1] == pytest.approx(200 * 1e6 / 2e12)  # 100 tokens / 0.5 s on 2 devices

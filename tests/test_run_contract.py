@@ -28,7 +28,7 @@ def test_a_model_folder_knows_its_run(tmp_path):
 
 
 def test_record_round_trip_and_target():
-    record = RunRecord(step=7, tokens=700, train_seconds=1.5, train_loss=3.2, val_loss=3.4, target_loss=3.5,
+    record = RunRecord(step=7, tokens=700, train_seconds=1.5, train_loss=3.2, val_loss=3.4, val_bpb=1.1, target_loss=3.5,
                        preset="tiny", world_size=2, precision="bf16", seed=1, data="d")
     assert not record.target_reached
     record.reach_target()
@@ -44,11 +44,12 @@ def test_record_from_foreign_metadata_reads_unknown_as_unknown():
     record = RunRecord.from_dict({"step": "many", "val_loss": "2.5", "preset": 3, "target_step": True})
     assert record.step == 0 and record.val_loss == 2.5 and record.preset is None and record.target_step is None
     assert RunRecord.from_dict(None) == RunRecord() and not RunRecord.from_dict({}).target_reached
+    assert RunRecord.from_dict({"val_loss": 2.5}).val_bpb is None  # a record from before val_bpb existed
 
 
 def test_tags_are_unique_and_contract_tags_present():
     values = [v for k, v in vars(tags).items() if k.isupper()]
     assert len(values) == len(set(values))
-    for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "train/loss_scale",
+    for tag in ("train/loss", "val/loss", "val/bpb", "train/lr", "train/grad_norm", "train/loss_scale",
                 "train/tokens_per_sec", "train/mfu"):  # docs/design.md: the TensorBoard contract
         assert tag in values

@@ -124,9 +124,14 @@ def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, tmp_path):
 
     # TensorBoard, read back: the tags are there, the loss falls, samples are logged.
     scalars = metrics.read_scalars(run_dir / "tb")
-    for tag in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu",
+    for tag in ("train/loss", "val/loss", "val/bpb", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu",
                 "train/step_time", "train/memory_gib", "eta/steps_to_target"):
         assert tag in scalars, tag
+    # bits per byte at every evaluation, the last one in the record and the summary line; Python source holds
+    # ~3.5 bytes a token, so a bpb is well below its loss in nats
+    assert [s for s, _ in scalars["val/bpb"]] == [s for s, _ in scalars["val/loss"]]
+    assert all(0 < bpb < loss for (_, bpb), (_, loss) in zip(scalars["val/bpb"], scalars["val/loss"]))
+    assert info["val_bpb"] == pytest.approx(scalars["val/bpb"][-1][1]) and f"val bpb {info['val_bpb']:.4f}" in output
     train_loss = [v for _, v in scalars["train/loss"]]
     assert train_loss[0] > 10 and sum(train_loss[-5:]) / 5 < train_loss[0] - 2
     assert scalars["val/loss"][-1][1] <= target < scalars["val/loss"][0][1]
@@ -194,6 +199,7 @@ def test_zero3_on_two_ranks_reaches_a_target_and_exports_the_gathered_weights(co
     assert "target reached at step" in output
     info = json.loads((run_dir / "model" / "config.json").read_text())["metadata"]
     assert info["target_reached"] is True and info["val_loss"] <= 4.0 and info["world_size"] == 2
+    assert 0 < info["val_bpb"] < info["val_loss"]  # the validation's bits per byte, under ZeRO-3 too
     texts = metrics.read_texts(run_dir / "tb", "sample")
     assert len(texts) == len(metrics.read_scalars(run_dir / "tb")["val/loss"]) and all(t for _, t in texts)
     tag_dir = checkpoint.latest_tag_dir(run_dir / "checkpoints")
@@ -577,8 +583,10 @@ def test_compile_trains_and_exports(corpus_data, small_ds_config, tmp_path):
                                                                 sample_tokens=0), "--compile"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = [loss for _, loss in metrics.read_scalars(run_dir / "tb")["train/loss"]]
+    scalars = metrics.read_scalars(run_dir / "tb")
+    losses = [loss for _, loss in scalars["train/loss"]]
     assert len(losses) == 3 and all(loss == loss and loss < 20 for loss in losses)
+    assert [s for s, _ in scalars["val/bpb"]] == [3]  # the last step's validation, per-token losses compiled too
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 
