@@ -17,13 +17,15 @@ flows through them:
   patching (the named swaps of a library's attribute).
 - the loop: train (start, the step, the loop, the end), monitor (what a step reports, the target, the
   divergence guard), metrics (TensorBoard, throughput and MFU), tags (the TensorBoard tags),
-  validate (the validation loss and text samples), record (the run's progress).
+  validate (the validation loss, bits per byte and text samples), bpb (each token's bytes, bits per
+  byte), record (the run's progress).
 - the run folder: run_dir (every path a run writes), checkpoint (save, verify, resume, prune),
   reshard (resume on another number of ranks or ZeRO stage), safe_load (checkpoint loads that run no
   code), atomic (writes that are whole or absent), json_object (a JSON file read or one clear error).
 - the trained model: export (a checkpoint into a model folder), model_io (the model folder and its
   loader), generate (decoding with a key/value cache), inference (what launch/sample.py and the app
-  share), hf (Hugging Face GPT-2 folders in and out).
+  share), hf (Hugging Face GPT-2 folders in and out), hf_tokenizer (r50k_base as GPT-2's tokenizer
+  files).
 - clusters: slurm_submit (a job sent to Slurm, or run as local processes), slurm_task (what each of its
   tasks runs).
 - everywhere: errors (UserError, one line and a non-zero exit: run_cli).
