@@ -17,7 +17,7 @@ from pathlib import Path
 
 import charts
 import streamlit as st
-from card import ModelCard, format_count, format_loss, model_card
+from card import ModelCard, format_accuracy, format_count, format_loss, model_card
 from controls import DEFAULT_SAMPLING, sampling_from_controls
 from curves import RunCurves, read_run_curves
 from discovery import AppArgs, discover_model_folders, display_name, files_fingerprint, parse_app_args, resolve_model_folder
@@ -115,6 +115,13 @@ def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
         if card.val_bpb is not None:
             training[4].metric("Final val bpb", format_loss(card.val_bpb), chart_data=sparkline(tags.VAL_BPB),
                                help="validation bits per byte: comparable across tokenizers (docs/training.md)")
+        if card.eval_tasks:
+            for column, (task, scores) in zip(st.columns(len(card.eval_tasks)), card.eval_tasks.items()):
+                column.metric(f"{task} acc_norm", format_accuracy(scores["acc_norm"]),
+                              f"acc {format_accuracy(scores['acc'])}", delta_color="off", delta_arrow="off",
+                              chart_data=sparkline(tags.eval_acc_norm(task)),
+                              help=f"multiple choice, {scores['n']:.0f} examples, at the last evaluation "
+                                   "(--eval-tasks, docs/training.md)")
 
 
 def as_html_line(text: str) -> str:

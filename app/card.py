@@ -1,8 +1,8 @@
 """The model card: what the page says about a model, and how its figures are written.
 
 Defines: `ModelCard` (the model's shape and architecture from its config, its training record from the model
-folder's metadata, read as a `gpt_ds.record.RunRecord`), `model_card`, and the formatting of counts
-and losses (`format_count`, `format_loss`; "—" for unknown).
+folder's metadata, read as a `gpt_ds.record.RunRecord`, with its --eval-tasks scores), `model_card`, and the
+formatting of counts, losses and accuracies (`format_count`, `format_loss`, `format_accuracy`; "—" for unknown).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class ModelCard:
     train_loss: float | None = None
     val_loss: float | None = None
     val_bpb: float | None = None  # bits per byte (gpt_ds.bpb); older folders do not record it
+    eval_tasks: dict[str, dict[str, float]] | None = None  # --eval-tasks: task -> {acc, acc_norm, n}; older: None
     target_loss: float | None = None
     target_reached: bool | None = None
     target_step: int | None = None
@@ -67,6 +68,7 @@ def model_card(model: GPT, info: ModelInfo) -> ModelCard:
         train_loss=record.train_loss,
         val_loss=record.val_loss,
         val_bpb=record.val_bpb,
+        eval_tasks=record.eval_tasks or None,
         target_loss=record.target_loss,
         target_reached=None if record.target_loss is None else record.target_reached,
         target_step=record.target_step,
@@ -86,3 +88,8 @@ def format_count(n: int | None) -> str:
 
 def format_loss(value: float | None) -> str:
     return UNKNOWN if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def format_accuracy(value: float | None) -> str:
+    """0.3114 -> '31.1%'."""
+    return UNKNOWN if value is None or not math.isfinite(value) else f"{value:.1%}"

@@ -107,11 +107,15 @@ class Monitor:
                                       tok_s=f"{self.throughput.tokens_per_sec:,.0f}",
                                       eta=_duration(eta_seconds), refresh=False)
 
-    def evaluation(self, step: int, val_loss: float, sample: str | None, val_bpb: float | None = None) -> None:
-        """An evaluation's figures (val_bpb: None when unknown) and its text sample."""
-        if self.target_on_val:
+    def evaluation(self, step: int, val_loss: float | None, sample: str | None, val_bpb: float | None = None,
+                   eval_tasks: dict[str, dict[str, float]] | None = None) -> None:
+        """An evaluation's figures (val_loss, val_bpb: None when unknown; eval_tasks: --eval-tasks' figures)
+        and its text sample."""
+        if self.target_on_val and val_loss is not None:
             self.target_curve.add(step, val_loss)
         self.tb.scalars(step, {tags.VAL_LOSS: val_loss, tags.VAL_BPB: val_bpb})
+        for task, figures in (eval_tasks or {}).items():
+            self.tb.scalars(step, {tags.eval_acc(task): figures["acc"], tags.eval_acc_norm(task): figures["acc_norm"]})
         if sample is not None:
             self.tb.text(tags.SAMPLE, sample, step)
         self.tb.flush()
@@ -134,6 +138,8 @@ class Monitor:
             losses += f", val loss {record.val_loss:.4f}"
         if record.val_bpb is not None:
             losses += f", val bpb {record.val_bpb:.4f}"
+        for task, figures in record.eval_tasks.items():
+            losses += f", {task} acc {figures['acc']:.4f} acc_norm {figures['acc_norm']:.4f}"
         return (f"done: step {record.step}, {record.tokens:,} tokens, {losses}, {record.train_seconds:.1f}s "
                 f"training, {self.throughput.tokens_per_sec:,.0f} tok/s, MFU {self.throughput.mfu(self.world_size):.1%}"
                 f"{self.memory.summary()}; {outcome}")

@@ -18,6 +18,7 @@ from gpt_ds.ds_config import DeepSpeedConfig
 from gpt_ds.ds_keys import check_ds_config_keys
 from gpt_ds.errors import UserError, first_line
 from gpt_ds.hardware import gpu_native_bf16
+from gpt_ds.mc_eval import MCTask, load_tasks
 from gpt_ds.recipes import MUON_CONFIG, RECIPES
 from gpt_ds.model_config import GPTConfig, config_from_preset
 from gpt_ds.run_dir import RunDir
@@ -39,6 +40,7 @@ class Plan:
     resume_from: Path | None
     world_size: int
     reshard: str | None = None  # a resume on another world size or ZeRO stage: what changed ("2 -> 1 ranks")
+    eval_tasks: list[MCTask] = dataclasses.field(default_factory=list)  # --eval-tasks, read and tokenized
 
     @functools.cached_property
     def stream(self) -> sampler.TrainStream:
@@ -141,12 +143,14 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
                         f"use --seq-len <= {model_config.block_size} or a larger --block-size")
     train, val = open_data(settings.data, model_config, seq_len, verify=settings.verify_data)
+    eval_tasks = load_tasks(settings.eval_task_paths) if settings.eval_task_paths else []
     resume_from = resolve_resume(settings, model_config)
     reshard = None
     if resume_from is not None:
         ds, reshard = fit_to_checkpoint(loaded, ds, checkpoint.read_client_state(resume_from), world_size)
     ds = dataclasses.replace(ds, config=fit_to_device(ds.config, cuda=cuda))  # last: on the config as resolved
-    return Plan(settings, ds, model_config, seq_len, schedule, train, val, resume_from, world_size, reshard)
+    return Plan(settings, ds, model_config, seq_len, schedule, train, val, resume_from, world_size, reshard,
+                eval_tasks)
 
 
 def fit_to_checkpoint(loaded: dict[str, Any], ds: DeepSpeedConfig, saved: dict[str, Any], world_size: int

@@ -23,6 +23,8 @@ class RunRecord:
     train_loss: float | None = None  # smoothed (EMA) training loss
     val_loss: float | None = None
     val_bpb: float | None = None  # bits per byte of the val loss (gpt_ds.bpb); absent from older records
+    # --eval-tasks at the last evaluation: task -> {acc, acc_norm, n} (gpt_ds.mc_eval); absent from older records
+    eval_tasks: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     target_loss: float | None = None
     target_step: int | None = None  # the first step at which the target was met
     target_tokens: int | None = None
@@ -57,6 +59,9 @@ class RunRecord:
         d = d or {}
         values = {}
         for f in dataclasses.fields(cls):
+            if f.name == "eval_tasks":
+                values[f.name] = _coerce_tasks(d.get(f.name))
+                continue
             kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
             values[f.name] = _coerce(d.get(f.name), kind, f.default)
         return cls(**values)
@@ -71,3 +76,15 @@ def _coerce(value: Any, kind: type, default: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError, OverflowError):
         return default
+
+
+def _coerce_tasks(value: Any) -> dict[str, dict[str, float]]:
+    """The eval_tasks entries that hold numbers for acc, acc_norm and n; anything else reads as unknown."""
+    if not isinstance(value, dict):
+        return {}
+    tasks = {}
+    for name, figures in value.items():
+        if isinstance(figures, dict) and all(isinstance(figures.get(key), (int, float)) and
+                                             not isinstance(figures.get(key), bool) for key in ("acc", "acc_norm", "n")):
+            tasks[str(name)] = {"acc": float(figures["acc"]), "acc_norm": float(figures["acc_norm"]), "n": int(figures["n"])}
+    return tasks

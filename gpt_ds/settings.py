@@ -47,6 +47,7 @@ class RunSettings:
     target_loss: float | None = None
     eval_interval: int = 100
     eval_tokens: int = 65536
+    eval_tasks: str | None = None  # multiple-choice jsonl files scored at each evaluation, comma-separated
     save_interval: int = 500
     keep_checkpoints: int = 2
     seed: int = 1337
@@ -74,6 +75,11 @@ class RunSettings:
     @property
     def run_dir(self) -> RunDir:
         return RunDir(self.out)
+
+    @property
+    def eval_task_paths(self) -> list[Path]:
+        """--eval-tasks' files (gpt_ds.mc_eval reads them, in plan_run)."""
+        return [Path(name.strip()) for name in (self.eval_tasks or "").split(",") if name.strip()]
 
     @property
     def decay_steps(self) -> int:
@@ -170,6 +176,9 @@ def _add_loop(p: argparse.ArgumentParser, d: RunSettings) -> None:
     p.add_argument("--eval-interval", type=int, default=d.eval_interval, metavar="N")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, metavar="N",
                    help="validation token budget per evaluation (all ranks together)")
+    p.add_argument("--eval-tasks", default=d.eval_tasks, metavar="FILE.jsonl[,FILE2.jsonl]",
+                   help="multiple-choice files (ctx/endings/label or query/choices/gold) scored at each evaluation: "
+                        "acc and acc_norm, as lm-evaluation-harness scores them")
     p.add_argument("--save-interval", type=int, default=d.save_interval, metavar="N")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, metavar="K")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -258,6 +267,8 @@ def check_values(s: RunSettings) -> None:
     check_schedule(s)
     if s.logit_softcap is not None and not (math.isfinite(s.logit_softcap) and s.logit_softcap >= 0):
         raise UserError(f"--logit-softcap must be a positive number, or 0 for no cap (got {s.logit_softcap})")
+    if s.eval_tasks is not None and not s.eval_task_paths:
+        raise UserError(f"--eval-tasks {s.eval_tasks!r} names no file; give FILE.jsonl[,FILE2.jsonl]")
     if s.resume not in ("auto", "never") and not Path(s.resume).exists():
         raise UserError(f"--resume {s.resume}: no such checkpoint folder; give a tag folder such as "
                         "RUN_DIR/checkpoints/step_00001000, or auto / never")

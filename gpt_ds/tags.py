@@ -15,6 +15,8 @@ TOKENS = "train/tokens"
 SECONDS = "train/seconds"  # training time so far (steps only: no start-up, evaluation or checkpoints)
 VAL_LOSS = "val/loss"
 VAL_BPB = "val/bpb"  # bits per byte (gpt_ds.bpb)
+EVAL_ACC = "eval/{task}/acc"  # --eval-tasks: a file's accuracy (gpt_ds.mc_eval; task = the file's stem)
+EVAL_ACC_NORM = "eval/{task}/acc_norm"  # the same, length-normalised as lm-evaluation-harness does
 ETA_STEPS = "eta/steps_to_target"
 ETA_SECONDS = "eta/seconds_to_target"
 TARGET_LOSS = "target/loss"
@@ -27,3 +29,11 @@ SETTINGS = "run/settings"  # text: the run's settings, at its start
 
 def memory_of_rank(rank: int) -> str:
     return MEMORY_GIB_OF_RANK.format(rank=rank)
+
+
+def eval_acc(task: str) -> str:
+    return EVAL_ACC.format(task=task)
+
+
+def eval_acc_norm(task: str) -> str:
+    return EVAL_ACC_NORM.format(task=task)

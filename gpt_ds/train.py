@@ -93,8 +93,9 @@ def run(settings: RunSettings) -> TrainResult:
                     last_step = record.step >= settings.max_steps
                     if validator.should_validate(record.step, last_step=last_step):
                         record.val_loss, record.val_bpb = validator.loss(engine)
+                        record.eval_tasks = validator.tasks(engine)
                         sample = validator.text_sample(engine.module, record.step)  # every rank: ZeRO-3 gathers
-                        monitor.evaluation(record.step, record.val_loss, sample, record.val_bpb)
+                        monitor.evaluation(record.step, record.val_loss, sample, record.val_bpb, record.eval_tasks)
                     done = monitor.check_target(record) or last_step or preempted
                     if monitor.healthy or done:
                         checkpointer.save(record.step, client_state(plan, record), last_step=done)

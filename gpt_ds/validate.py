@@ -1,6 +1,7 @@
 """Validation during training: when to evaluate, the validation loss over the fixed token budget
 (all ranks together; windows spread evenly over the whole val split, gpt_ds.sampler.val_batches) with
-its bits per byte (gpt_ds.bpb), and a short generated text sample to watch the model learn in TensorBoard.
+its bits per byte (gpt_ds.bpb), the --eval-tasks multiple-choice figures (gpt_ds.mc_eval), and a short
+generated text sample to watch the model learn in TensorBoard.
 
 Under ZeRO-3 every forward gathers the parameters from all ranks (a collective), so every rank runs
 the same number of validation forwards (one with fewer windows repeats its last batch and ignores it),
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gpt_ds import distributed, sampler
+from gpt_ds import distributed, mc_eval, sampler
 from gpt_ds.bpb import bits_per_byte, bpb_sums, token_byte_lengths
 from gpt_ds.errors import UserError
 from gpt_ds.plan import Plan
@@ -28,13 +29,17 @@ class Validator:
         self._byte_lengths: torch.Tensor | bool | None = None  # False: the tokenizer's files are missing
 
     def should_validate(self, step: int, *, last_step: bool = False) -> bool:
-        return self.plan.val is not None and (step % self.interval == 0 or last_step)
+        evaluated = self.plan.val is not None or bool(self.plan.eval_tasks)
+        return evaluated and (step % self.interval == 0 or last_step)
 
     @torch.no_grad()
-    def loss(self, engine: Any) -> tuple[float, float | None]:
+    def loss(self, engine: Any) -> tuple[float | None, float | None]:
         """The mean validation loss over the fixed token budget and its bits per byte (gpt_ds.bpb; None
-        without the tokenizer's files), across all ranks: one all-reduce of the four sums."""
+        without the tokenizer's files), across all ranks: one all-reduce of the four sums. (None, None)
+        without a val split."""
         plan = self.plan
+        if plan.val is None:
+            return None, None
         byte_lengths = self.byte_lengths(engine.device)
         engine.eval()
         share = lambda rank: sampler.val_batches(plan.val, plan.settings.eval_tokens, plan.micro_batch,  # noqa: E731
@@ -58,6 +63,19 @@ class Validator:
         engine.train()
         loss_sum, count, bpb_loss, n_bytes = distributed.all_reduce_sum(sums)
         return loss_sum / count, bits_per_byte(bpb_loss, n_bytes)
+
+    @torch.no_grad()
+    def tasks(self, engine: Any) -> dict[str, dict[str, float]]:
+        """--eval-tasks' figures, {task: {acc, acc_norm, n}}, across all ranks (gpt_ds.mc_eval: one
+        all-reduce; under ZeRO-3 the same number of forwards on every rank); {} without tasks."""
+        plan = self.plan
+        if not plan.eval_tasks:
+            return {}
+        engine.eval()
+        figures = mc_eval.evaluate_tasks(engine, plan.eval_tasks, plan.model_config.block_size, engine.device,
+                                         self.rank, plan.world_size, same_forwards=plan.zero_stage == 3)
+        engine.train()
+        return figures
 
     def byte_lengths(self, device: torch.device) -> torch.Tensor | None:
         """Each token's UTF-8 byte count (gpt_ds.bpb) on `device`, looked up once; None without the
