@@ -453,6 +453,29 @@ def test_bad_inputs_are_refused_before_any_work(tiny_data, tmp_path):
     check_refused(base, "train_000000.bin")
 
 
+def test_bad_eval_tasks_are_refused_with_the_file_and_line(tiny_data, tmp_path):
+    base = ["--deepspeed_config", str(ZERO2), "--data", str(tiny_data), "--out", str(tmp_path / "run")]
+    good = {"ctx": "The cat", "endings": [" sat", " ran"], "label": 0}
+    cases = {
+        "malformed.jsonl": ("{not json", "line 2", "not valid JSON"),
+        "label.jsonl": ({**good, "label": 2}, "line 2", "out of range"),
+        "one_ending.jsonl": ({**good, "endings": [" sat"]}, "line 2", "at least 2 endings"),
+        "no_context.jsonl": ({**good, "ctx": " "}, "line 2", "empty context"),
+        "empty_ending.jsonl": ({**good, "endings": [" sat", ""]}, "line 2", "ending 1 is empty"),
+        "schema.jsonl": ({"text": "The cat", "options": ["a", "b"]}, "line 1", "unknown schema", "query/choices/gold"),
+    }
+    for name, (bad, line, *words) in cases.items():
+        lines = [json.dumps(good), bad if isinstance(bad, str) else json.dumps(bad)]
+        (tmp_path / name).write_text("\n".join(lines[1:] if line == "line 1" else lines) + "\n")
+        check_refused([*base, "--eval-tasks", str(tmp_path / name)], name, line, *words)
+    check_refused([*base, "--eval-tasks", str(tmp_path / "missing.jsonl")], "missing.jsonl", "no such file")
+    (tmp_path / "good.jsonl").write_text(json.dumps(good) + "\n")
+    check_refused([*base, "--eval-tasks", f"{tmp_path / 'good.jsonl'},{tmp_path / 'label.jsonl'}"], "label.jsonl")
+    check_refused([*base, "--eval-tasks", ","], "names no file")
+    parse_args([*base, "--eval-tasks", str(tmp_path / "good.jsonl")])  # the good case passes
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_model_and_ds_config_are_refused(tiny_data, tmp_path):
     out = tmp_path / "run"
     base = ["--data", str(tiny_data), "--out", str(out)]
