@@ -10,8 +10,11 @@ Scoring (lm-eval's `_encode_pair`, `hf` backend and `multiple_choice` metrics): 
 context moves to the start of the continuation; the context's tokens are tokenize(context), the
 continuation's are tokenize(context + continuation) past the context's length. An ending's score is the
 sum of its tokens' log-probabilities given everything before them, the sequence cut on the left to the
-model's context. acc: the highest sum is the label. acc_norm: the highest sum / len(ending), the ending's
-length in characters (Python's len, without the delimiter), as lm-eval divides by it.
+model's context. A context of whitespace alone (e.g. indentation) would move whole into the continuation
+and leave nothing to condition on: it is scored as part of each ending, after the end-of-text token (as
+lm-eval scores an empty context). acc: the highest sum is the label. acc_norm: the highest sum / len(ending),
+the ending's length in characters (Python's len, without the delimiter), as lm-eval divides by it. Ties go
+to the first ending, as numpy's argmax.
 
 The examples are dealt to the ranks (example i to rank i % world size), the endings of several examples
 share one forward, and the correct counts of every task meet in one all-reduce: the same figures for any
@@ -33,6 +36,7 @@ import torch
 
 from gpt_ds import distributed
 from gpt_ds.errors import UserError
+from gpt_ds.tokenizer import EOT_TOKEN
 
 SCHEMAS = {  # keys of the context, the endings and the label; the delimiter between context and ending
     "hellaswag": ("ctx", "endings", "label", ""),
@@ -118,7 +122,7 @@ def parse_example(row: Any, schema: tuple[str, str, str, str], where: str,
     if not isinstance(row, dict) or not {ctx_key, endings_key, label_key} <= row.keys():
         raise UserError(f"{where}: missing one of the keys {ctx_key}, {endings_key}, {label_key} of the file's schema")
     context, endings, label = row[ctx_key], row[endings_key], row[label_key]
-    if not isinstance(context, str) or not context.strip():
+    if not isinstance(context, str) or not context:
         raise UserError(f"{where}: empty context ({ctx_key!r}); every example needs a context")
     if not isinstance(endings, list) or len(endings) < 2:
         raise UserError(f"{where}: {endings_key!r} needs at least 2 endings (got "
@@ -131,7 +135,10 @@ def parse_example(row: Any, schema: tuple[str, str, str, str], where: str,
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
         raise UserError(f"{where}: {label_key!r} {label!r} is out of range; it must be an ending's index, "
                         f"0 to {len(endings) - 1}")
-    pairs = [encode_pair(encode, context, delimiter + ending) for ending in endings]
+    if context.strip():
+        pairs = [encode_pair(encode, context, delimiter + ending) for ending in endings]
+    else:  # blank (e.g. indentation): all of it would move to the ending; score it after end-of-text instead
+        pairs = [([EOT_TOKEN], encode(context + delimiter + ending)) for ending in endings]
     return MCExample(pairs[0][0], [cont for _, cont in pairs], [len(ending) for ending in endings], label)
 
 

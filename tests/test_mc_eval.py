@@ -78,6 +78,10 @@ def test_both_schemas_and_their_delimiters(tmp_path, encoding):
                                                                   encoding.encode_ordinary(" ran")]
     assert hs.examples[0].chars == [4, 4] and gen.examples[0].chars == [3, 3]  # without the delimiter, as lm-eval
     assert (hs.examples[0].label, gen.examples[0].label) == (1, 0)
+    # a context of whitespace alone: scored with each ending, after end-of-text
+    write_jsonl(tmp_path / "blank.jsonl", [{"ctx": "\n    ", "endings": [" sat", " ran"], "label": 0}])
+    blank = load_tasks([tmp_path / "blank.jsonl"])[0].examples[0]
+    assert blank.context == [50256] and blank.endings[0] == encoding.encode_ordinary("\n     sat")
 
 
 def test_the_split_over_ranks_gives_the_same_counts_and_zero3_the_same_forwards(model, tmp_path, monkeypatch):

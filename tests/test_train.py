@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_ds import checkpoint, metrics, reshard
+from gpt_ds import checkpoint, metrics, reshard, tags
 from gpt_ds.config_variant import SHIPPED, ZERO2, write_variant, zero_stage
 from gpt_ds.distributed import launcher_command
 from gpt_ds.errors import UserError
@@ -54,6 +54,29 @@ def ds_config_variant(folder: Path, micro_batch: int, accumulation: int) -> Path
     """zero2.json with a smaller micro-batch (quick CPU steps) and the given gradient accumulation."""
     return write_variant(folder / f"zero2_mb{micro_batch}_ga{accumulation}.json",
                          train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=accumulation)
+
+
+@pytest.fixture(scope="module")
+def mc_file(corpus_data, tmp_path_factory) -> Path:
+    """33 multiple-choice examples from corpus_data's val split (data_prep.make_mc): 17 + 16 over 2 ranks,
+    3 forwards against 2 (gpt_ds.mc_eval), so that ZeRO-3's extra forward is exercised."""
+    from data_prep.make_mc import MCSettings, make_mc
+
+    out = tmp_path_factory.mktemp("mc") / "stdlib_mc.jsonl"
+    make_mc(MCSettings(corpus_data, out, n=33, ctx_tokens=24, ending_tokens=8))
+    return out
+
+
+def assert_eval_tasks(run_dir: Path, info: dict, output: str) -> None:
+    """--eval-tasks' figures at every evaluation in TensorBoard, in [0, 1], the last in the record and the summary."""
+    scalars = metrics.read_scalars(run_dir / "tb")
+    for tag in (tags.eval_acc("stdlib_mc"), tags.eval_acc_norm("stdlib_mc")):
+        assert [s for s, _ in scalars[tag]] == [s for s, _ in scalars["val/loss"]], tag
+        assert all(0 <= v <= 1 for _, v in scalars[tag]), tag
+    task = info["eval_tasks"]["stdlib_mc"]
+    assert task["n"] == 33 and task["acc"] == pytest.approx(scalars[tags.eval_acc("stdlib_mc")][-1][1])
+    assert task["acc_norm"] == pytest.approx(scalars[tags.eval_acc_norm("stdlib_mc")][-1][1])
+    assert f"stdlib_mc acc {task['acc']:.4f} acc_norm {task['acc_norm']:.4f}" in output
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +130,14 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 @pytest.mark.slow
-def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, tmp_path):
+def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, mc_file, tmp_path):
     run_dir = tmp_path / "run"
     # On the stdlib corpus at this lr the val loss falls steadily: ~7.8 at step 5, ~4.3 at step 15, ~3.8 at
     # step 30 (the target), ~3.5 at 60; the ETA is fitted on the evaluations above the target.
     target = 4.0
     output = run_ok(deepspeed_command(train_args(corpus_data, run_dir, small_ds_config, max_steps=80, lr=3e-3,
                                                  eval_interval=5, save_interval=1000, target_loss=target,
-                                                 sample_tokens=12)), tmp_path)
+                                                 sample_tokens=12, eval_tasks=mc_file)), tmp_path)
     # It stopped at the target, well before --max-steps, and says so.
     assert "target reached at step" in output
     info = json.loads((run_dir / "model" / "config.json").read_text())["metadata"]
@@ -171,6 +194,21 @@ def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, tmp_path):
         assert torch.equal(tensor.to(torch.bfloat16), module[name]), name
         assert torch.equal(bf16_weights[name], module[name]), name
 
+    # --eval-tasks, scored on the 2 ranks at every evaluation; one process scoring the engine's bf16 weights
+    # (the bf16 export) in the same batches gives the same counts, and in one rank's batches the same acc
+    assert_eval_tasks(run_dir, info, output)
+    from gpt_ds.inference import load_for_inference
+    from gpt_ds.mc_eval import figures, load_tasks, local_counts
+
+    model, _ = load_for_inference(tmp_path / "bf16")
+    model = model.to(torch.bfloat16).eval()
+    task = load_tasks([mc_file])
+    cpu, block = torch.device("cpu"), model.config.block_size
+    two = sum(local_counts(model, task, block, cpu, rank, 2, same_forwards=False) for rank in range(2))
+    assert figures(task, two.tolist())["stdlib_mc"] == info["eval_tasks"]["stdlib_mc"]
+    one = figures(task, local_counts(model, task, block, cpu, 0, 1, same_forwards=False).tolist())["stdlib_mc"]
+    assert one == info["eval_tasks"]["stdlib_mc"]
+
 
 GATHER_SCRIPT = """
 import sys, torch
@@ -186,7 +224,7 @@ if copy is not None:  # rank 0 holds the copy
 
 
 @pytest.mark.slow
-def test_zero3_on_two_ranks_reaches_a_target_and_exports_the_gathered_weights(corpus_data, tmp_path):
+def test_zero3_on_two_ranks_reaches_a_target_and_exports_the_gathered_weights(corpus_data, mc_file, tmp_path):
     """ZeRO-3 (ds_configs/zero3.json: bf16, every weight partitioned over the 2 ranks) trains to the target
     that ZeRO-2 reaches, with its evaluations and text samples (collectives under ZeRO-3); the model folder
     (zero_to_fp32 of stage 3's partitions) rounds to the engine's weights gathered from the ranks after
@@ -194,12 +232,13 @@ def test_zero3_on_two_ranks_reaches_a_target_and_exports_the_gathered_weights(co
     config = write_variant(tmp_path / "zero3_mb4.json", SHIPPED / "zero3.json", train_micro_batch_size_per_gpu=4)
     run_dir = tmp_path / "run"
     args = train_args(corpus_data, run_dir, config, max_steps=80, lr=3e-3, eval_interval=5, save_interval=1000,
-                      target_loss=4.0, sample_tokens=12)
+                      target_loss=4.0, sample_tokens=12, eval_tasks=mc_file)
     output = run_ok(deepspeed_command(args), tmp_path)
     assert "target reached at step" in output
     info = json.loads((run_dir / "model" / "config.json").read_text())["metadata"]
     assert info["target_reached"] is True and info["val_loss"] <= 4.0 and info["world_size"] == 2
     assert 0 < info["val_bpb"] < info["val_loss"]  # the validation's bits per byte, under ZeRO-3 too
+    assert_eval_tasks(run_dir, info, output)  # rank 0 scores 17 examples in 3 forwards, rank 1 16 in 2 (+ 1)
     texts = metrics.read_texts(run_dir / "tb", "sample")
     assert len(texts) == len(metrics.read_scalars(run_dir / "tb")["val/loss"]) and all(t for _, t in texts)
     tag_dir = checkpoint.latest_tag_dir(run_dir / "checkpoints")
@@ -460,7 +499,7 @@ def test_bad_eval_tasks_are_refused_with_the_file_and_line(tiny_data, tmp_path):
         "malformed.jsonl": ("{not json", "line 2", "not valid JSON"),
         "label.jsonl": ({**good, "label": 2}, "line 2", "out of range"),
         "one_ending.jsonl": ({**good, "endings": [" sat"]}, "line 2", "at least 2 endings"),
-        "no_context.jsonl": ({**good, "ctx": " "}, "line 2", "empty context"),
+        "no_context.jsonl": ({**good, "ctx": ""}, "line 2", "empty context"),
         "empty_ending.jsonl": ({**good, "endings": [" sat", ""]}, "line 2", "ending 1 is empty"),
         "schema.jsonl": ({"text": "The cat", "options": ["a", "b"]}, "line 1", "unknown schema", "query/choices/gold"),
     }
