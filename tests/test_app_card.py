@@ -16,7 +16,7 @@ from app_fixtures import (
     train_loss_at,
 )
 
-from card import format_count, format_loss, model_card
+from card import format_accuracy, format_count, format_loss, model_card
 from gpt_ds.inference import load_for_inference
 from gpt_ds.model import GPT
 from gpt_ds.model_io import save_model
@@ -41,7 +41,17 @@ def test_a_record_from_before_bits_per_byte_loads_without_them(tmp_path):
     folder = save_model(tmp_path / "old", GPT(TINY_CONFIG), TINY_CONFIG, metadata=record)
     card = model_card(*load_for_inference(folder))
     assert (card.steps, card.val_loss, card.val_bpb) == (STEPS, 3.5, None)
+    assert card.eval_tasks is None  # nor --eval-tasks' scores
     assert format_count(124_439_808) == "124M" and format_count(None) == "—"
+
+
+def test_the_card_shows_the_eval_tasks_scores(tmp_path):
+    scores = {"stdlib_mc": {"acc": 0.3114, "acc_norm": 0.2966, "n": 500}}
+    record = RunRecord(step=STEPS, tokens=TRAIN_TOKENS, val_loss=3.5, preset="tiny", eval_tasks=scores).to_dict()
+    folder = save_model(tmp_path / "mc", GPT(TINY_CONFIG), TINY_CONFIG, metadata=record)
+    card = model_card(*load_for_inference(folder))
+    assert card.eval_tasks == scores
+    assert format_accuracy(card.eval_tasks["stdlib_mc"]["acc_norm"]) == "29.7%" and format_accuracy(None) == "—"
 
 
 def test_a_model_without_a_training_record_has_its_shape_and_unknown_figures(tmp_path):
