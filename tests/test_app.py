@@ -18,6 +18,7 @@ from app_fixtures import (
     STEPS,
     TARGET_LOSS,
     TARGET_STEP,
+    TINY_CONFIG,
     VAL_BPB,
     make_run,
     train_loss_at,
@@ -250,3 +251,16 @@ def test_a_modern_model_shows_its_architecture_generates_and_shows_attention(mon
     cells = chart_data(app.get("vega_lite_chart")[2])[0]
     n = len(encode_prompt("To be", "r50k_base"))
     assert len(cells) == n * (n + 1) // 2 and "Layer 1, head 1" in texts(app.caption)
+
+
+def test_the_card_shows_each_eval_task_beside_the_losses(monkeypatch, tmp_path):
+    from gpt_ds.model import GPT
+    from gpt_ds.model_io import save_model
+    from gpt_ds.record import RunRecord
+
+    scores = {"stdlib_mc": {"acc": 0.3114, "acc_norm": 0.2966, "n": 500}}
+    record = RunRecord(step=10, tokens=1000, val_loss=3.5, preset="tiny", eval_tasks=scores).to_dict()
+    folder = save_model(tmp_path / "runs" / "mc" / "model", GPT(TINY_CONFIG), TINY_CONFIG, metadata=record)
+    app = open_app(monkeypatch, "--model", str(folder))
+    shown = next(m for m in app.metric if m.label == "stdlib_mc acc_norm")
+    assert (shown.value, shown.delta) == ("29.7%", "acc 31.1%")
