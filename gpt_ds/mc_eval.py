@@ -17,11 +17,12 @@ the ending's length in characters (Python's len, without the delimiter), as lm-e
 to the first ending, as numpy's argmax.
 
 The examples are dealt to the ranks (example i to rank i % world size), the endings of several examples
-share one forward, and the correct counts of every task meet in one all-reduce: the same figures for any
+share one forward, whose head runs on the endings' positions alone (under ZeRO-3, through the engine's
+forward, on every position), and the correct counts of every task meet in one all-reduce: the same figures for any
 world size. Under ZeRO-3 every rank runs the same number of forwards (the extra ones score nothing).
 
 Defines `MCExample`, `MCTask`, `load_tasks` (the files, checked and tokenized: plan_run calls it),
-`encode_pair`, `ending_log_probs`, `local_counts` (this rank's share) and `evaluate_tasks` (the figures, per
+`encode_pair`, the scorers (`model_scorer`, `forward_scorer`), `ending_log_probs`, `local_counts` (this rank's share) and `evaluate_tasks` (the figures, per
 task: acc, acc_norm, n).
 """
 
@@ -30,13 +31,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from gpt_ds import distributed
 from gpt_ds.errors import UserError
+from gpt_ds.loss import chunked_token_losses
 from gpt_ds.tokenizer import EOT_TOKEN
+
+if TYPE_CHECKING:
+    from gpt_ds.model import GPT
 
 SCHEMAS = {  # keys of the context, the endings and the label; the delimiter between context and ending
     "hellaswag": ("ctx", "endings", "label", ""),
@@ -152,22 +157,40 @@ def rows_of(example: MCExample, block_size: int) -> list[tuple[list[int], int]]:
     return rows
 
 
+Score = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, y, mask) -> losses where mask
+
+
+def model_scorer(model: GPT) -> Score:
+    """Scores with the head on the endings' positions alone: at a small width the head is most of a
+    forward's cost, and the contexts' positions need none of it."""
+    def score(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return chunked_token_losses(model.hidden_states(x)[mask], model.head_weight, y[mask],
+                                    vocab_size=model.config.vocab_size, softcap=model.config.logit_softcap)
+    return score
+
+
+def forward_scorer(forward: Callable[..., Any]) -> Score:
+    """Scores through `forward(x, y, per_token=True)`: the engine's, whose hooks gather ZeRO-3's partitioned
+    weights (the head then runs on every position)."""
+    return lambda x, y, mask: forward(x, y, per_token=True)[1][mask]
+
+
 @torch.no_grad()
-def ending_log_probs(forward: Callable[..., Any], examples: list[MCExample], block_size: int,
+def ending_log_probs(score: Score, examples: list[MCExample], block_size: int,
                      device: torch.device) -> list[list[float]]:
     """Each example's per-ending sums of log-probabilities, in one forward (rows right-padded: causal
-    attention keeps the padding out of the real positions). `forward(x, y, per_token=True)` is the model's
-    or the engine's."""
+    attention keeps the padding out of the real positions)."""
     rows = [row for example in examples for row in rows_of(example, block_size)]
     width = max(len(whole) - 1 for whole, _ in rows)
     x = torch.zeros(len(rows), width, dtype=torch.long)
     y = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, (whole, _) in enumerate(rows):
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (whole, n) in enumerate(rows):
         x[i, :len(whole) - 1] = torch.tensor(whole[:-1])
         y[i, :len(whole) - 1] = torch.tensor(whole[1:])
-    _, losses = forward(x.to(device), y.to(device), per_token=True)
-    losses = losses.double().cpu()
-    sums = [-float(losses[i, len(whole) - 1 - n:len(whole) - 1].sum()) for i, (whole, n) in enumerate(rows)]
+        mask[i, len(whole) - 1 - n:len(whole) - 1] = True
+    losses = score(x.to(device), y.to(device), mask.to(device)).double().cpu()
+    sums = [-float(part.sum()) for part in losses.split([n for _, n in rows])]
     out, start = [], 0
     for example in examples:
         out.append(sums[start:start + len(example.endings)])
@@ -195,16 +218,16 @@ def groups(examples: list[MCExample], rank: int, world_size: int) -> list[list[M
     return out
 
 
-def evaluate_tasks(forward: Callable[..., Any], tasks: list[MCTask], block_size: int, device: torch.device,
+def evaluate_tasks(score: Score, tasks: list[MCTask], block_size: int, device: torch.device,
                    rank: int, world_size: int, same_forwards: bool) -> dict[str, dict[str, float]]:
     """Every task's {acc, acc_norm, n} over all ranks: each rank scores its share (local_counts), one
     all-reduce sums the counts."""
-    totals = distributed.all_reduce_sum(local_counts(forward, tasks, block_size, device, rank, world_size,
+    totals = distributed.all_reduce_sum(local_counts(score, tasks, block_size, device, rank, world_size,
                                                      same_forwards))
     return figures(tasks, totals)
 
 
-def local_counts(forward: Callable[..., Any], tasks: list[MCTask], block_size: int, device: torch.device,
+def local_counts(score: Score, tasks: list[MCTask], block_size: int, device: torch.device,
                  rank: int, world_size: int, same_forwards: bool) -> torch.Tensor:
     """(2 * tasks,) float64 on `device`: each task's correct answers on this rank, by acc and by acc_norm.
     `same_forwards` (ZeRO-3): as many forwards as the busiest rank, the extra ones repeating a forward and
@@ -217,7 +240,7 @@ def local_counts(forward: Callable[..., Any], tasks: list[MCTask], block_size: i
             forwards = max(len(groups(task.examples, r, world_size)) for r in range(world_size))
         for i in range(forwards):
             batch = mine[i] if i < len(mine) else (mine or [[task.examples[0]]])[0]
-            sums = ending_log_probs(forward, batch, block_size, device)
+            sums = ending_log_probs(score, batch, block_size, device)
             if i < len(mine):
                 for example, example_sums in zip(batch, sums):
                     acc, acc_norm = correct(example_sums, example)

@@ -72,7 +72,9 @@ class Validator:
         if not plan.eval_tasks:
             return {}
         engine.eval()
-        figures = mc_eval.evaluate_tasks(engine, plan.eval_tasks, plan.model_config.block_size, engine.device,
+        # Under ZeRO-3 only the engine's forward gathers the weights; elsewhere the module scores the endings alone
+        score = mc_eval.forward_scorer(engine) if plan.zero_stage == 3 else mc_eval.model_scorer(engine.module)
+        figures = mc_eval.evaluate_tasks(score, plan.eval_tasks, plan.model_config.block_size, engine.device,
                                          self.rank, plan.world_size, same_forwards=plan.zero_stage == 3)
         engine.train()
         return figures

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gpt_ds import mc_eval
-from gpt_ds.mc_eval import MCExample, encode_pair, ending_log_probs, load_tasks, local_counts
+from gpt_ds.mc_eval import (MCExample, encode_pair, ending_log_probs, forward_scorer, load_tasks, local_counts,
+                            model_scorer)
 from gpt_ds.model import GPT
 from gpt_ds.model_config import GPTConfig
 from gpt_ds.record import RunRecord
@@ -41,12 +42,15 @@ def test_ending_sums_equal_a_plain_log_softmax(model):
     examples = [example([5, 6, 7], [[8], [9, 10, 11], [12, 13]]),
                 example([1] * 14, [[2, 3, 4, 5], [6]]),  # 18 tokens: cut on the left to the context (16 + 1)
                 example([40], [[41, 42]], label=0)]
-    sums = ending_log_probs(model, examples, CONFIG.block_size, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    sums = ending_log_probs(model_scorer(model), examples, CONFIG.block_size, cpu)
     for ex, got in zip(examples, sums):
         want = [reference_sum(model, ex.context, ending, CONFIG.block_size) for ending in ex.endings]
         assert got == pytest.approx(want, abs=1e-4)
-    # one example alone gives the same sums as in a padded batch with others
-    assert ending_log_probs(model, examples[1:2], CONFIG.block_size, torch.device("cpu"))[0] == pytest.approx(
+    # through the model's forward (as under ZeRO-3), and one example alone, not in a padded batch: the same
+    assert [s for ex in ending_log_probs(forward_scorer(model), examples, CONFIG.block_size, cpu) for s in ex] == \
+        pytest.approx([s for ex in sums for s in ex], abs=1e-4)
+    assert ending_log_probs(model_scorer(model), examples[1:2], CONFIG.block_size, cpu)[0] == pytest.approx(
         sums[1], abs=1e-4)
 
 
@@ -91,12 +95,12 @@ def test_the_split_over_ranks_gives_the_same_counts_and_zero3_the_same_forwards(
     write_jsonl(tmp_path / "task.jsonl", rows)
     tasks = load_tasks([tmp_path / "task.jsonl"])
     cpu = torch.device("cpu")
-    one = local_counts(model, tasks, CONFIG.block_size, cpu, 0, 1, same_forwards=False)
+    one = local_counts(model_scorer(model), tasks, CONFIG.block_size, cpu, 0, 1, same_forwards=False)
     calls: list[int] = []
 
-    def counting(x, y, per_token):
+    def counting(x, y, mask):
         calls.append(x.size(0))
-        return model(x, y, per_token=per_token)
+        return model_scorer(model)(x, y, mask)
 
     for world in (2, 4):  # 21 examples: 11 + 10, and 6 + 5 + 5 + 5
         for zero3 in (False, True):

@@ -198,15 +198,15 @@ def test_two_ranks_reach_target_loss(corpus_data, small_ds_config, mc_file, tmp_
     # (the bf16 export) in the same batches gives the same counts, and in one rank's batches the same acc
     assert_eval_tasks(run_dir, info, output)
     from gpt_ds.inference import load_for_inference
-    from gpt_ds.mc_eval import figures, load_tasks, local_counts
+    from gpt_ds.mc_eval import figures, load_tasks, local_counts, model_scorer
 
     model, _ = load_for_inference(tmp_path / "bf16")
     model = model.to(torch.bfloat16).eval()
     task = load_tasks([mc_file])
     cpu, block = torch.device("cpu"), model.config.block_size
-    two = sum(local_counts(model, task, block, cpu, rank, 2, same_forwards=False) for rank in range(2))
+    two = sum(local_counts(model_scorer(model), task, block, cpu, rank, 2, same_forwards=False) for rank in range(2))
     assert figures(task, two.tolist())["stdlib_mc"] == info["eval_tasks"]["stdlib_mc"]
-    one = figures(task, local_counts(model, task, block, cpu, 0, 1, same_forwards=False).tolist())["stdlib_mc"]
+    one = figures(task, local_counts(model_scorer(model), task, block, cpu, 0, 1, same_forwards=False).tolist())["stdlib_mc"]
     assert one == info["eval_tasks"]["stdlib_mc"]
 
 
