@@ -17,8 +17,9 @@ flows through them:
   patching (the named swaps of a library's attribute).
 - the loop: train (start, the step, the loop, the end), monitor (what a step reports, the target, the
   divergence guard), metrics (TensorBoard, throughput and MFU), tags (the TensorBoard tags),
-  validate (the validation loss, bits per byte and text samples), bpb (each token's bytes, bits per
-  byte), record (the run's progress).
+  validate (the validation loss, bits per byte, multiple-choice scores and text samples), bpb (each
+  token's bytes, bits per byte), mc_eval (multiple-choice files scored as lm-eval does), record (the
+  run's progress).
 - the run folder: run_dir (every path a run writes), checkpoint (save, verify, resume, prune),
   reshard (resume on another number of ranks or ZeRO stage), safe_load (checkpoint loads that run no
   code), atomic (writes that are whole or absent), json_object (a JSON file read or one clear error).
