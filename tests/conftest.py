@@ -98,3 +98,22 @@ def small_disk(tmp_path):
     yield make
     for folder in mounts:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    """This pytest process as rank 0 of 1 with torch.distributed started, for a module's tests that build an
+    engine in-process. The environment fill_env sets (RANK, LOCAL_RANK, MASTER_PORT...; DeepSpeed's engine reads
+    it) is restored after the module: later training subprocesses must not inherit it. The group itself stays
+    until the session ends (DeepSpeed keeps its groups and cannot start twice in one process), and
+    gpt_ds.errors.exit_process ends a process that started torch.distributed with os._exit: so the modules
+    using this fixture sort after every module that runs a command's main() in-process (test_settings,
+    test_slurm_submit)."""
+    from gpt_ds import distributed
+
+    environ = dict(os.environ)
+    dist_env = distributed.fill_env()
+    distributed.init(dist_env)
+    yield dist_env
+    os.environ.clear()
+    os.environ.update(environ)

@@ -8,7 +8,6 @@ single-tensor AdamW reads its step counter, a CPU tensor; those are DeepSpeed's 
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_ds import distributed, ds_config, sampler, settings as run_settings
+from gpt_ds import ds_config, sampler, settings as run_settings
 from gpt_ds.config_variant import write_variant
 from gpt_ds.model import config_from_preset
 from gpt_ds.plan import Plan
@@ -28,13 +27,10 @@ GPT_DS = str(Path(__file__).resolve().parents[1] / "gpt_ds")
 
 
 @pytest.fixture(scope="module")
-def engine_and_plan(tmp_path_factory):
+def engine_and_plan(tmp_path_factory, one_rank):
     # several micro-batches: still one read
     path = write_variant(tmp_path_factory.mktemp("ds") / "ds.json", train_micro_batch_size_per_gpu=2,
                          gradient_accumulation_steps=3)
-    environ = dict(os.environ)  # fill_env sets RANK, MASTER_PORT...: not for later tests' training subprocesses
-    dist_env = distributed.fill_env()
-    distributed.init(dist_env)
     settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
                                         model="tiny", block_size=32)
     model_config = config_from_preset("tiny", **settings.shape_overrides)
@@ -42,9 +38,7 @@ def engine_and_plan(tmp_path_factory):
     plan = Plan(settings, ds_config.resolve(ds_config.load(path), path, 1), model_config, 32,
                 Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
                 None, None, 1)
-    yield build_engine(plan), plan
-    os.environ.clear()
-    os.environ.update(environ)
+    return build_engine(plan), plan
 
 
 def test_one_host_read_per_step(engine_and_plan, monkeypatch):
