@@ -236,6 +236,17 @@ def device() -> "torch.device":
     return torch.device(get_accelerator().current_device_name())
 
 
+def equal_forwards(share: Callable[[int], list[T]], rank: int, world_size: int, equal: bool,
+                   spare: Callable[[], T]) -> Iterator[tuple[T, bool]]:
+    """This rank's items `share(rank)`, each with True (it counts). With `equal` (ZeRO-3, where every forward
+    gathers weights from all ranks: a collective) as many more, each with False, as the busiest rank has beyond
+    this one's: its last item again, or `spare()` where it has none."""
+    mine = share(rank)
+    forwards = max(len(share(r)) for r in range(world_size)) if equal else len(mine)
+    for i in range(forwards):
+        yield (mine[i], True) if i < len(mine) else (mine[-1] if mine else spare(), False)
+
+
 def all_reduce_sum(values: "list[float] | torch.Tensor") -> list[float]:
     """The sums over all ranks of `values` (a list, or a 1-D tensor already on the device, which
     spares a host-to-device copy); the result's `.tolist()` is the one read back to the host."""

@@ -28,6 +28,7 @@ task: acc, acc_norm, n).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,23 +231,20 @@ def evaluate_tasks(score: Score, tasks: list[MCTask], block_size: int, device: t
 def local_counts(score: Score, tasks: list[MCTask], block_size: int, device: torch.device,
                  rank: int, world_size: int, same_forwards: bool) -> torch.Tensor:
     """(2 * tasks,) float64 on `device`: each task's correct answers on this rank, by acc and by acc_norm.
-    `same_forwards` (ZeRO-3): as many forwards as the busiest rank, the extra ones repeating a forward and
-    counting nothing."""
-    counts = torch.zeros(2 * len(tasks), dtype=torch.float64, device=device)
+    `same_forwards` (ZeRO-3): as many forwards as the busiest rank, the extra ones counting nothing
+    (distributed.equal_forwards)."""
+    counts = [0] * (2 * len(tasks))  # counted on the host (the sums come back there), sent to `device` once
     for t, task in enumerate(tasks):
-        mine = groups(task.examples, rank, world_size)
-        forwards = len(mine)
-        if same_forwards:
-            forwards = max(len(groups(task.examples, r, world_size)) for r in range(world_size))
-        for i in range(forwards):
-            batch = mine[i] if i < len(mine) else (mine or [[task.examples[0]]])[0]
+        share = functools.partial(groups, task.examples, world_size=world_size)
+        for batch, counted in distributed.equal_forwards(share, rank, world_size, same_forwards,
+                                                         spare=functools.partial(list, task.examples[:1])):
             sums = ending_log_probs(score, batch, block_size, device)
-            if i < len(mine):
+            if counted:
                 for example, example_sums in zip(batch, sums):
                     acc, acc_norm = correct(example_sums, example)
                     counts[2 * t] += acc
                     counts[2 * t + 1] += acc_norm
-    return counts
+    return torch.tensor(counts, dtype=torch.float64, device=device)
 
 
 def figures(tasks: list[MCTask], totals: list[float]) -> dict[str, dict[str, float]]:

@@ -44,18 +44,14 @@ class Validator:
         engine.eval()
         share = lambda rank: sampler.val_batches(plan.val, plan.settings.eval_tokens, plan.micro_batch,  # noqa: E731
                                                   rank=rank, world_size=plan.world_size)
-        batches = share(self.rank)
-        forwards = len(batches)
-        if plan.zero_stage == 3:  # the same number of (collective) forwards on every rank
-            forwards = max(len(share(rank)) for rank in range(plan.world_size))
         # loss (nats) and tokens; loss over the tokens that decode to bytes, and those bytes
         sums = torch.zeros(4, dtype=torch.float64, device=engine.device)
-        for i in range(forwards):
-            x, y = batches[min(i, len(batches) - 1)] if batches else sampler.val_batches(
-                plan.val, plan.settings.eval_tokens, plan.micro_batch, rank=0, world_size=plan.world_size)[0]
+        # under ZeRO-3 the same number of (collective) forwards on every rank, the extra ones counting nothing
+        for (x, y), counts in distributed.equal_forwards(share, self.rank, plan.world_size, plan.zero_stage == 3,
+                                                         spare=lambda: share(0)[0]):
             x, y = x.to(engine.device), y.to(engine.device)
             _, losses = engine(x, y, per_token=True)
-            if i < len(batches):
+            if counts:
                 sums[0] += losses.double().sum()
                 sums[1] += y.numel()
                 if byte_lengths is not None:

@@ -289,3 +289,13 @@ def test_only_a_lost_peer_becomes_a_rank_lost_line():
     with pytest.raises(RuntimeError, match="shape mismatch"):
         with distributed.peers_lost_as_errors(0):
             raise RuntimeError("shape mismatch")
+
+
+def test_equal_forwards_pads_a_rank_to_the_busiest_ones_count_with_forwards_that_do_not_count():
+    shares = {0: ["a", "b", "c"], 1: ["d"], 2: []}
+    share = shares.__getitem__
+    assert list(distributed.equal_forwards(share, 1, 3, False, spare=lambda: "s")) == [("d", True)]
+    assert list(distributed.equal_forwards(share, 1, 3, True, spare=lambda: "s")) == [("d", True), ("d", False),
+                                                                                       ("d", False)]
+    assert list(distributed.equal_forwards(share, 2, 3, True, spare=lambda: "s")) == [("s", False)] * 3
+    assert list(distributed.equal_forwards(share, 0, 3, True, spare=lambda: "s")) == [(x, True) for x in "abc"]
