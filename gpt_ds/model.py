@@ -42,7 +42,7 @@ INIT_STD = 0.02  # GPT-2's initialisation scale
 
 
 class LayerKV:
-    """One layer's keys and values for incremental decoding, preallocated for the whole context.
+    """One layer's keys and values for incremental decoding, preallocated for the cache's capacity.
 
     `KVCache.length` (shared by all layers) says how many positions are filled.
     """
@@ -62,11 +62,22 @@ class KVCache:
     recomputed (generate.py).
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
-        shape = (batch_size, config.n_head, config.block_size, config.head_dim)
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype,
+                 capacity: int | None = None) -> None:
+        self.capacity = config.block_size if capacity is None else min(capacity, config.block_size)
+        shape = (batch_size, config.n_head, self.capacity, config.head_dim)
         self.layers = [LayerKV(shape, device, dtype) for _ in range(config.n_layer)]
-        self.capacity = config.block_size
         self.length = 0
+
+    def rows(self, index: torch.Tensor) -> KVCache:
+        """A cache whose row i is a copy of this one's row index[i]: one prefix computed once, then
+        continued in several ways (the endings of a multiple-choice question)."""
+        out = object.__new__(KVCache)
+        out.capacity, out.length = self.capacity, self.length
+        out.layers = [object.__new__(LayerKV) for _ in self.layers]
+        for mine, theirs in zip(out.layers, self.layers):
+            mine.keys, mine.values = theirs.keys[index], theirs.values[index]
+        return out
 
 
 def rotary_cos_sin(
