@@ -68,6 +68,7 @@ class MCTask:
     name: str
     path: Path
     examples: list[MCExample]
+    schema: str  # a key of SCHEMAS
 
 
 def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -93,15 +94,16 @@ def load_tasks(paths: list[Path]) -> list[MCTask]:
     return tasks
 
 
-def load_task(path: Path, encode: Callable[[str], list[int]]) -> MCTask:
+def load_task(path: Path, encode: Callable[[str], list[int]], flag: str = "--eval-tasks") -> MCTask:
+    """One file read, checked and tokenized; errors name `flag` (the option that gave the file)."""
     if not path.is_file():
-        raise UserError(f"--eval-tasks {path}: no such file; give jsonl files (python -m data_prep.make_mc makes one)")
+        raise UserError(f"{flag} {path}: no such file; give jsonl files (python -m data_prep.make_mc makes one)")
     examples, schema = [], None
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            where = f"--eval-tasks {path} line {number}"
+            where = f"{flag} {path} line {number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -109,8 +111,8 @@ def load_task(path: Path, encode: Callable[[str], list[int]]) -> MCTask:
             schema = schema or schema_of(row, where)
             examples.append(parse_example(row, SCHEMAS[schema], where, encode))
     if not examples:
-        raise UserError(f"--eval-tasks {path}: no examples; the file is empty")
-    return MCTask(path.stem, path, examples)
+        raise UserError(f"{flag} {path}: no examples; the file is empty")
+    return MCTask(path.stem, path, examples, schema)
 
 
 def schema_of(row: Any, where: str) -> str:
