@@ -17,7 +17,7 @@ from pathlib import Path
 
 import charts
 import streamlit as st
-from card import ModelCard, format_accuracy, format_count, format_loss, model_card
+from card import LOSS_LIKE, ModelCard, format_accuracy, format_count, format_loss, model_card
 from controls import DEFAULT_SAMPLING, sampling_from_controls
 from curves import RunCurves, read_run_curves
 from discovery import AppArgs, discover_model_folders, display_name, files_fingerprint, parse_app_args, resolve_model_folder
@@ -122,6 +122,10 @@ def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
                               chart_data=sparkline(tags.eval_acc_norm(task)),
                               help=f"multiple choice, {scores['n']:.0f} examples, at the last evaluation "
                                    "(--eval-tasks, docs/training.md)")
+        if card.benchmarks:
+            for column, (task, metric, value) in zip(st.columns(len(card.benchmarks)), card.benchmarks):
+                shown = format_loss(value) if metric in LOSS_LIKE else format_accuracy(value)
+                column.metric(f"{task} {metric}", shown, help="launch/eval.py's result for these weights (docs/eval.md)")
 
 
 def as_html_line(text: str) -> str:

@@ -1,7 +1,8 @@
 """The model card: what the page says about a model, and how its figures are written.
 
 Defines: `ModelCard` (the model's shape and architecture from its config, its training record from the model
-folder's metadata, read as a `gpt_ds.record.RunRecord`, with its --eval-tasks scores), `model_card`, and the
+folder's metadata, read as a `gpt_ds.record.RunRecord`, with its --eval-tasks scores, and the benchmark results
+of launch/eval.py kept in MODEL_DIR/evals for these weights), `model_card`, and the
 formatting of counts, losses and accuracies (`format_count`, `format_loss`, `format_accuracy`; "—" for unknown).
 """
 
@@ -13,11 +14,13 @@ from pathlib import Path
 
 from discovery import display_name
 
+from gpt_ds.eval_results import headline, read_results
 from gpt_ds.model import GPT
 from gpt_ds.model_io import ModelInfo
 from gpt_ds.record import RunRecord
 
 UNKNOWN = "—"
+LOSS_LIKE = ("bpb", "word_perplexity", "byte_perplexity", "bits_per_byte", "loss")  # not fractions
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ModelCard:
     val_loss: float | None = None
     val_bpb: float | None = None  # bits per byte (gpt_ds.bpb); older folders do not record it
     eval_tasks: dict[str, dict[str, float]] | None = None  # --eval-tasks: task -> {acc, acc_norm, n}; older: None
+    benchmarks: tuple[tuple[str, str, float], ...] = ()  # launch/eval.py: (task, metric, value) of these weights
     target_loss: float | None = None
     target_reached: bool | None = None
     target_step: int | None = None
@@ -57,6 +61,8 @@ def model_card(model: GPT, info: ModelInfo) -> ModelCard:
         n_embd=cfg.n_embd,
         tokenizer=info.tokenizer,
         architecture=cfg.architecture,
+        benchmarks=tuple((result.task, *headline(result)) for result in read_results(info.folder, info.weights_sha256)
+                         if headline(result) is not None),
     )
     record = RunRecord.from_dict(info.metadata)
     if record == RunRecord():  # nothing recorded: not the record of a run that made no step

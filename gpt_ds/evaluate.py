@@ -186,13 +186,16 @@ def load_lm_eval_tasks(specs: list[TaskSpec], include_path: list[str]) -> dict[s
     from lm_eval.tasks import TaskManager
 
     encode_ordinary = get_encoding().encode_ordinary
+    targets: list[Any] = []
+    for spec in specs:  # the files first, every line checked as --eval-tasks checks it: bad input fails at once
+        if spec.kind == "mc":
+            targets.append(mc_task_config(spec.name, spec.source,
+                                          load_task(Path(spec.source), encode_ordinary, flag="--tasks").schema))
+        else:
+            targets.append(spec.source)
     manager = TaskManager(include_path=include_path or None)
     loaded: dict[str, Any] = {}
-    for spec in specs:
-        target: Any = spec.source
-        if spec.kind == "mc":
-            checked = load_task(Path(spec.source), encode_ordinary, flag="--tasks")  # every line, as --eval-tasks
-            target = mc_task_config(spec.name, spec.source, checked.schema)
+    for spec, target in zip(specs, targets):
         try:
             loaded.update(manager.load_task_or_group([target]))
         except KeyError:

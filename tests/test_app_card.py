@@ -1,6 +1,8 @@
-"""Tests of app/card.py: the model card from a model folder's config and training record."""
+"""Tests of app/card.py: the model card from a model folder's config, training record and benchmark results."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 from app_fixtures import (
@@ -17,9 +19,10 @@ from app_fixtures import (
 )
 
 from card import format_accuracy, format_count, format_loss, model_card
+from gpt_ds.eval_results import read_results, write_result
 from gpt_ds.inference import load_for_inference
 from gpt_ds.model import GPT
-from gpt_ds.model_io import save_model
+from gpt_ds.model_io import read_model_info, save_model
 from gpt_ds.record import RunRecord
 
 
@@ -77,3 +80,18 @@ def test_a_modern_model_card_names_its_architecture_and_counts_its_head(tmp_path
     gpt2 = GPT(TINY_CONFIG)
     # No position table (64 x 32), an untied head (50257 x 32) of its own.
     assert card.parameters == model.num_params() == gpt2.num_params() - 64 * 32 + 50257 * 32
+
+
+def test_the_card_shows_results_of_these_weights_only(tmp_path):
+    folder = save_model(tmp_path / "m", GPT(TINY_CONFIG), TINY_CONFIG)
+    info = read_model_info(folder)
+    write_result(folder, "hellaswag", {"acc,none": 0.31, "acc_norm,none": 0.3114, "acc_stderr,none": 0.01,
+                                       "alias": "hellaswag"}, {"weights_sha256": info.weights_sha256})
+    write_result(folder, "old", {"acc,none": 0.9}, {"weights_sha256": "0" * 64})  # other weights
+    (folder / "evals" / "torn.json").write_text("{")  # unreadable: left out, never an error
+    results = read_results(folder, info.weights_sha256)
+    assert [(r.task, r.metrics) for r in results] == [("hellaswag", {"acc": 0.31, "acc_norm": 0.3114})]
+    card = model_card(*load_for_inference(folder))
+    assert card.benchmarks == (("hellaswag", "acc_norm", 0.3114),)
+    shutil.rmtree(folder / "evals")
+    assert model_card(*load_for_inference(folder)).benchmarks == ()
