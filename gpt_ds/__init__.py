@@ -27,6 +27,8 @@ flows through them:
   loader), generate (decoding with a key/value cache), inference (what launch/sample.py and the app
   share), hf (Hugging Face GPT-2 folders in and out), hf_tokenizer (r50k_base as GPT-2's tokenizer
   files).
+- judging the model: harness (the lm-evaluation-harness backend), evaluate (what launch/eval.py runs:
+  lm-eval tasks, bits per byte of a text), eval_results (MODEL_DIR/evals, read by the card).
 - clusters: slurm_submit (a job sent to Slurm, or run as local processes), slurm_task (what each of its
   tasks runs).
 - everywhere: errors (UserError, one line and a non-zero exit: run_cli).
