@@ -23,6 +23,7 @@ from gpt_ds.errors import UserError  # noqa: E402
 from gpt_ds.eval_results import read_results  # noqa: E402
 from gpt_ds.hf import export_hf  # noqa: E402
 from gpt_ds.inference import load_for_inference  # noqa: E402
+from gpt_ds.model_io import read_model_info  # noqa: E402
 from gpt_ds.mc_eval import figures, load_tasks, local_counts, model_scorer  # noqa: E402
 from gpt_ds.model import GPT, GPTConfig  # noqa: E402
 from gpt_ds.tokenizer import DEFAULT_ENCODING, EOT_TOKEN  # noqa: E402
@@ -64,6 +65,16 @@ def scores(path: Path) -> tuple[float, float]:
     return results["acc,none"], results["acc_norm,none"]
 
 
+def in_loop_scores(work: Path) -> tuple[float, float]:
+    """(acc, acc_norm) of --eval-tasks' scorer on the module's file and model."""
+    model, info = load_for_inference(work / "model")
+    task = load_tasks([work / "mc.jsonl"])[0]
+    counts = local_counts(model_scorer(model), [task], info.config.block_size, torch.device("cpu"), rank=0,
+                          world_size=1, same_forwards=False)
+    result = figures([task], counts.tolist())["mc"]
+    return result["acc"], result["acc_norm"]
+
+
 @pytest.mark.slow
 def test_a_multiple_choice_file_scores_alike_in_the_loop_in_lm_eval_and_on_the_hf_backend(work, monkeypatch):
     model_dir = work / "model"
@@ -74,12 +85,8 @@ def test_a_multiple_choice_file_scores_alike_in_the_loop_in_lm_eval_and_on_the_h
     ours = scores(model_dir / "evals" / "mc.json")
     assert scores(model_dir / "evals" / "gpt_ds_mc.json") == ours  # the shipped YAML is the task the command builds
 
-    # the in-loop scorer (--eval-tasks) on the same file and weights
-    model, info = load_for_inference(model_dir)
-    task = load_tasks([work / "mc.jsonl"])[0]
-    in_loop = figures([task], local_counts(model_scorer(model), [task], info.config.block_size,
-                                           torch.device("cpu"), rank=0, world_size=1, same_forwards=False).tolist())
-    assert (in_loop["mc"]["acc"], in_loop["mc"]["acc_norm"]) == ours
+    assert in_loop_scores(work) == ours  # the in-loop scorer (--eval-tasks) on the same file and weights
+    info = read_model_info(model_dir)
 
     # lm-eval's own hf backend on the export, the shipped YAML through include_path
     import lm_eval
@@ -214,3 +221,17 @@ def test_a_folder_that_is_not_prepared_and_a_binary_file(tmp_path):
     spec, = evaluate.parse_tasks(str(blob))
     with pytest.raises(UserError, match="not UTF-8 text"):
         evaluate.bpb_tokens(spec, lambda text: [], EOT_TOKEN)
+
+
+@pytest.mark.slow
+def test_lm_evals_own_command_runs_the_gpt_ds_backend(work):
+    import os
+
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "harness.py"), "--model", "gpt-ds",
+                           "--model_args", f"path={work / 'model'},dtype=float32", "--tasks", "gpt_ds_mc",
+                           "--include_path", str(work / "tasks"), "--device", "cpu"],
+                          cwd=work, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("|gpt_ds_mc"))
+    acc = float(row.split("|")[7])  # lm-eval's table: |Tasks|Version|Filter|n-shot|Metric| |Value|
+    assert acc == pytest.approx(in_loop_scores(work)[0], abs=5e-4)  # the table rounds to 3 or 4 places
