@@ -12,6 +12,7 @@ which the app's model card shows. Needs the `eval` extra (pip install -e ".[eval
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise UserError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
-    if args.limit is not None and args.limit <= 0:
+    if args.limit is not None and not (math.isfinite(args.limit) and args.limit > 0):
         raise UserError(f"--limit must be above 0 (a count, or a fraction below 1), got {args.limit:g}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -5,7 +5,7 @@
 
 What it checks. Every case is a real subprocess of a real command line (launch/train.py, the deepspeed
 launcher, `python -m data_prep`, `python -m gpt_ds.export`, `python -m gpt_ds.hf export|import`,
-launch/sample.py, launch/quickstart.py, launch/submit.py --dry-run / --cluster local) after a setup that
+launch/sample.py, launch/eval.py, launch/quickstart.py, launch/submit.py --dry-run / --cluster local) after a setup that
 damages something: bad flag values (nan, inf, negative, 0, strings), missing or wrong paths, a file where
 a folder is expected and the reverse, malformed or mistyped or misspelt DeepSpeed configs, corrupt
 manifests, truncated / overwritten / foreign shards and shards with out-of-vocabulary tokens, truncated,
@@ -42,7 +42,7 @@ Cases damage copies, never the fixtures. The output is a table of every case, th
 
 and DIR/reliability.json with every case's command, outcome, exit code and output excerpt, the kill
 trials, and the git commit (and changed files) the sweep ran on. Groups for --only: train, dsconfig, data,
-resume, data_prep, export, sample, hf, quickstart, submit, kill-train, kill-prep; --match TEXT keeps the
+resume, data_prep, export, sample, eval, hf, quickstart, submit, kill-train, kill-prep; --match TEXT keeps the
 cases whose "group: name" contains TEXT (to rerun one). --jobs J cases run at once (default 2). Without
 --keep the fixtures and case folders are removed at the end. About 12 minutes on 2 CPU cores. Set
 TIKTOKEN_CACHE_DIR for offline use (../shared/tiktoken beside the repository is used where present).

@@ -17,6 +17,7 @@ from gpt_ds.config_variant import ZERO2, write_variant
 from gpt_ds.data import IN_PROGRESS_NAME
 from gpt_ds.distributed import launcher_command
 from reliability.commands import (
+    EVAL,
     PY,
     QUICK_TRAIN,
     QUICKSTART,
@@ -607,6 +608,60 @@ def sample_cases() -> list[Case]:
     return cases
 
 
+def eval_case(name: str, damage: Callable[[Path, Path], Any], *flags: str | Callable[[Fixtures, Path], str],
+              expect: str = "error", model_arg: Callable[[Fixtures, Path], Path] | None = None) -> Case:
+    """launch/eval.py on a model copy, measuring the bits per byte of a small text unless --tasks is given.
+    The model folder is not watched: the command writes its results into MODEL_DIR/evals by design."""
+    def setup(fx: Fixtures, w: Path) -> Prepared:
+        model, marker = model_copy(fx, w, damage)
+        target = model_arg(fx, w) if model_arg else model
+        values = [value(fx, w) if callable(value) else value for value in flags]
+        tasks = [] if "--tasks" in values else ["--tasks", str(touch(w / "text.txt", "def f(x):\n    return x\n"))]
+        return Prepared([PY, EVAL, str(target), *tasks, *values], marker=marker)
+
+    return Case("eval", name, setup, expect)
+
+
+def blob(path: Path) -> Path:
+    path.write_bytes(b"\xff\xfe\x00\x81 not UTF-8")
+    return path
+
+
+def jsonl(*lines: str) -> Callable[[Fixtures, Path], str]:
+    return lambda fx, w: str(touch(w / "mc.jsonl", "".join(line + "\n" for line in lines)))
+
+
+def eval_cases() -> list[Case]:
+    good = '{"ctx": "def f(x):", "endings": [" return x", " pass"], "label": 0}'
+    cases = [eval_case(name, damage, expect=expect) for name, damage, expect in model_damages()]
+    flags = [
+        ("limit 0", "--limit", "0"), ("limit nan", "--limit", "nan"), ("limit inf", "--limit", "inf"),
+        ("limit negative", "--limit", "-3"), ("batch-size 0", "--batch-size", "0"),
+        ("num-fewshot negative", "--num-fewshot", "-1"), ("device cuda without a GPU", "--device", "cuda"),
+        ("dtype int8", "--dtype", "int8"), ("include-path missing", "--include-path", "/nonexistent/tasks"),
+        ("tasks empty", "--tasks", ","), ("tasks a missing file", "--tasks", "/nonexistent/notes.txt"),
+        ("tasks a missing jsonl", "--tasks", "/nonexistent/mc.jsonl"),
+        ("tasks an unknown lm-eval task", "--tasks", "no_such_task_anywhere"),
+        ("tasks a folder without a manifest", "--tasks", lambda fx, w: str(mkdir(w / "plain"))),
+        ("tasks a binary file", "--tasks", lambda fx, w: str(blob(w / "blob.txt"))),
+        ("tasks an empty text file", "--tasks", lambda fx, w: str(touch(w / "empty.txt", ""))),
+        ("tasks the same file twice", "--tasks", lambda fx, w: ",".join([str(touch(w / "a.txt", "x"))] * 2)),
+        ("mc: label out of range", "--tasks", jsonl(good, '{"ctx": "a", "endings": [" b", " c"], "label": 7}')),
+        ("mc: one ending", "--tasks", jsonl(good, '{"ctx": "a", "endings": [" b"], "label": 0}')),
+        ("mc: empty context", "--tasks", jsonl(good, '{"ctx": "", "endings": [" b", " c"], "label": 0}')),
+        ("mc: not JSON", "--tasks", jsonl(good, '{"ctx": "a", "endings": [')),
+        ("mc: unknown schema", "--tasks", jsonl('{"question": "a", "answers": [" b", " c"]}')),
+        ("mc: empty file", "--tasks", jsonl()),
+    ]
+    cases += [eval_case(name, nothing, *values) for name, *values in flags]
+    cases += [
+        eval_case("model missing", nothing, model_arg=lambda fx, w: w / "nope"),
+        eval_case("model is the run folder", nothing, model_arg=lambda fx, w: fx.run),
+        eval_case("model is a Hugging Face folder", nothing, model_arg=lambda fx, w: fx.hf),
+    ]
+    return cases
+
+
 def hf_export_case(name: str, damage: Callable[[Path, Path], Any], *flags: str | Callable[[Path, Path], str],
                    expect: str = "error") -> Case:
     def setup(fx: Fixtures, w: Path) -> Prepared:
@@ -761,6 +816,6 @@ NOTES = {
 
 GROUPS: dict[str, Callable[[], list[Case]]] = {
     "train": train_cases, "dsconfig": dsconfig_cases, "data": data_cases, "resume": resume_cases,
-    "data_prep": data_prep_cases, "export": export_cases, "sample": sample_cases, "hf": hf_cases,
+    "data_prep": data_prep_cases, "export": export_cases, "sample": sample_cases, "eval": eval_cases, "hf": hf_cases,
     "quickstart": quickstart_cases, "submit": submit_cases,
 }

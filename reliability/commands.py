@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TRAIN = str(REPO / "launch" / "train.py")
 SAMPLE = str(REPO / "launch" / "sample.py")
+EVAL = str(REPO / "launch" / "eval.py")
 QUICKSTART = str(REPO / "launch" / "quickstart.py")
 SUBMIT = str(REPO / "launch" / "submit.py")
 ZERO2_FP16 = SHIPPED / "zero2_fp16.json"

@@ -27,7 +27,7 @@ def test_an_unknown_group_is_one_error_line_before_any_work(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if "error:" in line] == [
         "python -m reliability: error: --only: unknown group(s) bogus; choose from train, dsconfig, data, resume, "
-        "data_prep, export, sample, hf, quickstart, submit, kill-train, kill-prep"]
+        "data_prep, export, sample, eval, hf, quickstart, submit, kill-train, kill-prep"]
     assert not (tmp_path / "out").exists()
 
 
@@ -47,4 +47,4 @@ def test_every_group_builds_its_cases_with_unique_names():
     # in the checkout, as `python -m reliability` runs (the package is not installed)
     proc = subprocess.run([sys.executable, "-c", COUNT_CASES], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["321"]  # the "bad inputs tried" the docs give
+    assert proc.stdout.split() == ["366"]  # the "bad inputs tried" the docs give (321, and 45 of the eval group)
