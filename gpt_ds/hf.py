@@ -17,8 +17,10 @@ ReLU^2, an untied head, soft-capped logits; any of them) has no GPT2LMHeadModel 
 refused naming what differs (zero-initialised projections are only an initialisation: such a model
 exports). Import always makes a GPT-2 model folder.
 transformers is not needed to convert: both sides are plain safetensors + JSON (it is needed only by
-the tests that check the result loads and computes the same logits). Safetensors only: an HF folder
-that has only `pytorch_model.bin` (a pickle) is refused with the way to convert it.
+the tests that check the result loads and computes the same logits). Weights are read from
+safetensors (single or sharded), or from `pytorch_model.bin` through torch's weights-only unpickler
+(gpt_ds.safe_load: a pickle that names anything but tensors is refused, never run).
+`hf_state(HF_DIR)` is the import in memory (launch/train.py --init-from uses it).
 Neither direction writes into its input, inside it or above it, and neither replaces an existing folder
 of the other kind or with other files unless forced (gpt_ds.model_io.check_output_folder); both check
 that before reading any weights.
@@ -62,6 +64,7 @@ from gpt_ds.tokenizer import DEFAULT_ENCODING, EOT_TOKEN
 HF_CONFIG = CONFIG_FILE  # transformers' names are gpt-ds's: the folders differ in config.json's shape
 HF_WEIGHTS = WEIGHTS_FILE
 HF_INDEX = "model.safetensors.index.json"  # sharded checkpoints (large models)
+HF_PICKLE = "pytorch_model.bin"  # older folders: a pickle, read by the weights-only unpickler
 # The projections Hugging Face keeps as Conv1D, i.e. with transposed weights.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Non-parameter buffers older transformers versions saved (the causal mask); recomputed, never needed.
@@ -235,20 +238,36 @@ def read_hf_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
                 raise UserError(f"{hf_dir} lacks the shard {shard} listed in {HF_INDEX}; download it again")
             tensors.update(read_safetensors(hf_dir / shard))
         return tensors
-    if any((hf_dir / name).is_file() for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+    if (hf_dir / HF_PICKLE).is_file():
+        from gpt_ds import safe_load
+
+        state = safe_load.load(hf_dir / HF_PICKLE, map_location="cpu")  # tensors only: a pickle that calls code is refused
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise UserError(f"{hf_dir / HF_PICKLE} is not a state dict of tensors; download it again")
+        return state
+    if any((hf_dir / name).is_file() for name in ("tf_model.h5", "flax_model.msgpack")):
         raise UserError(
-            f"{hf_dir} has weights only in a pickle/TF/Flax format; gpt-ds reads safetensors only. Convert once with "
-            "transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+            f"{hf_dir} has weights only in a TF/Flax format; gpt-ds reads safetensors and pytorch_model.bin. Convert once "
+            "with transformers: GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
         )
-    raise UserError(f"{hf_dir} has no {HF_WEIGHTS}; pass a Hugging Face GPT-2 folder with safetensors weights")
+    raise UserError(f"{hf_dir} has no {HF_WEIGHTS} or {HF_PICKLE}; pass a Hugging Face GPT-2 folder with its weights")
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCODING, force: bool = False) -> Path:
     """Convert the transformers GPT-2 folder `hf_dir` into the model folder `out`. `force`: replace
     whatever folder `out` is (never `hf_dir` or a folder inside or above it)."""
     hf_dir = Path(hf_dir)
-    config = read_hf_config(hf_dir)
+    read_hf_config(hf_dir)  # a folder that is not GPT-2 fails before the output is checked
     check_output_folder(out, MODEL_KIND, force=force, inputs=(hf_dir,))  # before reading any weights
+    config, state = hf_state(hf_dir)
+    metadata = {"source": "huggingface", "hf_folder": str(hf_dir.resolve())}
+    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer, force=force, inputs=(hf_dir,))
+
+
+def hf_state(hf_dir: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """A transformers GPT-2 folder as gpt-ds's config and tensors (our names and layout), checked."""
+    hf_dir = Path(hf_dir)
+    config = read_hf_config(hf_dir)
     state: dict[str, torch.Tensor] = {}
     for name, tensor in read_hf_tensors(hf_dir).items():
         if name.endswith(HF_BUFFER_SUFFIXES):
@@ -261,8 +280,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCO
     if head is not None and wte is not None and (head.shape != wte.shape or not torch.equal(head, wte)):
         raise UserError(f"{hf_dir}: lm_head.weight differs from transformer.wte.weight (untied head); gpt-ds ties them")
     check_tensors(state, config, source=str(hf_dir))  # names the first tensor that does not fit
-    metadata = {"source": "huggingface", "hf_folder": str(hf_dir.resolve())}
-    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer, force=force, inputs=(hf_dir,))
+    return config, state
 
 
 if __name__ == "__main__":  # `python -m gpt_ds.hf`: the program is launch/hf.py

@@ -62,9 +62,11 @@ def load(path: str | Path, map_location: Any = None, *, mmap: bool = False) -> A
             return _torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
-        what = found.group(1) if found else first_line(err)
-        raise UserError(f"refusing to load {path}: its pickle calls {what}, which no gpt-ds checkpoint holds "
-                        "(loading it could run code); delete it, or use a checkpoint you trust") from err
+        if found is None:  # not a global it refused: bytes the unpickler cannot read at all
+            raise UserError(f"{path} is not a readable torch checkpoint file (not a pickle of tensors): it is "
+                            "damaged or truncated") from err
+        raise UserError(f"refusing to load {path}: its pickle calls {found.group(1)}, which no gpt-ds checkpoint "
+                        "holds (loading it could run code); delete it, or use a checkpoint you trust") from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         first = first_line(err, 160).split(". ")[0]
         raise UserError(f"{path} is not a readable torch checkpoint file ({first}): it is damaged or "

@@ -83,6 +83,16 @@ def test_imported_model_gives_transformers_logits_and_greedy_tokens(hf_dir, toke
     assert generate(ours, [prompt[0].tolist()], Sampling(20, temperature=0, stop_token=None))[0] == hf_tokens.tolist()
 
 
+def test_a_pytorch_model_bin_folder_imports_through_the_weights_only_loader(hf_dir, tokens, tmp_path):
+    reference = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    pickled = tmp_path / "pickled"  # as transformers 4 saved by default: config.json + torch.save(state_dict)
+    pickled.mkdir()
+    shutil.copy(hf_dir / "config.json", pickled / "config.json")
+    torch.save(reference.state_dict(), pickled / "pytorch_model.bin")
+    ours, _ = load_model(import_hf(pickled, tmp_path / "model"))
+    torch.testing.assert_close(ours_logits(ours, tokens), hf_logits(reference, tokens), **TOLERANCE)
+
+
 def test_attention_weights_match_transformers(hf_dir, tokens, tmp_path):
     reference = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, attn_implementation="eager").eval()
     ours, _ = load_model(import_hf(hf_dir, tmp_path / "model"))
@@ -146,8 +156,12 @@ def test_non_gpt2_folders_are_refused(tmp_path, hf_dir):
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((hf_dir / "config.json").read_text())
-    (pickled / "pytorch_model.bin").write_bytes(b"not opened")
-    with pytest.raises(UserError, match="safetensors only.*save_pretrained"):
+    (pickled / "pytorch_model.bin").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="pytorch_model.bin is not a readable torch checkpoint file"):
+        import_hf(pickled, tmp_path / "out")
+    (pickled / "pytorch_model.bin").unlink()
+    (pickled / "tf_model.h5").write_bytes(b"not opened")
+    with pytest.raises(UserError, match="only in a TF/Flax format.*save_pretrained"):
         import_hf(pickled, tmp_path / "out")
 
     empty = tmp_path / "empty"
