@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def build_engine(plan: Plan) -> Any:
-    """The model of `plan` (same initial weights on every rank) inside deepspeed.initialize."""
+    """The model of `plan` (same initial weights on every rank: seeded, or --init-from's) inside
+    deepspeed.initialize, which partitions them under ZeRO-3."""
     import deepspeed
     from deepspeed.utils import logger as ds_logger
 
@@ -32,6 +33,10 @@ def build_engine(plan: Plan) -> Any:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model = GPT(plan.model_config)
+    if plan.parent is not None and plan.resume_from is None:  # a fresh fine-tune: the parent's weights, every rank
+        from gpt_ds.init_from import load_parent_into
+
+        load_parent_into(model, plan.parent)
     model.set_activation_checkpointing(plan.settings.activation_checkpointing)
     groups = model.param_groups(plan.weight_decay)
     if plan.muon_lr_ratio is None:

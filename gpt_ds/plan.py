@@ -18,12 +18,14 @@ from gpt_ds.ds_config import DeepSpeedConfig
 from gpt_ds.ds_keys import check_ds_config_keys
 from gpt_ds.errors import UserError, first_line
 from gpt_ds.hardware import gpu_native_bf16
+from gpt_ds.init_from import Parent, child_config, read_parent
 from gpt_ds.mc_eval import MCTask, load_tasks
 from gpt_ds.recipes import MUON_CONFIG, RECIPES
 from gpt_ds.model_config import GPTConfig, config_from_preset
+from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import Schedule
-from gpt_ds.settings import RunSettings
+from gpt_ds.settings import DEFAULT_PRESET, RunSettings
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Plan:
     world_size: int
     reshard: str | None = None  # a resume on another world size or ZeRO stage: what changed ("2 -> 1 ranks")
     eval_tasks: list[MCTask] = dataclasses.field(default_factory=list)  # --eval-tasks, read and tokenized
+    parent: Parent | None = None  # --init-from: the folder whose weights a fresh run starts from
 
     @functools.cached_property
     def stream(self) -> sampler.TrainStream:
@@ -113,8 +116,9 @@ class Plan:
     def record_fields(self) -> dict[str, Any]:
         """The RunRecord fields that this plan sets (on a resume they may differ from the checkpoint's)."""
         s = self.settings
+        lineage = {} if self.parent is None or self.resume_from is not None else {"init_from": self.parent.lineage()}
         return {"target_loss": s.target_loss, "preset": s.model, "world_size": self.world_size,
-                "precision": self.precision, "seed": s.seed, "data": str(s.data)}
+                "precision": self.precision, "seed": s.seed, "data": str(s.data), **lineage}
 
 
 def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -> Plan:
@@ -137,7 +141,8 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
     schedule = Schedule(peak=peak, floor=floor,
                         warmup=settings.warmup, decay_steps=settings.decay_steps, kind=settings.schedule_kind,
                         decay_fraction=settings.wsd_decay_fraction)
-    model_config = resolve_model(settings)
+    parent = read_parent(settings.init_from) if settings.init_from is not None else None
+    model_config = resolve_model(settings) if parent is None else child_config(parent, settings, DEFAULT_PRESET)
     seq_len = settings.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
@@ -150,7 +155,7 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
         ds, reshard = fit_to_checkpoint(loaded, ds, checkpoint.read_client_state(resume_from), world_size)
     ds = dataclasses.replace(ds, config=fit_to_device(ds.config, cuda=cuda))  # last: on the config as resolved
     return Plan(settings, ds, model_config, seq_len, schedule, train, val, resume_from, world_size, reshard,
-                eval_tasks)
+                eval_tasks, parent)
 
 
 def fit_to_checkpoint(loaded: dict[str, Any], ds: DeepSpeedConfig, saved: dict[str, Any], world_size: int
@@ -284,8 +289,24 @@ def resolve_resume(settings: RunSettings, model_config: GPTConfig) -> Path | Non
         checkpoint.check_fresh_run_dir(run_dir)
     resume_from = checkpoint.resolve_resume(settings.resume, run_dir)
     if resume_from is not None:
-        checkpoint.check_same_model(checkpoint.read_client_state(resume_from), model_config.to_dict(), resume_from)
+        saved = checkpoint.read_client_state(resume_from)
+        checkpoint.check_same_model(saved, model_config.to_dict(), resume_from)
+        check_same_parent(saved, settings, resume_from)
     return resume_from
+
+
+def check_same_parent(saved: dict[str, Any], settings: RunSettings, resume_from: Path) -> None:
+    """A run resumes from its own progress: --init-from, when given, must name the folder it started from."""
+    started = RunRecord.from_dict(saved).init_from
+    if settings.init_from is None:
+        return
+    if started is None:
+        raise UserError(f"--init-from {settings.init_from}: {resume_from} is a checkpoint of a run that started from "
+                        "random weights; resuming never re-initialises it: drop --init-from, or use a new --out")
+    if Path(started["folder"]) != Path(settings.init_from).resolve():
+        raise UserError(f"--init-from {settings.init_from}: the run in {settings.run_dir} started from "
+                        f"{started['folder']}; resuming never re-initialises over its progress: pass that folder "
+                        "(or drop --init-from), or use a new --out")
 
 
 def changed_settings(saved: dict[str, Any], now: RunSettings) -> str:

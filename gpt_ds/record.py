@@ -34,6 +34,8 @@ class RunRecord:
     precision: str | None = None
     seed: int | None = None
     data: str | None = None
+    # --init-from: the parent folder, its kind, weights' sha256, tokens and steps (gpt_ds.init_from.Parent)
+    init_from: dict[str, Any] | None = None
 
     @property
     def target_reached(self) -> bool:
@@ -61,6 +63,9 @@ class RunRecord:
         for f in dataclasses.fields(cls):
             if f.name == "eval_tasks":
                 values[f.name] = _coerce_tasks(d.get(f.name))
+                continue
+            if f.name == "init_from":
+                values[f.name] = d.get(f.name) if isinstance(d.get(f.name), dict) else None
                 continue
             kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
             values[f.name] = _coerce(d.get(f.name), kind, f.default)

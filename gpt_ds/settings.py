@@ -21,7 +21,11 @@ from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import DEFAULT_DECAY_FRACTION, SCHEDULES
 
 PROG = "launch/train.py"
+DEFAULT_PRESET = "tiny"
 DEFAULT_WARMUP = 100  # warmup steps of a long run; shorter schedules warm up over their first 10%
+# A fine-tune (--init-from) starts from trained weights: a short warmup, for Adam's moments alone, of at most
+# this many steps (2% of the schedule).
+FINETUNE_WARMUP = 20
 RESUME_HELP = "auto: from RUN_DIR's latest complete checkpoint if any; never: start fresh; PATH: a checkpoint tag folder"
 
 
@@ -32,7 +36,8 @@ class RunSettings:
     deepspeed_config: str
     data: str
     out: str
-    model: str = "tiny"
+    init_from: str | None = None  # a model folder (gpt-ds or Hugging Face GPT-2) whose weights the run starts from
+    model: str = DEFAULT_PRESET
     # Overrides of the preset's shape (None: the preset's); GPTConfig validates the result.
     n_layer: int | None = None
     n_head: int | None = None
@@ -41,7 +46,7 @@ class RunSettings:
     seq_len: int | None = None  # the training sequence length (None: the context)
     max_steps: int = 1000
     lr_decay_steps: int | None = None  # None: max_steps
-    warmup_steps: int | None = None  # None: min(100, 10% of the schedule)
+    warmup_steps: int | None = None  # None: min(100, 10% of the schedule); with --init-from min(20, 2%)
     lr: float | None = None  # None: the DeepSpeed config's optimizer lr
     min_lr: float | None = None  # None: lr / 10
     target_loss: float | None = None
@@ -87,8 +92,13 @@ class RunSettings:
 
     @property
     def warmup(self) -> int:
-        """--warmup-steps, or by default 10% of the schedule up to 100 steps (so short runs work)."""
-        return self.warmup_steps if self.warmup_steps is not None else min(DEFAULT_WARMUP, self.decay_steps // 10)
+        """--warmup-steps, or by default 10% of the schedule up to 100 steps (so short runs work); a fine-tune's
+        (--init-from) 2% up to 20."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        if self.init_from is not None:
+            return min(FINETUNE_WARMUP, self.decay_steps // 50)
+        return min(DEFAULT_WARMUP, self.decay_steps // 10)
 
     @property
     def schedule_kind(self) -> str:
@@ -103,12 +113,12 @@ class RunSettings:
     def architecture_overrides(self) -> dict[str, Any]:
         """The GPTConfig architecture fields to replace in the preset: the recipe's, then the explicit flags
         (none at all for --recipe gpt2 without flags: the preset as it is)."""
-        fields = dict(RECIPES[self.recipe]["architecture"])
-        for name in ARCHITECTURE_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                fields[name] = None if name == "logit_softcap" and value == 0 else value
-        return fields
+        return {**RECIPES[self.recipe]["architecture"], **self.architecture_flags()}
+
+    def architecture_flags(self) -> dict[str, Any]:
+        """The architecture fields set by their own flags (not by the recipe), as GPTConfig values."""
+        return {name: None if name == "logit_softcap" and value == 0 else value
+                for name in ARCHITECTURE_FIELDS if (value := getattr(self, name)) is not None}
 
     @property
     def shape_overrides(self) -> dict[str, int]:
@@ -144,6 +154,9 @@ def _add_files(p: argparse.ArgumentParser, d: RunSettings) -> None:
                    help="DeepSpeed config: micro-batch, gradient accumulation, optimizer, precision, ZeRO stage")
     p.add_argument("--data", required=True, metavar="DIR", help="folder of shards + manifest.json (python -m data_prep)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints/, tb/, model/, settings.json")
+    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="start from this model folder's weights (gpt-ds, or a Hugging Face GPT-2 folder) instead of "
+                        "random ones; the architecture is the folder's")
 
 
 def _add_shape(p: argparse.ArgumentParser, d: RunSettings) -> None:
@@ -164,7 +177,8 @@ def _add_schedule(p: argparse.ArgumentParser, d: RunSettings) -> None:
     p.add_argument("--lr-decay-steps", type=int, default=None, metavar="N",
                    help="length of the warmup+cosine schedule (default: --max-steps); keep it fixed across resumes")
     p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
-                   help=f"linear warmup (default: 10%% of the schedule, at most {DEFAULT_WARMUP})")
+                   help=f"linear warmup (default: 10%% of the schedule, at most {DEFAULT_WARMUP}; with --init-from "
+                        f"2%%, at most {FINETUNE_WARMUP})")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the DeepSpeed config's)")
     p.add_argument("--min-lr", type=float, default=None, help="floor of the cosine decay (default: lr/10)")
     p.add_argument("--target-loss", type=float, default=None, metavar="X",

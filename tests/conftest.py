@@ -117,3 +117,14 @@ def one_rank():
     yield dist_env
     os.environ.clear()
     os.environ.update(environ)
+
+
+@pytest.fixture(scope="session")
+def reference_shards(tmp_path_factory, stdlib_corpus, encoding) -> Path:
+    """The stdlib corpus in small shards (so windows are drawn across several), no val split: the data of the
+    step-by-step reference tests (test_reference, test_init_from)."""
+    import data_prep
+
+    out = tmp_path_factory.mktemp("reference") / "data"
+    data_prep.prepare([str(stdlib_corpus)], out, val_fraction=0.0, shard_tokens=50_000, workers=1, verbose=False)
+    return out

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from gpt_ds import metrics
@@ -33,16 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEED, STEPS, WARMUP, PEAK_LR, BLOCK = 1234, 10, 3, 3e-3, 64
 MICRO_BATCH, ACCUMULATION = 4, 2
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, stdlib_corpus, encoding) -> Path:
-    """The stdlib corpus in small shards (so windows are drawn across several), no val split."""
-    import data_prep
-
-    out = tmp_path_factory.mktemp("reference") / "data"
-    data_prep.prepare([str(stdlib_corpus)], out, val_fraction=0.0, shard_tokens=50_000, workers=1, verbose=False)
-    return out
 
 
 def fp32_zero2_config() -> dict:
@@ -148,10 +137,11 @@ def reference_run(data: Path, config: dict) -> tuple[list[float], dict[str, torc
 # ---------------------------------------------------------------------------------------------
 
 
-def test_train_py_matches_a_plain_pytorch_loop(data_dir, tmp_path):
+def test_train_py_matches_a_plain_pytorch_loop(reference_shards, tmp_path):
     config = fp32_zero2_config()
     config_path = write_variant(tmp_path / "zero2_fp32.json", **config)
     run_dir = tmp_path / "run"
+    data_dir = reference_shards
     command = [sys.executable, str(REPO / "launch" / "train.py"), "--deepspeed_config", str(config_path),
                "--data", str(data_dir), "--out", str(run_dir), "--model", "tiny", "--block-size", str(BLOCK),
                "--seed", str(SEED), "--max-steps", str(STEPS), "--warmup-steps", str(WARMUP), "--lr", str(PEAK_LR),
