@@ -96,7 +96,8 @@ def show_model_card(card: ModelCard, curves: RunCurves | None) -> None:
 
     with st.container(border=True):
         st.markdown(f"**{card.name}**" + (f" · preset `{card.preset}`" if card.preset else "")
-                    + f" · architecture **{card.architecture}** · tokenizer `{card.tokenizer}`")
+                    + f" · architecture **{card.architecture}** · tokenizer `{card.tokenizer}`"
+                    + (f" · fine-tuned from `{card.parent}`" if card.parent else ""))
         shape, training = st.columns(4), st.columns(4 if card.val_bpb is None else 5)
         shape[0].metric("Parameters", format_count(card.parameters), help=f"{card.parameters:,} parameters")
         shape[1].metric("Context", f"{card.context} tokens")

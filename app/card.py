@@ -43,6 +43,7 @@ class ModelCard:
     val_bpb: float | None = None  # bits per byte (gpt_ds.bpb); older folders do not record it
     eval_tasks: dict[str, dict[str, float]] | None = None  # --eval-tasks: task -> {acc, acc_norm, n}; older: None
     benchmarks: tuple[tuple[str, str, float], ...] = ()  # launch/eval.py: (task, metric, value) of these weights
+    parent: str | None = None  # --init-from: "FOLDER (its N tokens, M steps)"; None: trained from scratch
     target_loss: float | None = None
     target_reached: bool | None = None
     target_step: int | None = None
@@ -78,8 +79,19 @@ def model_card(model: GPT, info: ModelInfo) -> ModelCard:
         target_loss=record.target_loss,
         target_reached=None if record.target_loss is None else record.target_reached,
         target_step=record.target_step,
+        parent=lineage_text(record.init_from),
         **shape,
     )
+
+
+def lineage_text(lineage: dict | None) -> str | None:
+    """'runs/base/model (1.23M tokens, 300 steps of its own)' from RunRecord.init_from."""
+    if not lineage:
+        return None
+    own = [f"{format_count(lineage[key])} {word}" for key, word in (("tokens", "tokens"), ("steps", "steps"))
+           if isinstance(lineage.get(key), int)]
+    kind = " (Hugging Face)" if lineage.get("kind") == "huggingface" else ""
+    return f"{lineage.get('folder', UNKNOWN)}{kind}" + (f", {', '.join(own)} of its own" if own else "")
 
 
 def format_count(n: int | None) -> str:

@@ -95,3 +95,17 @@ def test_the_card_shows_results_of_these_weights_only(tmp_path):
     assert card.benchmarks == (("hellaswag", "acc_norm", 0.3114),)
     shutil.rmtree(folder / "evals")
     assert model_card(*load_for_inference(folder)).benchmarks == ()
+
+
+def test_the_card_names_the_parent_of_a_fine_tune(tmp_path):
+    lineage = {"folder": "/runs/base/model", "kind": "gpt-ds", "weights_sha256": "ab" * 32, "tokens": 1_228_800,
+               "steps": 300}
+    record = RunRecord(step=STEPS, tokens=TRAIN_TOKENS, val_loss=3.5, preset="tiny", init_from=lineage).to_dict()
+    folder = save_model(tmp_path / "tuned", GPT(TINY_CONFIG), TINY_CONFIG, metadata=record)
+    assert model_card(*load_for_inference(folder)).parent == "/runs/base/model, 1.23M tokens, 300 steps of its own"
+    hf = {"folder": "/hub/gpt2", "kind": "huggingface", "weights_sha256": "cd" * 32, "tokens": None, "steps": None}
+    record = RunRecord(step=STEPS, tokens=TRAIN_TOKENS, preset="tiny", init_from=hf).to_dict()
+    folder = save_model(tmp_path / "tuned-hf", GPT(TINY_CONFIG), TINY_CONFIG, metadata=record)
+    assert model_card(*load_for_inference(folder)).parent == "/hub/gpt2 (Hugging Face)"
+    assert model_card(*load_for_inference(save_model(tmp_path / "scratch", GPT(TINY_CONFIG), TINY_CONFIG,
+                                                     metadata=RunRecord(step=1).to_dict()))).parent is None
