@@ -18,7 +18,8 @@ It scores what lm-eval's `hf` backend scores, the same way:
 What it does faster: requests that share a context are scored together. The context runs once into a
 KV cache; the cache is copied to one row per continuation, and the continuations run on top of it (the
 endings of a multiple-choice question: one context pass instead of four). The head runs on the
-continuations' positions alone. Contexts of equal length share a forward.
+continuations' positions alone. Contexts of any lengths share a forward: they are right-padded, and each
+continuation row sees its own context and takes up its positions after it (KVCache.rows).
 """
 
 from __future__ import annotations
@@ -157,23 +158,24 @@ def fit_left(context: list[int], continuation: list[int], max_length: int) -> tu
 def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]],
                         batch_size: int) -> list[tuple[float, bool]]:
     """(sum of log-probabilities, all greedy) of each continuation given its context, the model in eval
-    mode. Pairs with the same (fitted) context share its forward; contexts of one length are batched
-    with up to batch_size continuation rows."""
+    mode. Pairs with the same (fitted) context share its forward; up to batch_size continuations, whatever
+    their contexts' lengths, share two forwards."""
     block = model.config.block_size
     fitted = [fit_left(list(ctx), list(cont), block) for ctx, cont in pairs]
     by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, (ctx, cont) in enumerate(fitted):
         if cont:  # a continuation of no tokens (text that merged into the context's last token) scores 0
             by_context[tuple(ctx)].append(i)
-    # Longest first (lm-eval's order: an out-of-memory shows at once); equal lengths share a forward.
+    # Longest first (lm-eval's order: an out-of-memory shows at once); neighbours have similar lengths, so
+    # little padding.
     batches: list[list[tuple[int, ...]]] = []
+    rows = 0
     for context in sorted(by_context, key=lambda c: (-len(c), c)):
-        last = batches[-1] if batches else None
-        if last and len(last[0]) == len(context) and \
-                sum(len(by_context[c]) for c in last) + len(by_context[context]) <= batch_size:
-            last.append(context)
-        else:
-            batches.append([context])
+        if not batches or rows + len(by_context[context]) > batch_size:
+            batches.append([])
+            rows = 0
+        batches[-1].append(context)
+        rows += len(by_context[context])
     results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
     for batch in batches:
         order = [i for context in batch for i in by_context[context]]
@@ -186,22 +188,26 @@ def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]],
 
 def _score_batch(model: Any, members: list[tuple[tuple[int, ...], int]],
                  continuations: list[list[int]]) -> list[tuple[float, bool]]:
-    """One forward of equal-length contexts (each with its number of continuations) into a KV cache, one
-    of all their continuations, in the same order, on top."""
+    """One forward of the contexts (each with its number of continuations), right-padded into a KV cache;
+    one of all their continuations, in the same order, on top: each row sees its own context's positions
+    and takes up its positions after it (KVCache.rows)."""
     device = next(model.parameters()).device
-    contexts = torch.tensor([list(c) for c, _ in members], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(c) for c, _ in members], device=device)
+    contexts = torch.zeros(len(members), int(lengths.max()), dtype=torch.long)
+    for k, (context, _) in enumerate(members):
+        contexts[k, :len(context)] = torch.tensor(context, dtype=torch.long)
     owner = torch.tensor([k for k, (_, n) in enumerate(members) for _ in range(n)], device=device)
     longest = max(len(cont) for cont in continuations)
-    length = contexts.size(1)
     param = next(model.parameters())
-    cache = KVCache(model.config, len(members), device, param.dtype, capacity=length + longest - 1)
-    # The context's last position predicts each continuation's first token.
-    hidden = [model.hidden_states(contexts, cache)[:, -1][owner].unsqueeze(1)]
+    cache = KVCache(model.config, len(members), device, param.dtype, capacity=contexts.size(1) + longest - 1)
+    # Each context's last position predicts its continuations' first token (causal: padding after it is unseen).
+    last = model.hidden_states(contexts.to(device), cache)[torch.arange(len(members), device=device), lengths - 1]
+    hidden = [last[owner].unsqueeze(1)]
     if longest > 1:  # the continuations' tokens but their last, right-padded (padding comes after: causal)
         inputs = torch.zeros(len(continuations), longest - 1, dtype=torch.long)
         for row, cont in enumerate(continuations):
             inputs[row, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-        hidden.append(model.hidden_states(inputs.to(device), cache.rows(owner)))
+        hidden.append(model.hidden_states(inputs.to(device), cache.rows(owner, prefix_lengths=lengths[owner])))
     hidden = torch.cat(hidden, dim=1)  # (rows, longest, n_embd): position j predicts continuation token j
     mask = torch.zeros(hidden.shape[:2], dtype=torch.bool)
     targets = torch.zeros(hidden.shape[:2], dtype=torch.long)

@@ -64,31 +64,57 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype,
                  capacity: int | None = None) -> None:
-        self.capacity = config.block_size if capacity is None else min(capacity, config.block_size)
+        self.capacity = config.block_size if capacity is None else capacity  # slots, not positions
         shape = (batch_size, config.n_head, self.capacity, config.head_dim)
         self.layers = [LayerKV(shape, device, dtype) for _ in range(config.n_layer)]
         self.length = 0
+        # Rows that continue prefixes of different lengths (rows()): row b's prefix fills slots
+        # 0..prefix_lengths[b]-1 (the slots after it up to `length` are padding, never attended to), and its
+        # continuation takes positions prefix_lengths[b], prefix_lengths[b]+1, ... None: one sequence.
+        self.prefix_lengths: torch.Tensor | None = None
+        self.last_position = config.block_size - 1
 
-    def rows(self, index: torch.Tensor) -> KVCache:
-        """A cache whose row i is a copy of this one's row index[i]: one prefix computed once, then
-        continued in several ways (the endings of a multiple-choice question)."""
+    def rows(self, index: torch.Tensor, prefix_lengths: torch.Tensor | None = None) -> KVCache:
+        """A cache whose row i is a copy of this one's row index[i], to continue one prefix in several
+        ways (the endings of a multiple-choice question); `prefix_lengths` (per new row): where each
+        row's real prefix ends, when the prefixes were right-padded to one length. One continuation only."""
         out = object.__new__(KVCache)
-        out.capacity, out.length = self.capacity, self.length
+        out.capacity, out.length, out.prefix_lengths = self.capacity, self.length, prefix_lengths
+        out.last_position = self.last_position
         out.layers = [object.__new__(LayerKV) for _ in self.layers]
         for mine, theirs in zip(out.layers, self.layers):
             mine.keys, mine.values = theirs.keys[index], theirs.values[index]
         return out
 
+    def continuation(self, length: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """For `length` new tokens: their positions (B, T) and the attention mask (B, 1, T, slots) of rows
+        continuing prefixes of different lengths (each sees its own prefix, then its own tokens causally);
+        (None, None) for one sequence. A row's right padding may run past the context: its positions are
+        clamped to the last one (causal: no real token of the row attends to its padding)."""
+        if self.prefix_lengths is None:
+            return None, None
+        steps = torch.arange(length, device=device)
+        slots = torch.arange(self.length + length, device=device)
+        prefix = (slots[None, :] < self.prefix_lengths[:, None])[:, None, :]  # (B, 1, slots)
+        own = (slots[None, :] >= self.length) & (slots[None, :] - self.length <= steps[:, None])  # (T, slots)
+        positions = (self.prefix_lengths[:, None] + steps).clamp(max=self.last_position)
+        return positions, (prefix | own)[:, None]
+
 
 def rotary_cos_sin(
-    start: int, length: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+    start: int, length: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (length, head_dim / 2) of the rotary angles of positions start..start+length-1:
-    channel pair i turns by position * base^(-2i / head_dim) (RoFormer). Computed in float32 from the
-    absolute positions alone, so a position gets the same angles in a full pass and in a cached step."""
+    """cos and sin (length, head_dim / 2) of the rotary angles of positions start..start+length-1 (or of
+    `positions` (B, T): (B, 1, T, head_dim / 2), per row): channel pair i turns by position *
+    base^(-2i / head_dim) (RoFormer). Computed in float32 from the absolute positions alone, so a position
+    gets the same angles in a full pass and in a cached step."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
-    angles = torch.outer(positions, inv_freq)
+    if positions is None:
+        positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)
+    else:
+        angles = (positions.float()[..., None] * inv_freq)[:, None]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -112,33 +138,35 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _heads(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of x (B, T, C) at positions start..start+T-1, each (B, n_head, T,
-        head_dim), queries and keys as attention uses them: RMS-normalised per head (qk_norm), then
-        rotated by their position (rope)."""
+    def _heads(self, x: torch.Tensor, start: int = 0,
+               positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C) at positions start..start+T-1 (or `positions` (B, T)),
+        each (B, n_head, T, head_dim), queries and keys as attention uses them: RMS-normalised per head
+        (qk_norm), then rotated by their position (rope)."""
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
         if self.qk_norm:
             # No gain (as modded-nanogpt): |q| = |k| = sqrt(head_dim), so a score is at most sqrt(head_dim).
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if self.rope_base is not None:
-            cos, sin = rotary_cos_sin(start, T, self.head_dim, self.rope_base, x.device, q.dtype)
+            cos, sin = rotary_cos_sin(start, T, self.head_dim, self.rope_base, x.device, q.dtype, positions)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0,
+                positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend x (B, T, C) causally; with `past`, x holds positions start..start+T-1 and its keys and
-        values are appended to the cache, so queries also see the positions before `start`."""
+        values are appended to the cache, so queries also see the positions before `start`. `positions`
+        and `mask` (KVCache.continuation): rows continuing prefixes of different lengths."""
         B, T, C = x.shape
-        q, k, v = self._heads(x, start)
-        mask = None
-        is_causal = True
+        q, k, v = self._heads(x, start, positions)
+        is_causal = mask is None
         if past is not None:
             past.keys[:B, :, start : start + T] = k
             past.values[:B, :, start : start + T] = v
             k = past.keys[:B, :, : start + T]
             v = past.values[:B, :, : start + T]
-            if start > 0:
+            if start > 0 and is_causal:
                 # SDPA's is_causal aligns the mask top-left, which is wrong once queries are a suffix
                 # of the keys. One query needs no mask at all (it may see every cached key); several
                 # need the bottom-right aligned causal mask.
@@ -191,8 +219,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), past, start)
+    def forward(self, x: torch.Tensor, past: LayerKV | None = None, start: int = 0,
+                positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), past, start, positions, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -286,12 +315,14 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final-LayerNorm outputs (B, T, n_embd) for token ids idx (B, T). With a cache, idx continues
-        the cached sequence: its positions start at cache.length, and the cache grows by T."""
+        the cached sequence: its positions start at cache.length (or, for rows of prefixes of different
+        lengths, at each row's prefix length: KVCache.rows), and the cache grows by T."""
         start = cache.length if cache is not None else 0
-        x = self.transformer.drop(self._embed(idx, start))
+        positions, mask = cache.continuation(idx.size(1), idx.device) if cache is not None else (None, None)
+        x = self.transformer.drop(self._embed(idx, start, positions))
         for i, block in enumerate(self.transformer.h):
             if cache is not None:
-                x = block(x, cache.layers[i], start)
+                x = block(x, cache.layers[i], start, positions, mask)
             elif self.activation_checkpointing and self.training:
                 # Recompute the block in the backward pass instead of storing its activations:
                 # ~1/3 more compute for memory that no longer grows with n_layer x T.
@@ -302,15 +333,17 @@ class GPT(nn.Module):
             cache.length = start + idx.size(1)
         return self.transformer.ln_f(x)
 
-    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Token plus learned position embeddings (B, T, n_embd) of idx (B, T) at positions
-        start..start+T-1 (token embeddings alone with rope: positions enter in attention)."""
-        end = start + idx.size(1)
+        start..start+T-1, or `positions` (B, T) (token embeddings alone with rope: positions enter in attention)."""
+        if positions is None:
+            positions = torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device)
+        end = int(positions.max()) + 1 if positions.numel() else start
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than the context ({self.config.block_size}); crop it")
         x = self.transformer.wte(idx)
         if self.config.pos_embedding == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, end, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         return x
 
     def forward(
