@@ -58,3 +58,18 @@ def test_quickstart_runs_the_whole_path(tmp_path, encoding):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout and "[3] reached val loss 20.0 at step 4" in again.stdout
     assert score.group(0) in again.stdout  # the same file, the same score
+
+
+def test_benchmark_score_beside_chance_or_not_scored(tmp_path):
+    from launch.quickstart import benchmark_score
+    from data_prep.make_mc import MCSettings
+    from gpt_ds.record import RunRecord
+
+    settings = MCSettings(data=tmp_path, out=tmp_path / "benchmark.jsonl", choices=5)
+    scored = RunRecord(eval_tasks={"benchmark": {"acc": 0.4, "acc_norm": 0.4567, "n": 300}})
+    assert benchmark_score(scored, settings) == (
+        "offline benchmark (which continuation is real, 5 choices): acc_norm 45.7%, acc 40.0% (chance 20%)")
+    # a run that finished before the quickstart scored the benchmark (or scored another file) says so
+    for record in (RunRecord(), RunRecord(eval_tasks={"other": {"acc": 0.5, "acc_norm": 0.5, "n": 10}})):
+        assert benchmark_score(record, settings) == (
+            "offline benchmark (which continuation is real, 5 choices): not scored by this run")
