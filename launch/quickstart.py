@@ -3,7 +3,7 @@ CPU. `python launch/quickstart.py [--out DIR]` (console script gpt-ds-quickstart
 
 1. prepares `data_prep.default_corpus()` (Shakespeare from ../shared when present, else the Python
    standard library's sources) into DIR/data, a tenth of its documents in val (rerunning reports the data
-   as up to date), and builds the offline benchmark from that val split into DIR/benchmark.jsonl
+   as up to date), and builds the offline benchmark from that val split into DIR/mc.jsonl
    (data_prep.make_mc: which of 4 endings really continues a passage);
 2. trains the `tiny` preset with the fastest recipe (`--recipe modern`: rotary positions, QK-norm,
    ReLU², untied head, softcap, wsd schedule, Muon through ds_configs/zero2_muon.json) with the
@@ -42,7 +42,9 @@ TARGETS = {"shakespeare": 5.15, "python": 3.15}  # the val loss the quickstart r
 # A tenth of the documents in val: tens of thousands of tokens on either corpus (Shakespeare 3 of 77 files,
 # 124k tokens; Python 3.11's standard library 9 of 151 files, 66k tokens), where the default 0.005 leaves one.
 VAL_FRACTION = 0.1
-BENCHMARK = "benchmark.jsonl"  # in --out: its stem names the TensorBoard tags (eval/benchmark/acc_norm)
+# In --out: the file eval_tasks/gpt_ds_mc.yaml reads from runs/quickstart; its stem names the TensorBoard tags
+# (eval/mc/acc_norm) and the summary line's figures.
+BENCHMARK = "mc.jsonl"
 BENCHMARK_EXAMPLES = 300  # a few seconds per evaluation for tiny on 2 CPU cores
 # Endings of 8 tokens, not make_mc's 16: the quickstart model tells them apart better on both corpora
 # (docs/performance.md); the contexts keep make_mc's default length.

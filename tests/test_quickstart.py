@@ -30,7 +30,7 @@ def test_quickstart_runs_the_whole_path(tmp_path, encoding):
     assert "[3] reached val loss 20.0 at step 4" in proc.stdout
     # the offline benchmark: built from the val split (tens of thousands of tokens), scored in the loop, printed
     # beside chance on the [3] line
-    benchmark = out / "benchmark.jsonl"
+    benchmark = out / "mc.jsonl"
     assert f"offline benchmark in {benchmark}: which continuation is real, 4 choices, 300 examples of 64 tokens of context and 8-token endings" in proc.stdout
     assert f"--eval-tasks {benchmark} " in proc.stdout
     manifest = json.loads((out / "data" / "manifest.json").read_text())
@@ -48,7 +48,7 @@ def test_quickstart_runs_the_whole_path(tmp_path, encoding):
         assert hint in proc.stdout
     info = json.loads((out / "run" / "model" / "config.json").read_text())
     assert info["metadata"]["world_size"] == 2 and info["metadata"]["target_reached"] is True
-    figures = info["metadata"]["eval_tasks"]["benchmark"]
+    figures = info["metadata"]["eval_tasks"]["mc"]
     assert figures["n"] == 300
     assert score.groups() == (f"{figures['acc_norm']:.1%}"[:-1], f"{figures['acc']:.1%}"[:-1])
     assert (out / "run" / "tb").is_dir() and (out / "data" / "manifest.json").is_file()
@@ -65,8 +65,8 @@ def test_benchmark_score_beside_chance_or_not_scored(tmp_path):
     from data_prep.make_mc import MCSettings
     from gpt_ds.record import RunRecord
 
-    settings = MCSettings(data=tmp_path, out=tmp_path / "benchmark.jsonl", choices=5)
-    scored = RunRecord(eval_tasks={"benchmark": {"acc": 0.4, "acc_norm": 0.4567, "n": 300}})
+    settings = MCSettings(data=tmp_path, out=tmp_path / "mc.jsonl", choices=5)
+    scored = RunRecord(eval_tasks={"mc": {"acc": 0.4, "acc_norm": 0.4567, "n": 300}})
     assert benchmark_score(scored, settings) == (
         "offline benchmark (which continuation is real, 5 choices): acc_norm 45.7%, acc 40.0% (chance 20%)")
     # a run that finished before the quickstart scored the benchmark (or scored another file) says so
