@@ -4,7 +4,7 @@
 Each example asks which of `choices` endings really follows a context. The context is a passage of
 `ctx_tokens` tokens from the val split, the true ending the `ending_tokens` tokens after it, and the other
 endings are passages of the same length from elsewhere in val. No passage crosses a document boundary
-(the end-of-text token). The true ending's position is balanced over the choices and shuffled by seed, so
+(the end-of-text token), and no context or ending is whitespace alone. The true ending's position is balanced over the choices and shuffled by seed, so
 chance is 1/choices. The output is jsonl in HellaSwag's schema: `ctx`, `endings`, `label`, plus `offset`,
 where the context starts in the val split's tokens. The same folder and settings give the same file.
 """
@@ -141,9 +141,11 @@ def _too_small(val: ValSplit, settings: MCSettings, fit: int) -> UserError:
 
 
 def _true_ending(val: ValSplit, start: int, settings: MCSettings) -> str | None:
-    """The ending that follows the context at `start`; None where it is blank or either cuts a character."""
+    """The ending that follows the context at `start`; None where either is blank or cuts a character. (A blank
+    context would move whole into the endings under lm-eval's scoring, which gpt_ds.mc_eval scores differently.)"""
+    ctx = val.text(start, settings.ctx_tokens)
     true = val.text(start + settings.ctx_tokens, settings.ending_tokens)
-    if val.text(start, settings.ctx_tokens) is None or true is None or not true.strip():
+    if ctx is None or not ctx.strip() or true is None or not true.strip():
         return None
     return true
 

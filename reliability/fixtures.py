@@ -20,6 +20,7 @@ from gpt_ds.atomic import file_sha256
 from gpt_ds.checkpoint import CLIENT_STATE, tag_for
 from gpt_ds.config_variant import write_variant
 from gpt_ds.data import HEADER_BYTES, MANIFEST_NAME
+from launch.quickstart import VAL_FRACTION as QUICKSTART_VAL_FRACTION
 from reliability.commands import FIXTURE_TRAIN, IGNORED_NAMES, PY, TRAIN, run_ok
 
 
@@ -54,7 +55,8 @@ def build_fixtures(root: Path, env: dict[str, str]) -> Fixtures:
     run_ok([PY, "-m", "gpt_ds.hf", "export", str(run_dir / "model"), "--out", str(hf)], fx_dir, env)
     qs_data = fx_dir / "qs_data"
     corpus_paths = [str(p) for p in default_corpus()]  # the very paths the quickstart passes
-    run_ok([PY, "-m", "data_prep", "--input", *corpus_paths, "--out", str(qs_data), "--quiet"], fx_dir, env)
+    run_ok([PY, "-m", "data_prep", "--input", *corpus_paths, "--out", str(qs_data),
+            "--val-fraction", str(QUICKSTART_VAL_FRACTION), "--quiet"], fx_dir, env)
     return Fixtures(root, corpus, data, ds_config, run_dir, run_dir / "model", hf, qs_data, env)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep import prepare
+from data_prep.make_mc import MCSettings, ValSplit, make_mc
 from gpt_ds.data import open_split
 from gpt_ds.tokenizer import EOT_TOKEN
 
@@ -89,6 +90,19 @@ def test_true_ending_continues_ctx_in_val_and_nothing_crosses_a_document(data, m
             if i != e["label"]:
                 assert ending != e["endings"][e["label"]]
     assert len(eots) >= 2  # the check above had document boundaries to cross
+
+
+def test_no_context_is_whitespace_alone(data, tmp_path):
+    # One-token contexts: indentation is one token, so many passages of the val split start with a blank one.
+    # lm-eval moves a blank context whole into the endings, gpt_ds.mc_eval does not: make_mc leaves them out.
+    settings = MCSettings(data=data, out=tmp_path / "mc.jsonl", n=3000, ctx_tokens=1, ending_tokens=4)
+    val = ValSplit.open(data)
+    blank = [start for start in val.starts(settings.window).tolist() if not val.text(start, 1).strip()]
+    assert len(blank) > 300  # the rule has something to leave out
+    examples = make_mc(settings)
+    assert len(examples) == 3000 and len(read(settings.out)) == 3000
+    assert all(e["ctx"].strip() for e in examples)
+    assert not set(blank) & {e["offset"] for e in examples}
 
 
 def test_too_few_val_tokens_says_how_many_fit(data, tmp_path):
