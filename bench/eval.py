@@ -199,7 +199,7 @@ def run(args: Any) -> int:
             "hf": Side(HFLM(pretrained=str(hf_dir), device=args.device, dtype="float32",
                             batch_size=args.batch_size)),
         }
-        task, manager = task_config(mc, tmp / "datasets_cache"), lm_eval.tasks.TaskManager()
+        task, manager = task_config(mc, tmp / "datasets_cache"), lm_eval.tasks.TaskManager(include_defaults=False)
         print(f"{PROG}: {what}; task: {args.examples} questions (make_mc: {DEFAULT_CTX_TOKENS}-token contexts, "
               f"{DEFAULT_CHOICES} endings of {DEFAULT_ENDING_TOKENS} tokens), acc and acc_norm; float32, "
               f"{args.device}, {torch.get_num_threads()} thread(s), batch size {args.batch_size}; "
