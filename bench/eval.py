@@ -237,7 +237,7 @@ def report(examples: int, whole: dict[str, list[float]], scoring: dict[str, list
     if len(runs) == 1:
         print(f"scores identical: {described}")
         return 0
-    print(f"scores differ: {'; '.join(f'{name}: {scores[name]}' for name in SIDES)}")
+    print(f"scores differ ({', '.join(METRICS)} of each round): {'; '.join(f'{name}: {scores[name]}' for name in SIDES)}")
     return 1
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.eval import main
+from bench.eval import main, report
 from gpt_ds.model import GPT, config_from_preset
 from gpt_ds.model_io import save_model
 
@@ -74,3 +74,13 @@ def test_a_model_folder_that_is_missing_or_does_not_export_to_gpt2_is_one_line_a
         f"bench/eval.py: error: {model_dir} is not a GPT-2 architecture")
     assert str(tmp_path / "nowhere") in refused(capsys, "--model-dir", str(tmp_path / "nowhere"))
     assert "not allowed with argument" in refused(capsys, "--model-dir", str(model_dir), "--preset", "tiny")
+
+
+def test_scores_that_differ_between_the_backends_are_said_and_exit_1(capsys):
+    times = {"gpt-ds": [1.0], "hf": [2.0]}
+    assert report(4, times, times, {"gpt-ds": [(0.25, 0.5)], "hf": [(0.25, 0.75)]}) == 1
+    out = capsys.readouterr().out
+    assert "scores differ (acc, acc_norm of each round): gpt-ds: [(0.25, 0.5)]; hf: [(0.25, 0.75)]" in out and "scores identical" not in out
+    # A side that scores differently from one run to the next is a difference too.
+    assert report(4, {"gpt-ds": [1.0, 1.0], "hf": [2.0, 2.0]}, {"gpt-ds": [1.0, 1.0], "hf": [2.0, 2.0]},
+                  {"gpt-ds": [(0.25, 0.5), (0.5, 0.5)], "hf": [(0.25, 0.5), (0.25, 0.5)]}) == 1
