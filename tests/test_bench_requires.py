@@ -19,9 +19,10 @@ BLOCKED = "import runpy, sys; sys.modules[{module!r}] = None; sys.argv = {argv!r
     ("convergence.py", "matplotlib", "bench"),
     ("generate.py", "transformers", "dev"),
     ("gpu_check.py", "transformers", "dev"),
+    ("eval.py", "lm_eval", "eval"),
 ])
 def test_a_bench_without_its_optional_package_names_the_extra_before_any_work(tmp_path, bench, module, extra):
-    argv = [str(REPO / "bench" / bench)] + (["--out", str(tmp_path / "out")] if bench != "generate.py" else [])
+    argv = [str(REPO / "bench" / bench)] + (["--out", str(tmp_path / "out")] if bench not in ("generate.py", "eval.py") else [])
     proc = subprocess.run([sys.executable, "-c", BLOCKED.format(module=module, argv=argv)], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
