@@ -150,6 +150,7 @@ def run(argv: list[str] | None = None) -> int:
     print("[5] next:\n"
           f"    tensorboard --logdir {run_dir.tb}            # loss curves, lr, tokens/s, MFU, samples\n"
           f"    python launch/sample.py --model {model_dir} --prompt '{prompt}'\n"
+          f"    python launch/eval.py {model_dir} --tasks {benchmark.out},{data_dir}   # lm-eval, bits per byte\n"
           f"    streamlit run app/app.py -- --model {model_dir}")
     return 0
 

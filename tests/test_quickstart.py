@@ -44,6 +44,7 @@ def test_quickstart_runs_the_whole_path(tmp_path, encoding):
     prompt = sample.split(":\n", 1)[0].strip("'")
     assert prompt in ("ROMEO:", "def ") and sample.split(":\n", 1)[1].startswith(f"    | {prompt}".rstrip())
     for hint in (f"tensorboard --logdir {out / 'run' / 'tb'}", f"launch/sample.py --model {out / 'run' / 'model'}",
+                 f"launch/eval.py {out / 'run' / 'model'} --tasks {out / 'mc.jsonl'},{out / 'data'}",
                  "streamlit run app/app.py"):
         assert hint in proc.stdout
     info = json.loads((out / "run" / "model" / "config.json").read_text())
