@@ -100,7 +100,7 @@ def test_manifest_matches_the_shards(mixed_corpus, tmp_path):
     assert (manifest["encoding"], manifest["vocab_size"], manifest["eot_token"], manifest["dtype"]) == (
         "r50k_base", 50257, EOT, "uint16")
     assert manifest["settings"] == {"val_fraction": 0.005, "shard_tokens": 50_000, "seed": 7,
-                                    "jsonl_field": "text", "strict": False}
+                                    "text_field": "text", "strict": False}
     total = 0
     for split in ("train", "val"):
         entry = manifest["splits"][split]
@@ -297,7 +297,7 @@ def test_invalid_utf8_is_replaced_and_counted_or_refused_when_strict(tmp_path, e
     "content, message",
     [
         (b'{"text": "ok"}\n\n{"text": broken}\n', r"bad.jsonl:3: not valid JSON"),
-        (b'{"text": "ok"}\n{"body": "no text field"}\n', r"bad.jsonl:2: no 'text' field \(fields: body\); pass --jsonl-field"),
+        (b'{"text": "ok"}\n{"body": "no text field"}\n', r"bad.jsonl:2: no 'text' field \(fields: body\); pass --text-field"),
         (b'{"text": 5}\n', r"bad.jsonl:1: field 'text' is int, not a string"),
         (b'["a list"]\n', r"bad.jsonl:1: a JSON list, not an object"),
     ],
