@@ -4,7 +4,8 @@
 output never depends on the order the file system lists them in. `CorpusReader` streams those
 files as pieces of bytes for the tokenizing workers: a plain-text file is one document, a `.jsonl`
 line is one document (both plain or gzip-compressed), a row of a parquet or Arrow table is one
-document (see data_prep.tables). A large text document is cut into pieces only
+document (read by data_prep.tables; `save_to_disk_metadata` names the files of a Hugging Face
+`save_to_disk` folder that are not inputs). A large text document is cut into pieces only
 where the cut cannot change its tokens (see `safe_cut`), so memory stays bounded by the piece
 size even for a single multi-GB file. `default_corpus` names the embedded offline corpus.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import json
 import os
 import sysconfig
 import zlib
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from data_prep.settings import DEFAULT_TEXT_FIELD
-from data_prep.tables import is_table, save_to_disk_metadata, table_batches
 from gpt_ds.errors import UserError
 
 # Piece kinds, shared with the workers in data_prep.tokenize.
@@ -34,6 +35,11 @@ PIECE_BYTES = 1 << 20  # read size, and the size text documents are cut into
 BINARY_PROBE_BYTES = 8000  # like git: a NUL byte in the first 8000 bytes means binary
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_SUFFIX = ".parquet"
+ARROW_SUFFIX = ".arrow"
+DATASET_STATE = "state.json"  # save_to_disk's bookkeeping beside its data-*.arrow files
+DATASET_INFO = "dataset_info.json"
+DATASET_DICT = "dataset_dict.json"  # a DatasetDict's top folder: one subfolder per split
 _VISIBLE_ASCII = range(0x21, 0x7F)
 
 
@@ -61,6 +67,25 @@ def is_jsonl(path: Path) -> bool:
     if name.endswith(".gz"):
         name = name[:-3]
     return name.endswith(JSONL_SUFFIXES)
+
+
+def is_table(path: Path) -> bool:
+    return path.suffix.lower() in (PARQUET_SUFFIX, ARROW_SUFFIX)
+
+
+def save_to_disk_metadata(folder: Path, files: Sequence[str], dirs: Sequence[str]) -> set[str]:
+    """The names among `files` (in `folder`) that are `datasets.save_to_disk` bookkeeping, not text."""
+    names = set()
+    if DATASET_STATE in files and any(name.lower().endswith(ARROW_SUFFIX) for name in files):
+        names.update(name for name in (DATASET_STATE, DATASET_INFO) if name in files)
+    if DATASET_DICT in files:
+        try:
+            splits = json.loads((folder / DATASET_DICT).read_text(encoding="utf-8")).get("splits")
+        except (OSError, ValueError, AttributeError):
+            splits = None
+        if isinstance(splits, list) and splits and all(split in dirs for split in splits):
+            names.add(DATASET_DICT)
+    return names
 
 
 def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Path]:
@@ -242,6 +267,8 @@ class CorpusReader:
 
 
     def _table_pieces(self, index: int, path: Path) -> Iterator[Piece]:
+        from data_prep.tables import table_batches  # pyarrow only when a table is read
+
         size, reported, row = path.stat().st_size, 0, 0
         for rows, done in table_batches(path, self.text_field, self.piece_bytes):
             self._pending_disk += round(done * size) - reported

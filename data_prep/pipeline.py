@@ -12,12 +12,20 @@ import numpy as np
 from tqdm import tqdm
 
 import gpt_ds
-from data_prep.inputs import CorpusReader, Piece, TABLE_ROW, TEXT_CONTINUED, JSONL_RECORD, fingerprint, resolve_inputs
+from data_prep.inputs import (
+    CorpusReader,
+    Piece,
+    TABLE_ROW,
+    TEXT_CONTINUED,
+    JSONL_RECORD,
+    fingerprint,
+    is_table,
+    resolve_inputs,
+)
 from data_prep.manifest import abandon_output, finish_output, identity, prepare_output
 from data_prep.parallel import OrderedPool
 from data_prep.settings import PrepareSettings
 from data_prep.split import SPLITS, DocumentRouter
-from data_prep.tables import check_tables
 from data_prep.tokenize import check_fits_uint16, encode_batch, init_worker
 from data_prep.writer import ShardWriter
 from gpt_ds.atomic import full_disk_as_error
@@ -51,7 +59,10 @@ def run(settings: PrepareSettings) -> dict:
         raise UserError(
             f"the inputs {' '.join(settings.inputs)} hold no files; give text, .jsonl or .parquet files or folders of them"
         )
-    check_tables(files, settings.text_field)  # a bad table is refused before anything is written
+    if any(is_table(path) for path in files):  # pyarrow is loaded only for tables
+        from data_prep.tables import check_tables
+
+        check_tables(files, settings.text_field)  # a bad table is refused before anything is written
     digest, total_bytes = fingerprint(files)
     wanted = identity(encoding.name, settings.output_settings(), digest)
     if settings.out.exists() and not settings.out.is_dir():

@@ -1,18 +1,16 @@
-"""Table inputs: parquet files and Arrow IPC files (as Hugging Face `datasets.save_to_disk` writes them),
-one row a document, read with pyarrow.
+"""Reading table inputs with pyarrow: parquet files and Arrow IPC files (as Hugging Face
+`datasets.save_to_disk` writes them), one row a document. Imported only when the inputs hold a table
+(data_prep.inputs finds them), so that text-only runs and the tokenizing workers never load pyarrow.
 
-`is_table` says which input files are tables. `check_tables` opens every table before any work and
-refuses, in one line naming the file, a corrupt file, a missing text column (naming the columns there
+`check_tables` opens every table before any work and refuses, in one line naming the file, a corrupt file, a missing text column (naming the columns there
 are) or a column that does not hold strings. `table_batches` streams one table's text column in
 batches of about `batch_bytes` of text: a parquet file is read a row group at a time and only its
-text column; an Arrow file is memory-mapped and read a record batch at a time. So memory stays
-bounded for multi-GB files. A null is returned as None.
-`save_to_disk_metadata` names the bookkeeping files of a `save_to_disk` folder, which are not inputs.
+text column; an Arrow file is memory-mapped and read a record batch at a time. So memory is bounded
+by a row group (a record batch), never by the file, however many GB it holds. A null is returned as None.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,35 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.inputs import PARQUET_SUFFIX, is_table
 from gpt_ds.errors import UserError
 
-PARQUET_SUFFIX = ".parquet"
-ARROW_SUFFIX = ".arrow"
 ARROW_FILE_MAGIC = b"ARROW1"  # the Arrow IPC file format; without it, the IPC stream format (what datasets writes)
 TABLE_BATCH_BYTES = 1 << 20  # text per batch read from a table
 MAX_BATCH_ROWS = 65_536
-DATASET_STATE = "state.json"  # save_to_disk's bookkeeping beside its data-*.arrow files
-DATASET_INFO = "dataset_info.json"
-DATASET_DICT = "dataset_dict.json"  # a DatasetDict's top folder: one subfolder per split
-
-
-def is_table(path: Path) -> bool:
-    return path.suffix.lower() in (PARQUET_SUFFIX, ARROW_SUFFIX)
-
-
-def save_to_disk_metadata(folder: Path, files: Sequence[str], dirs: Sequence[str]) -> set[str]:
-    """The names among `files` (in `folder`) that are `datasets.save_to_disk` bookkeeping, not text."""
-    names = set()
-    if DATASET_STATE in files and any(name.lower().endswith(ARROW_SUFFIX) for name in files):
-        names.update(name for name in (DATASET_STATE, DATASET_INFO) if name in files)
-    if DATASET_DICT in files:
-        try:
-            splits = json.loads((folder / DATASET_DICT).read_text(encoding="utf-8")).get("splits")
-        except (OSError, ValueError, AttributeError):
-            splits = None
-        if isinstance(splits, list) and splits and all(split in dirs for split in splits):
-            names.add(DATASET_DICT)
-    return names
 
 
 def check_tables(files: Sequence[Path], field: str) -> None:
@@ -77,13 +52,13 @@ class _Table:
 
     def __init__(self, path: Path):
         self.path = path
-        self._source = None
+        self._source = self._parquet = None
         try:
             if path.suffix.lower() == PARQUET_SUFFIX:
-                self._parquet = pq.ParquetFile(path)
+                # Buffered reads, page by page, rather than each column chunk pre-read whole: less memory.
+                self._parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=TABLE_BATCH_BYTES)
                 self.schema = self._parquet.schema_arrow
             else:
-                self._parquet = None
                 self._source = pa.memory_map(str(path))
                 if self._source.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC:
                     self._source.seek(0)
@@ -104,6 +79,8 @@ class _Table:
         self.close()
 
     def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
         if self._source is not None:
             self._source.close()
             self._source = None
