@@ -22,7 +22,8 @@ from data_prep.inputs import PARQUET_SUFFIX, is_table
 from gpt_ds.errors import UserError
 
 ARROW_FILE_MAGIC = b"ARROW1"  # the Arrow IPC file format; without it, the IPC stream format (what datasets writes)
-TABLE_BATCH_BYTES = 1 << 20  # text per batch read from a table
+TABLE_BATCH_BYTES = 1 << 20  # text per batch handed on from a table
+PARQUET_READ_BYTES = 1 << 24  # text per parquet read (pyarrow is slower in smaller ones), handed on in batches
 MAX_BATCH_ROWS = 65_536
 
 
@@ -109,7 +110,7 @@ class _Table:
             meta, name = self._parquet.metadata, self.schema.names[column]
             leaf = [self._parquet.schema.column(i).path for i in range(meta.num_columns)].index(name)
             text_bytes = sum(meta.row_group(g).column(leaf).total_uncompressed_size for g in range(meta.num_row_groups))
-            rows = max(1, min(MAX_BATCH_ROWS, meta.num_rows * batch_bytes // max(text_bytes, 1)))
+            rows = max(1, min(MAX_BATCH_ROWS, meta.num_rows * max(batch_bytes, PARQUET_READ_BYTES) // max(text_bytes, 1)))
             done = 0
             for batch in self._parquet.iter_batches(batch_size=rows, columns=[name], use_threads=False):
                 done += batch.num_rows
