@@ -191,12 +191,9 @@ def test_val_split_rules(tmp_path):
 BIG_CORPUS = dict(total_bytes=9_000_000, files=80)
 
 
-def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus):
-    corpus = python_corpus(**BIG_CORPUS)
-    args = ["--input", str(corpus), "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1"]
-    command = [sys.executable, "-m", "data_prep", *args, "--out"]
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([*command, str(out)], start_new_session=True, stdout=subprocess.DEVNULL)
+def kill_after_the_first_shard(command: list[str], out: Path) -> None:
+    """Run `command` (a preparation into `out`) and kill it with SIGKILL once its first shard is written."""
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (out / "train_000000.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -204,6 +201,14 @@ def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "manifest.json").exists()
+
+
+def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus):
+    corpus = python_corpus(**BIG_CORPUS)
+    args = ["--input", str(corpus), "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1"]
+    command = [sys.executable, "-m", "data_prep", *args, "--out"]
+    out = tmp_path / "killed"
+    kill_after_the_first_shard([*command, str(out)], out)
     for shard in out.glob("*.bin"):  # whatever carries a shard name is complete
         read_shard(shard)
     with pytest.raises(ShardError, match="unfinished preparation"):

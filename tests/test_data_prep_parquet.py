@@ -1,10 +1,9 @@
 """data_prep on tables: parquet files and Hugging Face save_to_disk folders, one row a document.
-Round trip, worker-count determinism, --text-field, nulls, and every bad table in one line."""
+Round trip, worker-count determinism, --text-field, nulls, interruption, and every bad table in one line."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pyarrow as pa
@@ -14,7 +13,7 @@ import pytest
 from data_prep import prepare
 from gpt_ds.errors import UserError
 from gpt_ds.lock import LOCK_NAME
-from test_data_prep import QUIET, all_bytes, split_documents
+from test_data_prep import QUIET, all_bytes, kill_after_the_first_shard, run_cli, split_documents
 
 ROWS = ["first row", "", None, "naïve café — 東京 🚀\n<|endoftext|> is text here", "line one\r\nline two  \r\n", "x"]
 
@@ -33,10 +32,6 @@ def shards(folder):
 def write_parquet(path, rows, row_group_size=None, **columns):
     pq.write_table(pa.table({"id": list(range(len(rows))), "text": rows, **columns}), path, row_group_size=row_group_size)
     return path
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "data_prep", *map(str, args)], capture_output=True, text=True)
 
 
 def test_parquet_round_trip_rows_are_documents_and_nulls_are_skipped(tmp_path, encoding):
@@ -161,3 +156,16 @@ def test_a_bad_table_on_the_command_line_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "broken.parquet is not a readable parquet file" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_parquet_run_reruns_to_the_same_bytes(tmp_path, python_corpus):
+    rows = [p.read_text(encoding="utf-8") for p in sorted(python_corpus(total_bytes=9_000_000, files=80).iterdir())]
+    corpus = write_parquet(tmp_path / "rows.parquet", rows, row_group_size=8)
+    args = ["--input", corpus, "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1", "--out"]
+    command = [sys.executable, "-m", "data_prep", *map(str, args)]
+    out = tmp_path / "killed"
+    kill_after_the_first_shard([*command, str(out)], out)
+    rerun = run_cli(*args, out)
+    assert rerun.returncode == 0 and "finishing an interrupted preparation" in rerun.stdout, rerun.stderr
+    prepare([str(corpus)], tmp_path / "whole", shard_tokens=40000, val_fraction=0.1, **QUIET)
+    assert all_bytes(out) == all_bytes(tmp_path / "whole")
