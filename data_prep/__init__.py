@@ -4,9 +4,9 @@
 
 Python API: `prepare(inputs, out, **options) -> manifest dict` (options: the fields of
 `PrepareSettings`) and `default_corpus()`, the embedded offline corpus. The modules, in the order
-data flows through them: inputs (files -> document pieces), tokenize (workers), parallel (ordered
-worker pool), split (train/val routing), writer (shards), manifest (the output folder's state),
-pipeline (the run that ties them together). Beside them: make_mc (`python -m data_prep.make_mc DIR --out
+data flows through them: inputs (files -> document pieces), tables (parquet and Arrow rows, with
+pyarrow), tokenize (workers), parallel (ordered worker pool), split (train/val routing), writer
+(shards), manifest (the output folder's state), pipeline (the run that ties them together). Beside them: make_mc (`python -m data_prep.make_mc DIR --out
 FILE.jsonl`, a multiple-choice benchmark from a prepared folder's val split) and stdlib_corpus (the offline
 test corpus).
 """

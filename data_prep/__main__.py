@@ -10,6 +10,7 @@ from data_prep.pipeline import run
 from data_prep.settings import (
     DEFAULT_SEED,
     DEFAULT_SHARD_TOKENS,
+    DEFAULT_TEXT_FIELD,
     DEFAULT_VAL_FRACTION,
     PrepareSettings,
     available_cores,
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "its manifest) and exit; changes nothing")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="files, folders (searched recursively) or globs: plain text of any extension (a file is "
-                        "a document), .jsonl (a line is a document), and .gz versions of both")
+                        "a document), .jsonl (a line is a document), .gz versions of both, and .parquet or .arrow "
+                        "tables (a row is a document; a datasets.save_to_disk folder too)")
     parser.add_argument("--out", metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
                         help=f"fraction of documents for validation, chosen by seed (default {DEFAULT_VAL_FRACTION}; "
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the val split (default {DEFAULT_SEED})")
     parser.add_argument("--encoding", default=DEFAULT_ENCODING,
                         help=f"tiktoken encoding; its vocabulary must fit uint16 (default {DEFAULT_ENCODING}, GPT-2)")
-    parser.add_argument("--jsonl-field", default="text", metavar="NAME", help="the text field of .jsonl records (default text)")
+    parser.add_argument("--text-field", "--jsonl-field", dest="text_field", default=DEFAULT_TEXT_FIELD, metavar="NAME",
+                        help=f"the text field of .jsonl records and the text column of tables (default {DEFAULT_TEXT_FIELD}; "
+                        "--jsonl-field is its old name)")
     parser.add_argument("--force", action="store_true", help="replace a different (or redo the same) preparation in DIR")
     parser.add_argument("--strict", action="store_true",
                         help="fail on binary files and invalid UTF-8 instead of skipping / replacing them")
@@ -60,7 +64,7 @@ def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
         workers=args.workers,
         seed=args.seed,
         encoding=args.encoding,
-        jsonl_field=args.jsonl_field,
+        text_field=args.text_field,
         force=args.force,
         strict=args.strict,
         verbose=not args.quiet,

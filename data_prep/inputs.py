@@ -2,8 +2,10 @@
 
 `resolve_inputs` turns files, folders (recursive) and globs into one sorted list of files, so the
 output never depends on the order the file system lists them in. `CorpusReader` streams those
-files (plain or gzip-compressed) as pieces of bytes for the tokenizing workers: a plain-text file
-is one document, a `.jsonl` line is one document. A large text document is cut into pieces only
+files as pieces of bytes for the tokenizing workers: a plain-text file is one document, a `.jsonl`
+line is one document (both plain or gzip-compressed), a row of a parquet or Arrow table is one
+document (read by data_prep.tables; `save_to_disk_metadata` names the files of a Hugging Face
+`save_to_disk` folder that are not inputs). A large text document is cut into pieces only
 where the cut cannot change its tokens (see `safe_cut`), so memory stays bounded by the piece
 size even for a single multi-GB file. `default_corpus` names the embedded offline corpus.
 """
@@ -13,23 +15,31 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import json
 import os
 import sysconfig
 import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
+from data_prep.settings import DEFAULT_TEXT_FIELD
 from gpt_ds.errors import UserError
 
 # Piece kinds, shared with the workers in data_prep.tokenize.
 TEXT_START = 0  # the first piece of a plain-text document: gets an EOT before it
 TEXT_CONTINUED = 1  # a later piece of the same document
 JSONL_RECORD = 2  # one jsonl line: one whole document
+TABLE_ROW = 3  # the text of one table row: one whole document (empty for a null)
 
 PIECE_BYTES = 1 << 20  # read size, and the size text documents are cut into
 BINARY_PROBE_BYTES = 8000  # like git: a NUL byte in the first 8000 bytes means binary
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_SUFFIX = ".parquet"
+ARROW_SUFFIX = ".arrow"
+DATASET_STATE = "state.json"  # save_to_disk's bookkeeping beside its data-*.arrow files
+DATASET_INFO = "dataset_info.json"
+DATASET_DICT = "dataset_dict.json"  # a DatasetDict's top folder: one subfolder per split
 _VISIBLE_ASCII = range(0x21, 0x7F)
 
 
@@ -37,7 +47,7 @@ class Piece(NamedTuple):
     kind: int
     data: bytes
     file_index: int
-    position: int  # byte offset in the file's text (text pieces) or line number (jsonl records)
+    position: int  # byte offset in the file's text (text pieces), line number (jsonl) or row index (tables)
     disk_bytes: int  # bytes of the file on disk consumed since the previous piece (for progress)
 
 
@@ -57,6 +67,25 @@ def is_jsonl(path: Path) -> bool:
     if name.endswith(".gz"):
         name = name[:-3]
     return name.endswith(JSONL_SUFFIXES)
+
+
+def is_table(path: Path) -> bool:
+    return path.suffix.lower() in (PARQUET_SUFFIX, ARROW_SUFFIX)
+
+
+def save_to_disk_metadata(folder: Path, files: Sequence[str], dirs: Sequence[str]) -> set[str]:
+    """The names among `files` (in `folder`) that are `datasets.save_to_disk` bookkeeping, not text."""
+    names = set()
+    if DATASET_STATE in files and any(name.lower().endswith(ARROW_SUFFIX) for name in files):
+        names.update(name for name in (DATASET_STATE, DATASET_INFO) if name in files)
+    if DATASET_DICT in files:
+        try:
+            splits = json.loads((folder / DATASET_DICT).read_text(encoding="utf-8")).get("splits")
+        except (OSError, ValueError, AttributeError):
+            splits = None
+        if isinstance(splits, list) and splits and all(split in dirs for split in splits):
+            names.add(DATASET_DICT)
+    return names
 
 
 def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Path]:
@@ -85,7 +114,7 @@ def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Pa
             elif match.is_file():
                 found.add(match.resolve())
             elif match.exists():
-                raise UserError(f"input {match} is not a regular file or folder; give text or .jsonl files")
+                raise UserError(f"input {match} is not a regular file or folder; give text, .jsonl or .parquet files")
     return sorted(found, key=str)
 
 
@@ -101,9 +130,10 @@ def _walk(folder: Path, excluded: Path | None) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
         dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_within(root_path / d, excluded)]
+        bookkeeping = save_to_disk_metadata(root_path, files, dirs)
         for name in files:
             path = root_path / name
-            if not name.startswith(".") and path.is_file():
+            if not name.startswith(".") and name not in bookkeeping and path.is_file():
                 yield path.resolve()
 
 
@@ -141,10 +171,14 @@ def safe_cut(data: bytes, start: int = 0) -> int:
 
 
 class CorpusReader:
-    """Streams the documents of `files` as `Piece`s, counting (or, strict, refusing) what it skips."""
+    """Streams the documents of `files` as `Piece`s, counting (or, strict, refusing) what it skips.
+    `text_field` is the column read from tables (jsonl fields are read by the workers)."""
 
-    def __init__(self, files: Sequence[Path], strict: bool = False, piece_bytes: int = PIECE_BYTES):
+    def __init__(
+        self, files: Sequence[Path], strict: bool = False, piece_bytes: int = PIECE_BYTES, text_field: str = DEFAULT_TEXT_FIELD
+    ):
         self.files = list(files)
+        self.text_field = text_field
         self.strict = strict
         self.piece_bytes = piece_bytes
         self.binary_files: list[Path] = []
@@ -153,6 +187,9 @@ class CorpusReader:
 
     def pieces(self) -> Iterator[Piece]:
         for index, path in enumerate(self.files):
+            if is_table(path):
+                yield from self._table_pieces(index, path)
+                continue
             blocks = self._blocks(path)
             first = next(blocks)
             if not first:
@@ -227,6 +264,18 @@ class CorpusReader:
                     yield Piece(JSONL_RECORD, line, index, line_number, self._take_disk())
         if carry and not carry.isspace():
             yield Piece(JSONL_RECORD, carry, index, line_number + 1, self._take_disk())
+
+
+    def _table_pieces(self, index: int, path: Path) -> Iterator[Piece]:
+        from data_prep.tables import table_batches  # pyarrow only when a table is read
+
+        size, reported, row = path.stat().st_size, 0, 0
+        for rows, done in table_batches(path, self.text_field, self.piece_bytes):
+            self._pending_disk += round(done * size) - reported
+            reported = round(done * size)
+            for text in rows:
+                yield Piece(TABLE_ROW, text or b"", index, row, self._take_disk())
+                row += 1
 
 
 def _chain_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -14,6 +14,8 @@ from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).
 OWN_PATTERNS = ("train_*.bin", "val_*.bin", ".*.tmp", ".spool*")
+# Settings recorded under an older name by earlier versions: a folder they prepared stays up to date.
+FORMER_SETTING_NAMES = {"text_field": "jsonl_field"}
 
 
 def identity(encoding: str, output_settings: dict, inputs_fingerprint: str) -> dict:
@@ -113,8 +115,9 @@ def _differences(found: dict, wanted: dict) -> str:
         changes.append(f"encoding {found.get('encoding')} -> {wanted['encoding']}")
     old_settings = found.get("settings") or {}
     for key, value in wanted["settings"].items():
-        if old_settings.get(key) != value:
-            changes.append(f"{key.replace('_', '-')} {old_settings.get(key)} -> {value}")
+        old = old_settings.get(key, old_settings.get(FORMER_SETTING_NAMES.get(key, key)))
+        if old != value:
+            changes.append(f"{key.replace('_', '-')} {old} -> {value}")
     if (found.get("inputs") or {}).get("fingerprint") != wanted["inputs"]["fingerprint"]:
         changes.append("the input files (paths, sizes or modification times)")
     return ", ".join(changes)

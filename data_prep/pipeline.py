@@ -12,7 +12,16 @@ import numpy as np
 from tqdm import tqdm
 
 import gpt_ds
-from data_prep.inputs import CorpusReader, Piece, TEXT_CONTINUED, JSONL_RECORD, fingerprint, resolve_inputs
+from data_prep.inputs import (
+    CorpusReader,
+    Piece,
+    TABLE_ROW,
+    TEXT_CONTINUED,
+    JSONL_RECORD,
+    fingerprint,
+    is_table,
+    resolve_inputs,
+)
 from data_prep.manifest import abandon_output, finish_output, identity, prepare_output
 from data_prep.parallel import OrderedPool
 from data_prep.settings import PrepareSettings
@@ -33,8 +42,11 @@ def prepare(inputs: list[str], out: str | Path, **options) -> dict:
     """Tokenize the corpus `inputs` into shards in `out`; return the manifest.
 
     `options` are the fields of `PrepareSettings`: val_fraction, shard_tokens, workers, seed,
-    encoding, jsonl_field, force, strict, verbose. Raises UserError on bad input.
+    encoding, text_field (its old name jsonl_field works too), force, strict, verbose. Raises UserError
+    on bad input.
     """
+    if "jsonl_field" in options:
+        options["text_field"] = options.pop("jsonl_field")
     return run(PrepareSettings(inputs=tuple(inputs), out=Path(out), **options))
 
 
@@ -44,7 +56,13 @@ def run(settings: PrepareSettings) -> dict:
     check_fits_uint16(encoding)
     files = resolve_inputs(settings.inputs, exclude=settings.out)
     if not files:
-        raise UserError(f"the inputs {' '.join(settings.inputs)} hold no files; give text or .jsonl files or folders of them")
+        raise UserError(
+            f"the inputs {' '.join(settings.inputs)} hold no files; give text, .jsonl or .parquet files or folders of them"
+        )
+    if any(is_table(path) for path in files):  # pyarrow is loaded only for tables
+        from data_prep.tables import check_tables
+
+        check_tables(files, settings.text_field)  # a bad table is refused before anything is written
     digest, total_bytes = fingerprint(files)
     wanted = identity(encoding.name, settings.output_settings(), digest)
     if settings.out.exists() and not settings.out.is_dir():
@@ -133,7 +151,7 @@ def _batches(pieces: Iterable[Piece]) -> Iterator[tuple[tuple[bytes, list[bytes]
 
 
 def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) -> tuple[dict, dict]:
-    reader = CorpusReader(files, strict=settings.strict)
+    reader = CorpusReader(files, strict=settings.strict, text_field=settings.text_field)
     writers = {split: ShardWriter(settings.out, split, settings.shard_tokens) for split in SPLITS}
     router = DocumentRouter(writers, settings.val_fraction, settings.seed, settings.out / f".spool.{os.getpid()}.tmp")
     replaced_sequences = replaced_documents = empty_texts = tokens = 0
@@ -142,7 +160,7 @@ def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) ->
         total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=None if settings.verbose else True
     )
     started = last_postfix = time.perf_counter()
-    pool = OrderedPool(settings.workers, encode_batch, init_worker, (settings.encoding, settings.jsonl_field, settings.strict))
+    pool = OrderedPool(settings.workers, encode_batch, init_worker, (settings.encoding, settings.text_field, settings.strict))
     try:
         with pool, progress:
             for (pieces, disk), result in pool.map(_batches(reader.pieces())):
@@ -190,9 +208,12 @@ def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) ->
 
 
 def _locate(files: list[Path], piece: Piece, error: tuple[int, str, int | None]) -> str:
-    """'FILE:LINE: problem' for a jsonl record, 'FILE (byte N): problem' for text."""
+    """'FILE:LINE: problem' for a jsonl record, 'FILE (row N): problem' for a table row (counted from 0),
+    'FILE (byte N): problem' for text."""
     _index, problem, offset = error
     path = files[piece.file_index]
     if piece.kind == JSONL_RECORD:
         return f"{path}:{piece.position}: {problem}"
+    if piece.kind == TABLE_ROW:
+        return f"{path} (row {piece.position}): {problem}"
     return f"{path} (byte {piece.position + (offset or 0)}): {problem}"

@@ -13,6 +13,7 @@ from gpt_ds.tokenizer import DEFAULT_ENCODING
 DEFAULT_VAL_FRACTION = 0.005
 DEFAULT_SHARD_TOKENS = 100_000_000  # llm.c's shard size: 200 MB of uint16 per shard
 DEFAULT_SEED = 1337
+DEFAULT_TEXT_FIELD = "text"  # the jsonl field, or table column, that holds a document's text
 MAX_SHARD_TOKENS = 2**31 - 1  # the header stores the count as an int32
 
 
@@ -35,7 +36,7 @@ class PrepareSettings:
     workers: int = field(default_factory=available_cores)
     seed: int = DEFAULT_SEED
     encoding: str = DEFAULT_ENCODING
-    jsonl_field: str = "text"
+    text_field: str = DEFAULT_TEXT_FIELD
     force: bool = False
     strict: bool = False
     verbose: bool = True  # print what was done (and a progress bar on a terminal)
@@ -47,7 +48,7 @@ class PrepareSettings:
 
     def _validate(self) -> None:
         if not self.inputs:
-            raise UserError("no inputs given; pass --input with files, folders or globs of text or .jsonl")
+            raise UserError("no inputs given; pass --input with files, folders or globs of text, .jsonl or .parquet")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(
                 f"--val-fraction must be at least 0 and below 1, not {self.val_fraction}; "
@@ -62,8 +63,8 @@ class PrepareSettings:
             raise UserError(f"--workers must be at least 1, not {self.workers}")
         if self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, not {self.seed}")
-        if not self.jsonl_field:
-            raise UserError("--jsonl-field must name a field, e.g. text")
+        if not self.text_field:
+            raise UserError(f"--text-field must name a jsonl field or table column, e.g. {DEFAULT_TEXT_FIELD}")
 
     def output_settings(self) -> dict:
         """The settings the shards' bytes depend on (with the encoding and the input files)."""
@@ -71,7 +72,7 @@ class PrepareSettings:
             "val_fraction": self.val_fraction,
             "shard_tokens": self.shard_tokens,
             "seed": self.seed,
-            "jsonl_field": self.jsonl_field,
+            "text_field": self.text_field,
         }
 
     def to_dict(self) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep.inputs import JSONL_RECORD, TEXT_CONTINUED
+from data_prep.settings import DEFAULT_TEXT_FIELD
 from gpt_ds.data import TOKEN_DTYPE
 from gpt_ds.errors import UserError
 from gpt_ds.tokenizer import get_encoding
@@ -38,7 +39,7 @@ class BatchResult:
 class _Worker:
     encoding = None
     eot: np.ndarray | None = None
-    jsonl_field = "text"
+    text_field = DEFAULT_TEXT_FIELD
     strict = False
 
 
@@ -51,12 +52,12 @@ def check_fits_uint16(encoding) -> None:
         )
 
 
-def init_worker(encoding_name: str, jsonl_field: str, strict: bool) -> None:
+def init_worker(encoding_name: str, text_field: str, strict: bool) -> None:
     """Set up this process to tokenize batches (the Pool initializer)."""
     _Worker.encoding = get_encoding(encoding_name)
     check_fits_uint16(_Worker.encoding)
     _Worker.eot = np.array([_Worker.encoding.eot_token], dtype=np.uint32)
-    _Worker.jsonl_field = jsonl_field
+    _Worker.text_field = text_field
     _Worker.strict = strict
 
 
@@ -72,8 +73,8 @@ def encode_batch(batch: tuple[bytes, list[bytes]]) -> BatchResult:
             text, replaced[index] = _decode(data)
             if kind == JSONL_RECORD:
                 text = _jsonl_text(text)
-                if not text:
-                    continue  # an empty document: no EOT, counted by the main process
+            if not text:
+                continue  # an empty document (jsonl text, table row or null): no EOT, counted by the main process
             tokens, extra = _encode(text)
         except _PieceError as problem:
             error = (index, str(problem), problem.offset)
@@ -111,7 +112,7 @@ def _decode(data: bytes) -> tuple[str, int]:
 
 
 def _jsonl_text(line: str) -> str:
-    name = _Worker.jsonl_field
+    name = _Worker.text_field
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
@@ -120,10 +121,10 @@ def _jsonl_text(line: str) -> str:
         raise _PieceError(f"a JSON {type(record).__name__}, not an object with a {name!r} field; fix or remove the line")
     if name not in record:
         fields = ", ".join(sorted(record)[:8]) or "none"
-        raise _PieceError(f"no {name!r} field (fields: {fields}); pass --jsonl-field NAME to read another field")
+        raise _PieceError(f"no {name!r} field (fields: {fields}); pass --text-field NAME to read another field")
     text = record[name]
     if not isinstance(text, str):
-        raise _PieceError(f"field {name!r} is {type(text).__name__}, not a string; fix the line or pick another --jsonl-field")
+        raise _PieceError(f"field {name!r} is {type(text).__name__}, not a string; fix the line or pick another --text-field")
     return text
 
 

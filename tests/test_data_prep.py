@@ -100,7 +100,7 @@ def test_manifest_matches_the_shards(mixed_corpus, tmp_path):
     assert (manifest["encoding"], manifest["vocab_size"], manifest["eot_token"], manifest["dtype"]) == (
         "r50k_base", 50257, EOT, "uint16")
     assert manifest["settings"] == {"val_fraction": 0.005, "shard_tokens": 50_000, "seed": 7,
-                                    "jsonl_field": "text", "strict": False}
+                                    "text_field": "text", "strict": False}
     total = 0
     for split in ("train", "val"):
         entry = manifest["splits"][split]
@@ -191,12 +191,9 @@ def test_val_split_rules(tmp_path):
 BIG_CORPUS = dict(total_bytes=9_000_000, files=80)
 
 
-def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus):
-    corpus = python_corpus(**BIG_CORPUS)
-    args = ["--input", str(corpus), "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1"]
-    command = [sys.executable, "-m", "data_prep", *args, "--out"]
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([*command, str(out)], start_new_session=True, stdout=subprocess.DEVNULL)
+def kill_after_the_first_shard(command: list[str], out: Path) -> None:
+    """Run `command` (a preparation into `out`) and kill it with SIGKILL once its first shard is written."""
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (out / "train_000000.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -204,6 +201,14 @@ def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "manifest.json").exists()
+
+
+def test_interrupted_run_then_rerun_gives_the_same_bytes(tmp_path, python_corpus):
+    corpus = python_corpus(**BIG_CORPUS)
+    args = ["--input", str(corpus), "--shard-tokens", "40000", "--val-fraction", "0.1", "--workers", "1"]
+    command = [sys.executable, "-m", "data_prep", *args, "--out"]
+    out = tmp_path / "killed"
+    kill_after_the_first_shard([*command, str(out)], out)
     for shard in out.glob("*.bin"):  # whatever carries a shard name is complete
         read_shard(shard)
     with pytest.raises(ShardError, match="unfinished preparation"):
@@ -297,7 +302,7 @@ def test_invalid_utf8_is_replaced_and_counted_or_refused_when_strict(tmp_path, e
     "content, message",
     [
         (b'{"text": "ok"}\n\n{"text": broken}\n', r"bad.jsonl:3: not valid JSON"),
-        (b'{"text": "ok"}\n{"body": "no text field"}\n', r"bad.jsonl:2: no 'text' field \(fields: body\); pass --jsonl-field"),
+        (b'{"text": "ok"}\n{"body": "no text field"}\n', r"bad.jsonl:2: no 'text' field \(fields: body\); pass --text-field"),
         (b'{"text": 5}\n', r"bad.jsonl:1: field 'text' is int, not a string"),
         (b'["a list"]\n', r"bad.jsonl:1: a JSON list, not an object"),
     ],
