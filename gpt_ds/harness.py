@@ -15,11 +15,11 @@ It scores what lm-eval's `hf` backend scores, the same way:
 - generate_until: the context cut on the left to max_length - max_gen_toks tokens, greedy unless
   do_sample, stopped at the first stop sequence (the text returned ends before it) or end-of-text.
 
-What it does faster: requests that share a context are scored together. The context runs once into a
-KV cache; the cache is copied to one row per continuation, and the continuations run on top of it (the
-endings of a multiple-choice question: one context pass instead of four). The head runs on the
-continuations' positions alone. Contexts of any lengths share a forward: they are right-padded, and each
-continuation row sees its own context and takes up its positions after it (KVCache.rows).
+What it does faster: requests that share a context are scored together. One row packs the context once
+and then each continuation (the endings of a multiple-choice question: the context's tokens once instead
+of four times); each continuation takes up the positions after the context and sees only the context
+and itself (GPT.hidden_states' positions and mask), so it scores exactly as its own row would. The head
+runs on the continuations' positions alone. A batch of such rows, of any lengths, is one forward.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from lm_eval.api.registry import register_model
 
 from gpt_ds.generate import Sampling, detokenize_stream, stream
 from gpt_ds.inference import inference_device, load_for_inference
-from gpt_ds.model import KVCache
 from gpt_ds.tokenizer import get_encoding
 
 DEFAULT_BATCH_SIZE = 16  # continuations per forward
@@ -158,8 +157,8 @@ def fit_left(context: list[int], continuation: list[int], max_length: int) -> tu
 def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]],
                         batch_size: int) -> list[tuple[float, bool]]:
     """(sum of log-probabilities, all greedy) of each continuation given its context, the model in eval
-    mode. Pairs with the same (fitted) context share its forward; up to batch_size continuations, whatever
-    their contexts' lengths, share two forwards."""
+    mode. Pairs with the same (fitted) context share its tokens; up to batch_size continuations, whatever
+    their contexts' lengths, share one forward."""
     block = model.config.block_size
     fitted = [fit_left(list(ctx), list(cont), block) for ctx, cont in pairs]
     by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
@@ -188,33 +187,35 @@ def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]],
 
 def _score_batch(model: Any, members: list[tuple[tuple[int, ...], int]],
                  continuations: list[list[int]]) -> list[tuple[float, bool]]:
-    """One forward of the contexts (each with its number of continuations), right-padded into a KV cache;
-    one of all their continuations, in the same order, on top: each row sees its own context's positions
-    and takes up its positions after it (KVCache.rows)."""
+    """One forward for the whole batch: row k packs context k and its continuations' tokens but their last,
+    one after the other. Each continuation's tokens take up the positions after the context and see the
+    context and themselves, never another continuation (the mask), so each scores as its own full row."""
     device = next(model.parameters()).device
-    lengths = torch.tensor([len(c) for c, _ in members], device=device)
-    contexts = torch.zeros(len(members), int(lengths.max()), dtype=torch.long)
-    for k, (context, _) in enumerate(members):
-        contexts[k, :len(context)] = torch.tensor(context, dtype=torch.long)
-    owner = torch.tensor([k for k, (_, n) in enumerate(members) for _ in range(n)], device=device)
-    longest = max(len(cont) for cont in continuations)
-    param = next(model.parameters())
-    cache = KVCache(model.config, len(members), device, param.dtype, capacity=contexts.size(1) + longest - 1)
-    # Each context's last position predicts its continuations' first token (causal: padding after it is unseen).
-    last = model.hidden_states(contexts.to(device), cache)[torch.arange(len(members), device=device), lengths - 1]
-    hidden = [last[owner].unsqueeze(1)]
-    if longest > 1:  # the continuations' tokens but their last, right-padded (padding comes after: causal)
-        inputs = torch.zeros(len(continuations), longest - 1, dtype=torch.long)
-        for row, cont in enumerate(continuations):
-            inputs[row, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-        hidden.append(model.hidden_states(inputs.to(device), cache.rows(owner, prefix_lengths=lengths[owner])))
-    hidden = torch.cat(hidden, dim=1)  # (rows, longest, n_embd): position j predicts continuation token j
-    mask = torch.zeros(hidden.shape[:2], dtype=torch.bool)
-    targets = torch.zeros(hidden.shape[:2], dtype=torch.long)
-    for row, cont in enumerate(continuations):
-        mask[row, :len(cont)] = True
-        targets[row, :len(cont)] = torch.tensor(cont, dtype=torch.long)
-    logprobs, greedy = _head_scores(model, hidden[mask.to(device)], targets[mask].to(device))
+    rows, segments, positions, picks = [], [], [], []  # picks: (row, the positions predicting each token)
+    continuation = iter(continuations)
+    for k, (context, n) in enumerate(members):
+        tokens, segment, position = list(context), [-1] * len(context), list(range(len(context)))
+        for i in range(n):
+            cont = next(continuation)
+            picks.append((k, [len(context) - 1] + list(range(len(tokens), len(tokens) + len(cont) - 1))))
+            tokens += cont[:-1]
+            segment += [i] * (len(cont) - 1)
+            position += range(len(context), len(context) + len(cont) - 1)
+        rows.append(tokens)
+        segments.append(segment)
+        positions.append(position)
+    width = max(len(row) for row in rows)
+    pad = [width - len(row) for row in rows]
+    idx = torch.tensor([row + [0] * n for row, n in zip(rows, pad)], device=device)
+    pos = torch.tensor([position + [0] * n for position, n in zip(positions, pad)], device=device)
+    seg = torch.tensor([segment + [-2] * n for segment, n in zip(segments, pad)], device=device)
+    earlier = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    mask = earlier & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None]))  # (rows, query, key)
+    hidden = model.hidden_states(idx, positions=pos, mask=mask[:, None])
+    row_index = torch.tensor([k for k, where in picks for _ in where], device=device)
+    at = torch.tensor([i for _, where in picks for i in where], device=device)
+    targets = torch.tensor([token for cont in continuations for token in cont], device=device)
+    logprobs, greedy = _head_scores(model, hidden[row_index, at], targets)
     out, start = [], 0
     for cont in continuations:
         end = start + len(cont)

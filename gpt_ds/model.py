@@ -42,7 +42,7 @@ INIT_STD = 0.02  # GPT-2's initialisation scale
 
 
 class LayerKV:
-    """One layer's keys and values for incremental decoding, preallocated for the cache's capacity.
+    """One layer's keys and values for incremental decoding, preallocated for the whole context.
 
     `KVCache.length` (shared by all layers) says how many positions are filled.
     """
@@ -62,43 +62,11 @@ class KVCache:
     recomputed (generate.py).
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype,
-                 capacity: int | None = None) -> None:
-        self.capacity = config.block_size if capacity is None else capacity  # slots, not positions
-        shape = (batch_size, config.n_head, self.capacity, config.head_dim)
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (batch_size, config.n_head, config.block_size, config.head_dim)
         self.layers = [LayerKV(shape, device, dtype) for _ in range(config.n_layer)]
+        self.capacity = config.block_size
         self.length = 0
-        # Rows that continue prefixes of different lengths (rows()): row b's prefix fills slots
-        # 0..prefix_lengths[b]-1 (the slots after it up to `length` are padding, never attended to), and its
-        # continuation takes positions prefix_lengths[b], prefix_lengths[b]+1, ... None: one sequence.
-        self.prefix_lengths: torch.Tensor | None = None
-        self.last_position = config.block_size - 1
-
-    def rows(self, index: torch.Tensor, prefix_lengths: torch.Tensor | None = None) -> KVCache:
-        """A cache whose row i is a copy of this one's row index[i], to continue one prefix in several
-        ways (the endings of a multiple-choice question); `prefix_lengths` (per new row): where each
-        row's real prefix ends, when the prefixes were right-padded to one length. One continuation only."""
-        out = object.__new__(KVCache)
-        out.capacity, out.length, out.prefix_lengths = self.capacity, self.length, prefix_lengths
-        out.last_position = self.last_position
-        out.layers = [object.__new__(LayerKV) for _ in self.layers]
-        for mine, theirs in zip(out.layers, self.layers):
-            mine.keys, mine.values = theirs.keys[index], theirs.values[index]
-        return out
-
-    def continuation(self, length: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """For `length` new tokens: their positions (B, T) and the attention mask (B, 1, T, slots) of rows
-        continuing prefixes of different lengths (each sees its own prefix, then its own tokens causally);
-        (None, None) for one sequence. A row's right padding may run past the context: its positions are
-        clamped to the last one (causal: no real token of the row attends to its padding)."""
-        if self.prefix_lengths is None:
-            return None, None
-        steps = torch.arange(length, device=device)
-        slots = torch.arange(self.length + length, device=device)
-        prefix = (slots[None, :] < self.prefix_lengths[:, None])[:, None, :]  # (B, 1, slots)
-        own = (slots[None, :] >= self.length) & (slots[None, :] - self.length <= steps[:, None])  # (T, slots)
-        positions = (self.prefix_lengths[:, None] + steps).clamp(max=self.last_position)
-        return positions, (prefix | own)[:, None]
 
 
 def rotary_cos_sin(
@@ -157,7 +125,8 @@ class CausalSelfAttention(nn.Module):
                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend x (B, T, C) causally; with `past`, x holds positions start..start+T-1 and its keys and
         values are appended to the cache, so queries also see the positions before `start`. `positions`
-        and `mask` (KVCache.continuation): rows continuing prefixes of different lengths."""
+        (B, T) and `mask` (B, 1, T, T: which keys each query sees) replace the causal order, for packed rows
+        (GPT.hidden_states)."""
         B, T, C = x.shape
         q, k, v = self._heads(x, start, positions)
         is_causal = mask is None
@@ -166,7 +135,7 @@ class CausalSelfAttention(nn.Module):
             past.values[:B, :, start : start + T] = v
             k = past.keys[:B, :, : start + T]
             v = past.values[:B, :, : start + T]
-            if start > 0 and is_causal:
+            if start > 0:
                 # SDPA's is_causal aligns the mask top-left, which is wrong once queries are a suffix
                 # of the keys. One query needs no mask at all (it may see every cached key); several
                 # need the bottom-right aligned causal mask.
@@ -313,22 +282,24 @@ class GPT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final-LayerNorm outputs (B, T, n_embd) for token ids idx (B, T). With a cache, idx continues
-        the cached sequence: its positions start at cache.length (or, for rows of prefixes of different
-        lengths, at each row's prefix length: KVCache.rows), and the cache grows by T."""
+        the cached sequence: its positions start at cache.length, and the cache grows by T. Packed rows
+        (several sequences that share a prefix in one row, e.g. a question's context and each of its
+        endings): `positions` (B, T) gives each token's position and `mask` (B, 1, T, T) the keys each
+        token sees, in place of the causal order; no cache."""
         start = cache.length if cache is not None else 0
-        positions, mask = cache.continuation(idx.size(1), idx.device) if cache is not None else (None, None)
         x = self.transformer.drop(self._embed(idx, start, positions))
         for i, block in enumerate(self.transformer.h):
             if cache is not None:
-                x = block(x, cache.layers[i], start, positions, mask)
+                x = block(x, cache.layers[i], start)
             elif self.activation_checkpointing and self.training:
                 # Recompute the block in the backward pass instead of storing its activations:
                 # ~1/3 more compute for memory that no longer grows with n_layer x T.
                 x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, positions=positions, mask=mask)
         if cache is not None:
             cache.length = start + idx.size(1)
         return self.transformer.ln_f(x)
