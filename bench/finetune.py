@@ -94,6 +94,16 @@ def parse_scale(text: str) -> Fraction:
     return scale.limit_denominator(1000)
 
 
+def check_parent(folder: Path) -> None:
+    """UserError, before any work, unless --parent is a model folder (gpt-ds's or a Hugging Face GPT-2's)."""
+    from gpt_ds.model_io import folder_kind, require_folder
+
+    fix = "pass a model folder, e.g. runs/quickstart/run/model, or leave --parent out to pretrain one"
+    require_folder(folder, "--parent folder", fix, "e.g. runs/quickstart/run/model")
+    if folder_kind(folder) is None:
+        raise UserError(f"--parent {folder} is not a model folder (no gpt-ds or Hugging Face config.json); {fix}")
+
+
 def stdlib_unit_tests() -> list[Path]:
     """Every DOMAIN_STRIDE-th file of <stdlib>/test/test_*.py, sorted by name; UserError where there are none."""
     folder = Path(sysconfig.get_paths()["stdlib"]) / "test"
@@ -220,7 +230,7 @@ def run(argv: list[str] | None = None) -> int:
 
     parent_dir = args.parent
     if parent_dir is not None:
-        read_parent(parent_dir)  # not a model folder: one line, before any work
+        check_parent(parent_dir)
     domain_inputs = args.domain or [str(p) for p in stdlib_unit_tests()]
     config = ds_config.resolve(ds_config.load(REPO / DS_CONFIG), DS_CONFIG, args.ranks)
     out = args.out
