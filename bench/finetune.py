@@ -30,6 +30,7 @@ import sysconfig
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +38,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.requires import require  # noqa: E402
 from gpt_ds.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from launch.quickstart import DEFAULT_MAX_STEPS, DS_CONFIG, TARGETS, TRAIN_FLAGS  # noqa: E402
+
+if TYPE_CHECKING:
+    from gpt_ds.model_config import GPTConfig
 
 PROG = "bench/finetune.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +141,7 @@ def pretrain_parent(out: Path, ranks: int) -> Path:
     return train(data, RunDir(out / "parent"), ranks, TARGETS[PARENT_CORPUS], DEFAULT_MAX_STEPS)
 
 
-def scratch_flags(config) -> list[str]:
+def scratch_flags(config: GPTConfig) -> list[str]:
     """launch/train.py's flags that build `config`'s architecture from random weights."""
     from gpt_ds.recipes import ARCHITECTURE_FIELDS
 

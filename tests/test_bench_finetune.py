@@ -32,8 +32,10 @@ def test_the_smallest_run_prints_the_table_against_scratch(tmp_path, python_corp
     proc = bench("--out", str(tmp_path / "out"), "--parent", str(parent), "--domain", str(domain), "--steps", "2",
                  "--ranks", "1", "--lr-scales", "1/3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    header, parent_row, scratch_row, init_row = proc.stdout.split("run ", 1)[1].splitlines()[:4]
-    assert header.split() == ["peak", "lr", "val@1", "val@2", "-", "scratch", "/", "scratch"]
+    lines = proc.stdout.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    header, parent_row, scratch_row, init_row = lines[top : top + 4]
+    assert header.split() == ["run", "peak", "lr", "val@1", "val@2", "-", "scratch", "/", "scratch"]
     assert parent_row.startswith("parent (step 0)")
     assert scratch_row.split()[0] == "scratch" and scratch_row.split()[-2:] == ["+0.0000", "1.000"]
     assert init_row.startswith("init lr x1/3")
