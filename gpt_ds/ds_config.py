@@ -23,6 +23,10 @@ from gpt_ds.recipes import MUON_CONFIG
 
 SECTIONS = ("zero_optimization", "bf16", "fp16", "optimizer", "checkpoint")  # JSON objects, when present
 
+# A fine-tune's (--init-from) default peak: the config's lr / 3, the best of x1, 1/3, 1/10 and 1/30 in
+# bench/finetune.py (tiny, 100 steps from the quickstart's model onto the stdlib's tests; docs/training.md).
+FINETUNE_LR_SCALE = 1 / 3
+
 
 @dataclass(frozen=True)
 class DeepSpeedConfig:
@@ -40,9 +44,10 @@ class DeepSpeedConfig:
     lr: float | None  # the JSON's lr of the schedule's groups (with Muon: the Adam half's, adam_lr)
     muon_lr_ratio: float | None  # Muon: the matrices' peak lr over the Adam half's (muon_lr / adam_lr); else None
 
-    def learning_rates(self, lr: float | None, min_lr: float | None) -> tuple[float, float]:
-        """The schedule's peak and floor: --lr, else the JSON's; --min-lr, else a tenth of the peak."""
-        peak = lr if lr is not None else self.lr
+    def learning_rates(self, lr: float | None, min_lr: float | None, fine_tune: bool = False) -> tuple[float, float]:
+        """The schedule's peak and floor: --lr, else the JSON's (a fine-tune's: a third of it, FINETUNE_LR_SCALE);
+        --min-lr, else a tenth of the peak."""
+        peak = lr if lr is not None else None if self.lr is None else self.lr * (FINETUNE_LR_SCALE if fine_tune else 1)
         if peak is None:
             key = "adam_lr" if self.is_muon else "lr"
             raise UserError(f"no learning rate: pass --lr or set optimizer.params.{key} in the DeepSpeed config")

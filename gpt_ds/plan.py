@@ -136,7 +136,7 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
         # measured: the compiled forward reads the tied head's partitioned weight (0 elements) ungathered
         raise UserError(f"--compile does not work with ZeRO-3 ({settings.deepspeed_config}): the compiled graph "
                         "bypasses DeepSpeed's gathering of partitioned weights; drop --compile or use ZeRO-2")
-    peak, floor = ds.learning_rates(settings.lr, settings.min_lr)
+    peak, floor = ds.learning_rates(settings.lr, settings.min_lr, fine_tune=settings.init_from is not None)
     check_apart(settings)
     schedule = Schedule(peak=peak, floor=floor,
                         warmup=settings.warmup, decay_steps=settings.decay_steps, kind=settings.schedule_kind,

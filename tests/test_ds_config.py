@@ -48,6 +48,8 @@ def test_the_schedules_learning_rates_come_from_the_flags_or_the_json(tmp_path):
     ds = resolve(ZERO2)
     assert ds.learning_rates(None, None) == (1e-3, pytest.approx(1e-4))
     assert ds.learning_rates(2e-3, 0.0) == (2e-3, 0.0)
+    assert ds.learning_rates(None, None, fine_tune=True) == (pytest.approx(1e-3 / 3), pytest.approx(1e-4 / 3))
+    assert ds.learning_rates(2e-3, None, fine_tune=True) == (2e-3, pytest.approx(2e-4))  # --lr wins
     with pytest.raises(UserError, match=r"--min-lr 0\.01 is above the peak learning rate 0\.001"):
         ds.learning_rates(None, 1e-2)
     ds = resolve(edited(tmp_path, edit=lambda c: c["optimizer"]["params"].pop("lr")))
