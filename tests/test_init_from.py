@@ -23,11 +23,12 @@ from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
 from gpt_ds.model_io import load_model, read_model_info, save_model
 from gpt_ds.plan import check_same_parent
 from gpt_ds.settings import DEFAULT_PRESET, RunSettings
-from test_reference import ACCUMULATION, BLOCK, SEED, fp32_zero2_config, reference_batches
+from test_reference import ACCUMULATION, BLOCK, MICRO_BATCH, SEED, fp32_zero2_config, reference_batches
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "launch" / "train.py")
 PARENT = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK)  # the GPT-2 vocabulary, padded
+BF16_TOLERANCE = 5e-3  # nats: bf16 weights and activations against the parent's fp32 loss (measured 1e-4)
 
 
 def settings(**flags) -> RunSettings:
@@ -150,6 +151,15 @@ def test_a_fine_tune_starts_at_the_parents_loss_one_rank_zero2(reference_shards,
     losses = metrics.read_scalars(tmp_path / "run" / "tb")["train/loss"]
     assert [s for s, _ in losses] == [1, 2]
     assert read_model_info(tmp_path / "run" / "model").metadata["init_from"] == read_parent(parent_dir).lineage()
+    # in bf16 (the shipped config's precision) the first loss is the parent's fp32 one within BF16_TOLERANCE
+    bf16 = write_variant(tmp_path / "zero2_bf16.json", source=ZERO2, train_micro_batch_size_per_gpu=MICRO_BATCH,
+                         gradient_accumulation_steps=ACCUMULATION * 2)
+    proc = fine_tune(data_dir, parent_dir, tmp_path / "bf16", bf16, ranks=1)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (_, bf16_loss), = metrics.read_scalars(tmp_path / "bf16" / "tb")["train/loss"]
+    print(f"bf16 first loss {bf16_loss:.6f}, fp32 parent {expected:.6f}, difference {bf16_loss - expected:+.2e}")
+    assert bf16_loss == pytest.approx(expected, abs=BF16_TOLERANCE)
+
     other = fine_tune(data_dir, tmp_path / "run" / "model", tmp_path / "run", ds_config_for(tmp_path, 2, 1), 1, 3)
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "resuming never re-initialises over its progress" in other.stderr.strip().splitlines()[-1]
