@@ -29,6 +29,8 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
+import lm_eval.models  # noqa: F401  (lm-eval's own backends register first: lm-eval loads them only into an
+                       # empty registry, so registering ours alone would hide `hf` and the others)
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model

@@ -129,6 +129,7 @@ def test_fit_left_and_stops():
 
 def test_lm_eval_finds_the_backend_by_name(tmp_path):
     assert get_model("gpt-ds") is GPTDSLM
+    assert get_model("hf").__name__ == "HFLM"  # lm-eval's own backends stay reachable beside it
     from importlib.metadata import entry_points
 
     declared = {ep.name: ep.value for ep in entry_points(group="lm_eval.models")}
