@@ -37,6 +37,7 @@ from lm_eval.api.registry import register_model
 
 from gpt_ds.generate import Sampling, detokenize_stream, stream
 from gpt_ds.inference import inference_device, load_for_inference
+from gpt_ds.mc_eval import fit_left
 from gpt_ds.tokenizer import get_encoding
 
 DEFAULT_BATCH_SIZE = 16  # continuations per forward
@@ -146,15 +147,6 @@ def cut_at_stops(text: str, until: list[str]) -> str:
     return text
 
 
-def fit_left(context: list[int], continuation: list[int], max_length: int) -> tuple[list[int], list[int]]:
-    """Context and continuation cut on the left to max_length + 1 tokens, as lm-eval's hf backend feeds
-    them: the model sees max_length inputs and predicts the continuation's last len(continuation) tokens
-    (at most max_length of them)."""
-    whole = (context + continuation)[-(max_length + 1):]
-    n = min(len(continuation), len(whole) - 1)
-    return whole[:-n], whole[-n:]
-
-
 @torch.no_grad()
 def score_continuations(model: Any, pairs: list[tuple[list[int], list[int]]],
                         batch_size: int) -> list[tuple[float, bool]]:
@@ -218,12 +210,9 @@ def _score_batch(model: Any, members: list[tuple[tuple[int, ...], int]],
     at = torch.tensor([i for _, where in picks for i in where], device=device)
     targets = torch.tensor([token for cont in continuations for token in cont], device=device)
     logprobs, greedy = _head_scores(model, hidden[row_index, at], targets)
-    out, start = [], 0
-    for cont in continuations:
-        end = start + len(cont)
-        out.append((float(logprobs[start:end].double().sum()), bool(greedy[start:end].all())))
-        start = end
-    return out
+    lengths = [len(cont) for cont in continuations]  # one read of the device for the whole batch
+    return [(float(lp.sum()), bool(g.all()))
+            for lp, g in zip(logprobs.double().cpu().split(lengths), greedy.cpu().split(lengths))]
 
 
 def _head_scores(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,13 +150,22 @@ def parse_example(row: Any, schema: tuple[str, str, str, str], where: str,
     return MCExample(pairs[0][0], [cont for _, cont in pairs], [len(ending) for ending in endings], label)
 
 
+def fit_left(context: list[int], continuation: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Context and continuation cut on the left to max_length + 1 tokens, as lm-eval's hf backend feeds
+    them: the model sees max_length inputs and predicts the continuation's last len(continuation) tokens
+    (at most max_length of them)."""
+    whole = (context + continuation)[-(max_length + 1):]
+    split = len(whole) - min(len(continuation), len(whole) - 1)  # a continuation of no tokens stays empty
+    return whole[:split], whole[split:]
+
+
 def rows_of(example: MCExample, block_size: int) -> list[tuple[list[int], int]]:
-    """Each ending's input row (context + ending, cut on the left to block_size + 1 tokens, less the last)
-    and how many of its last positions predict the ending, as lm-eval's hf backend builds them."""
+    """Each ending's input row (context + ending, cut on the left to block_size + 1 tokens: fit_left) and how
+    many of its last positions predict the ending, as lm-eval's hf backend builds them."""
     rows = []
     for ending in example.endings:
-        whole = (example.context + ending)[-(block_size + 1):]
-        rows.append((whole, min(len(ending), len(whole) - 1)))
+        context, kept = fit_left(example.context, ending, block_size)
+        rows.append((context + kept, len(kept)))
     return rows
 
 

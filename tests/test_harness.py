@@ -107,7 +107,8 @@ def test_shared_contexts_score_as_full_rows(recipe):
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97, **recipe)).eval()
     pairs = [([5, 6, 7], [8]), ([5, 6, 7], [9, 10, 11]), ([5, 6, 7], [12, 13]),  # one context, three endings
              ([1, 2, 3], [4, 4]),  # the same length: one batch
-             ([1] * 14, [2, 3, 4, 5]), ([40], list(range(16))), ([7], list(range(20, 40)))]  # cut on the left
+             ([1] * 14, [2, 3, 4, 5]), ([40], list(range(16))), ([7], list(range(20, 40))),  # cut on the left
+             ([3, 4], [])]  # no tokens of its own (text merged into the context's last token): 0, greedy
     got = score_continuations(model, pairs, batch_size=4)
     for (ctx, cont), (logprob, greedy) in zip(pairs, got):
         context, continuation = fit_left(ctx, cont, 16)
@@ -123,6 +124,7 @@ def test_fit_left_and_stops():
     assert fit_left([1, 2, 3], [4, 5], 8) == ([1, 2, 3], [4, 5])
     assert fit_left([1, 2, 3], [4, 5], 3) == ([2, 3], [4, 5])  # 4 tokens: 3 inputs
     assert fit_left([1], list(range(10, 20)), 4) == ([15], [16, 17, 18, 19])  # the continuation's last 4
+    assert fit_left([1, 2, 3], [], 8) == ([1, 2, 3], [])  # no tokens to score: none taken from the context
     assert cut_at_stops("a b. c\n\nd", ["\n\n", "."]) == "a b"
     assert cut_at_stops("abc", []) == "abc"
 
