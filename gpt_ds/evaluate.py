@@ -134,8 +134,8 @@ def text_bpb(model: Any, tokens: np.ndarray, tokenizer: str, batch_size: int,
     starts = list(range(0, len(tokens) - 1, block))
     if limit is not None:
         starts = starts[:max(1, int(limit if limit >= 1 else limit * len(starts)))]
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
-    nats, count = 0.0, 0
+    # bpb's two sums, then every target's nats and their count: on the device, read once at the end
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
     for group in range(0, len(starts), batch_size):
         rows = [tokens[s:s + block + 1] for s in starts[group:group + batch_size]]
         width = max(len(row) - 1 for row in rows)
@@ -147,11 +147,11 @@ def text_bpb(model: Any, tokens: np.ndarray, tokenizer: str, batch_size: int,
         x, y = x.to(device), y.to(device)
         losses = model(x, y, per_token=True)[1]
         real = y != -100
-        sums += bpb_sums(losses[real], y[real], lengths)
-        nats += float(losses[real].double().sum())
-        count += int(real.sum())
-    loss_nats, n_bytes = sums.tolist()
-    return {"bpb": bits_per_byte(loss_nats, n_bytes), "loss": nats / max(count, 1), "tokens": count,
+        sums[:2] += bpb_sums(losses[real], y[real], lengths)
+        sums[2] += losses[real].double().sum()
+        sums[3] += real.sum()
+    loss_nats, n_bytes, nats, count = sums.tolist()
+    return {"bpb": bits_per_byte(loss_nats, n_bytes), "loss": nats / max(count, 1), "tokens": int(count),
             "bytes": int(n_bytes)}
 
 
@@ -164,6 +164,7 @@ def require_lm_eval() -> None:
     except ImportError:
         raise UserError("the eval command needs lm-evaluation-harness; install it with: pip install -e \".[eval]\" "
                         "(or pip install 'lm-eval>=0.4.13')") from None
+
 
 OFFLINE_HINT = ("fetch it on a machine with internet (python -c \"import datasets; datasets.load_dataset('{name}')\") "
                 "and copy the Hugging Face cache (~/.cache/huggingface, or HF_HOME) here, or give the task as a "

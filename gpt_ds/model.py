@@ -307,15 +307,14 @@ class GPT(nn.Module):
     def _embed(self, idx: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Token plus learned position embeddings (B, T, n_embd) of idx (B, T) at positions
         start..start+T-1, or `positions` (B, T) (token embeddings alone with rope: positions enter in attention)."""
-        if positions is None:  # the usual case: no read of the device to check the length
-            end = start + idx.size(1)
-            positions = torch.arange(start, end, dtype=torch.long, device=idx.device)
-        else:  # packed rows (evaluation): one read of the device
-            end = int(positions.max()) + 1 if positions.numel() else start
+        # The usual case needs no read of the device to check the length; packed rows (evaluation) one.
+        end = start + idx.size(1) if positions is None else int(positions.max()) + 1 if positions.numel() else start
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens is longer than the context ({self.config.block_size}); crop it")
         x = self.transformer.wte(idx)
         if self.config.pos_embedding == "learned":
+            if positions is None:
+                positions = torch.arange(start, end, dtype=torch.long, device=idx.device)
             x = x + self.transformer.wpe(positions)
         return x
 
