@@ -18,6 +18,7 @@ run records), `read_parent`, `child_config` and `load_parent_into`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from gpt_ds.model_config import GPTConfig, config_from_preset
 from gpt_ds.model_io import (HF_KIND, MODEL_KIND, VOCAB_ROWS, WEIGHTS_FILE, check_tensors, folder_kind,
                              read_model_info, read_safetensors, require_folder)
 from gpt_ds.record import RunRecord
+from gpt_ds.settings import DEFAULT_PRESET
 
 if TYPE_CHECKING:
     from gpt_ds.model import GPT
@@ -47,9 +49,16 @@ class Parent:
     folder: Path
     kind: str  # model_io.MODEL_KIND or HF_KIND
     config: GPTConfig
-    weights_sha256: str
+    weights: Path  # the file whose sha256 identifies the weights (a sharded folder's: its index)
+    recorded_sha256: str | None = None  # a gpt-ds folder's config.json records it
     tokens: int | None = None  # the parent's own training, where its folder records it
     steps: int | None = None
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """The recorded sha256, else the weights file's, hashed when first asked (a fresh run's lineage: a
+        resume never needs it)."""
+        return self.recorded_sha256 or file_sha256(self.weights)
 
     def lineage(self) -> dict[str, Any]:
         """What RunRecord.init_from holds: the parent folder, its kind, its weights' sha256, tokens and steps."""
@@ -58,8 +67,8 @@ class Parent:
 
 
 def read_parent(path: str | Path) -> Parent:
-    """The folder `path` as a parent (config and sha256; no weights read yet); UserError naming the fix when
-    it is neither kind of model folder."""
+    """The folder `path` as a parent (its config; no weights read yet); UserError naming the fix when it is
+    neither kind of model folder."""
     folder = Path(path)
     require_folder(folder, f"{FLAG} folder", "pass a model folder (RUN_DIR/model) or a Hugging Face GPT-2 folder",
                    "e.g. runs/pretrain/model")
@@ -67,8 +76,8 @@ def read_parent(path: str | Path) -> Parent:
     if kind == MODEL_KIND:
         info = read_model_info(folder)
         record = RunRecord.from_dict(info.metadata)
-        sha256 = info.weights_sha256 or file_sha256(folder / WEIGHTS_FILE)
-        return Parent(folder.resolve(), kind, info.config, sha256, record.tokens or None, record.step or None)
+        return Parent(folder.resolve(), kind, info.config, folder.resolve() / WEIGHTS_FILE, info.weights_sha256,
+                      record.tokens or None, record.step or None)
     if kind == HF_KIND:
         from gpt_ds.hf import HF_INDEX, HF_PICKLE, read_hf_config
 
@@ -78,12 +87,12 @@ def read_parent(path: str | Path) -> Parent:
         if weights is None:
             raise UserError(f"{FLAG} {folder}: a Hugging Face folder without weights ({WEIGHTS_FILE} or {HF_PICKLE}); "
                             "download it again")
-        return Parent(folder.resolve(), kind, config, file_sha256(weights))
+        return Parent(folder.resolve(), kind, config, weights.resolve())
     raise UserError(f"{FLAG} {folder} is not a model folder (no gpt-ds or Hugging Face config.json); pass a run's "
                     "model/ folder or a Hugging Face GPT-2 folder (save_pretrained)")
 
 
-def child_config(parent: Parent, settings: RunSettings, default_preset: str) -> GPTConfig:
+def child_config(parent: Parent, settings: RunSettings) -> GPTConfig:
     """The run's model: the parent's architecture, its context changed by --block-size where allowed, no
     dropout. UserError for a flag that contradicts the folder."""
     config = parent.config
@@ -92,7 +101,7 @@ def child_config(parent: Parent, settings: RunSettings, default_preset: str) -> 
         if given is not None and given != getattr(config, name):
             raise UserError(f"{flag} {given} contradicts {FLAG} {settings.init_from} (its {name} is "
                             f"{getattr(config, name)}); the architecture comes from the folder: drop {flag}")
-    if settings.model != default_preset:
+    if settings.model != DEFAULT_PRESET:
         preset = config_from_preset(settings.model)
         if any(getattr(preset, name) != getattr(config, name) for name in SHAPE_FLAGS):
             raise UserError(f"--model {settings.model} contradicts {FLAG} {settings.init_from} (a "

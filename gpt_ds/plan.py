@@ -25,7 +25,7 @@ from gpt_ds.model_config import GPTConfig, config_from_preset
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
 from gpt_ds.schedule import Schedule
-from gpt_ds.settings import DEFAULT_PRESET, RunSettings
+from gpt_ds.settings import RunSettings
 
 
 @dataclass
@@ -142,7 +142,7 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
                         warmup=settings.warmup, decay_steps=settings.decay_steps, kind=settings.schedule_kind,
                         decay_fraction=settings.wsd_decay_fraction)
     parent = read_parent(settings.init_from) if settings.init_from is not None else None
-    model_config = resolve_model(settings) if parent is None else child_config(parent, settings, DEFAULT_PRESET)
+    model_config = resolve_model(settings) if parent is None else child_config(parent, settings)
     seq_len = settings.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
@@ -297,9 +297,9 @@ def resolve_resume(settings: RunSettings, model_config: GPTConfig) -> Path | Non
 
 def check_same_parent(saved: dict[str, Any], settings: RunSettings, resume_from: Path) -> None:
     """A run resumes from its own progress: --init-from, when given, must name the folder it started from."""
-    started = RunRecord.from_dict(saved).init_from
     if settings.init_from is None:
         return
+    started = RunRecord.from_dict(saved).init_from
     if started is None:
         raise UserError(f"--init-from {settings.init_from}: {resume_from} is a checkpoint of a run that started from "
                         "random weights; resuming never re-initialises it: drop --init-from, or use a new --out")

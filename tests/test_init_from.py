@@ -22,7 +22,7 @@ from gpt_ds.init_from import child_config, load_parent_into, read_parent
 from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
 from gpt_ds.model_io import load_model, read_model_info, save_model
 from gpt_ds.plan import check_same_parent
-from gpt_ds.settings import DEFAULT_PRESET, RunSettings
+from gpt_ds.settings import RunSettings
 from test_reference import ACCUMULATION, BLOCK, MICRO_BATCH, SEED, fp32_zero2_config, reference_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,9 +50,9 @@ def test_the_architecture_comes_from_the_folder(parent_dir):
     parent = read_parent(parent_dir)
     assert (parent.kind, parent.tokens, parent.steps) == ("gpt-ds", 1_228_800, 300)
     assert parent.weights_sha256 == read_model_info(parent_dir).weights_sha256
-    assert child_config(parent, settings(), DEFAULT_PRESET) == dataclasses.replace(PARENT, dropout=0.0)
-    assert child_config(parent, settings(block_size=32), DEFAULT_PRESET).block_size == 32  # a shorter context
-    assert child_config(parent, settings(n_layer=2), DEFAULT_PRESET) == PARENT  # a flag that agrees
+    assert child_config(parent, settings()) == dataclasses.replace(PARENT, dropout=0.0)
+    assert child_config(parent, settings(block_size=32)).block_size == 32  # a shorter context
+    assert child_config(parent, settings(n_layer=2)) == PARENT  # a flag that agrees
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -64,13 +64,13 @@ def test_the_architecture_comes_from_the_folder(parent_dir):
 ])
 def test_a_flag_that_contradicts_the_folder_is_refused(parent_dir, flags, message):
     with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
-        child_config(read_parent(parent_dir), settings(**flags), DEFAULT_PRESET)
+        child_config(read_parent(parent_dir), settings(**flags))
 
 
 def test_rotary_positions_may_grow_the_context(tmp_path):
     config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, **MODERN_RECIPE)
     folder = save_model(tmp_path / "rope", GPT(config), config)
-    assert child_config(read_parent(folder), settings(block_size=128), DEFAULT_PRESET).block_size == 128
+    assert child_config(read_parent(folder), settings(block_size=128)).block_size == 128
 
 
 def test_not_a_model_folder_is_one_line(tmp_path):
