@@ -62,8 +62,8 @@ def model_card(model: GPT, info: ModelInfo) -> ModelCard:
         n_embd=cfg.n_embd,
         tokenizer=info.tokenizer,
         architecture=cfg.architecture,
-        benchmarks=tuple((result.task, *headline(result)) for result in read_results(info.folder, info.weights_sha256)
-                         if headline(result) is not None),
+        benchmarks=tuple((result.task, *figure) for result in read_results(info.folder, info.weights_sha256)
+                         if (figure := headline(result)) is not None),
     )
     record = RunRecord.from_dict(info.metadata)
     if record == RunRecord():  # nothing recorded: not the record of a run that made no step

@@ -40,6 +40,7 @@ from data_prep import prepare  # noqa: E402
 from data_prep.make_mc import DEFAULT_CHOICES, DEFAULT_CTX_TOKENS, DEFAULT_ENDING_TOKENS, MCSettings, make_mc  # noqa: E402
 from data_prep.stdlib_corpus import write_python_corpus  # noqa: E402
 from gpt_ds.errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from gpt_ds.evaluate import mc_task_config  # noqa: E402
 from gpt_ds.hf import check_exportable, export_hf, has_gpt2_vocabulary  # noqa: E402
 from gpt_ds.model import GPT, PRESETS, config_from_preset  # noqa: E402
 from gpt_ds.model_io import read_model_info, save_model  # noqa: E402
@@ -121,14 +122,11 @@ def build(tmp: Path, args: Any) -> tuple[Path, Path, Path, str]:
 
 
 def task_config(mc: Path, cache: Path) -> dict[str, Any]:
-    """The lm-eval task: HellaSwag's schema, endings carrying their own leading space (no delimiter)."""
-    return {
-        "task": "gpt_ds_bench_mc", "dataset_path": "json", "test_split": "test",
-        "dataset_kwargs": {"data_files": {"test": str(mc)}, "cache_dir": str(cache)},
-        "output_type": "multiple_choice", "doc_to_text": "{{ctx}}", "doc_to_choice": "{{endings}}",
-        "doc_to_target": "{{label}}", "target_delimiter": "",
-        "metric_list": [{"metric": name, "aggregation": "mean", "higher_is_better": True} for name in METRICS],
-    }
+    """The lm-eval task launch/eval.py builds for the file (gpt_ds.evaluate.mc_task_config), its datasets
+    cache in the bench's own folder."""
+    config = mc_task_config("gpt_ds_bench_mc", mc)
+    config["dataset_kwargs"]["cache_dir"] = str(cache)
+    return config
 
 
 class Side:

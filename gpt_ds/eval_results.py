@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt_ds import atomic
+from gpt_ds import atomic, json_object
 from gpt_ds.model_io import ModelInfo
 
 EVALS_DIR = "evals"
@@ -87,13 +87,13 @@ def read_results(folder: str | Path, weights_sha256: str | None) -> list[Result]
     weights are left out (a card shows what is known to be true, never an error)."""
     out = []
     for path in sorted((Path(folder) / EVALS_DIR).glob("*.json")):
+        document = json_object.read_or_none(path)
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
             evaluated = document["evaluated"]
             if weights_sha256 is not None and evaluated.get("weights_sha256") != weights_sha256:
                 continue
             out.append(Result(str(document["task"]), metric_values(document["results"]), evaluated))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):  # not one of these files (or none at all)
             continue
     return out
 
