@@ -2,6 +2,9 @@
 
 `chunked_cross_entropy(hidden, weight, targets, vocab_size=V)` is the mean cross-entropy of the
 logits `hidden @ weight[:V].T` (weight may have padded rows beyond V; they are never scored). The
+product is taken with all of weight's rows and the padded columns are masked: a (rows, 50257) output
+has rows that are not 16-byte aligned, and on an H200 cuBLAS then falls back to pre-Hopper kernels
+(gpt2's eager training step ran 1.6x slower that way, bench/gpu_check.py). The
 plain way materialises the (N, V) logits, a float32 copy for the log-softmax, and in the backward
 the (N, V) gradient of the logits: with GPT-2's 50k vocabulary that is most of a small model's
 activation memory and memory traffic (small: 4096 rows x 50304 x 4 bytes = 0.8 GB, three times).
@@ -31,13 +34,16 @@ import torch
 # Rows per chunk: 2**25 / 50257 -> 667 rows, whose float32 log-probabilities take 134 MB (small's whole
 # batch of 4096 rows held 824 MB of float32 logits, plus a bf16 copy and the gradient). Each chunk also
 # adds a V x C product into the weight gradient, so chunks of a few hundred rows or fewer cost more on the
-# CPU (measured for tiny/small in bf16: 256 rows ~20% slower than 1024; 512..2048 alike).
+# CPU (measured for tiny/small in bf16: 256 rows ~20% slower than 1024; 512..2048 alike). A multiple of
+# 64 rows (667 -> 640) keeps every chunk's matmuls on whole tiles.
 DEFAULT_CHUNK_ELEMENTS = 2**25
+CHUNK_ROW_MULTIPLE = 64
 
 
 def default_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk so that one chunk's logits hold about DEFAULT_CHUNK_ELEMENTS numbers."""
-    return max(16, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
+    """Rows per chunk: a multiple of 64 whose logits hold about DEFAULT_CHUNK_ELEMENTS numbers."""
+    rows = DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size)
+    return max(CHUNK_ROW_MULTIPLE, rows // CHUNK_ROW_MULTIPLE * CHUNK_ROW_MULTIPLE)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
@@ -59,7 +65,7 @@ def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     rows, compute_dtype = _checked(hidden, weight, targets, vocab_size, softcap, chunk_rows)
     with torch.autocast(hidden.device.type, enabled=False):
         valid = targets != ignore_index
-        return _token_losses(hidden.to(compute_dtype), weight[:vocab_size].to(compute_dtype),
+        return _token_losses(hidden.to(compute_dtype), weight.to(compute_dtype), vocab_size,
                              torch.where(valid, targets, torch.zeros_like(targets)), valid, softcap, rows)
 
 
@@ -81,27 +87,38 @@ def _checked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     return rows, compute_dtype
 
 
-def _token_losses(h: torch.Tensor, w: torch.Tensor, safe_targets: torch.Tensor, valid: torch.Tensor,
-                  softcap: float | None, rows: int) -> torch.Tensor:
-    """The rows' float32 losses, 0 where not valid, a chunk of rows at a time (h, w in the compute dtype)."""
+def _token_losses(h: torch.Tensor, w: torch.Tensor, vocab_size: int, safe_targets: torch.Tensor,
+                  valid: torch.Tensor, softcap: float | None, rows: int) -> torch.Tensor:
+    """The rows' float32 losses, 0 where not valid, a chunk of rows at a time (h, w in the compute dtype;
+    w's rows beyond vocab_size are padding)."""
     losses = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
     for start in range(0, h.size(0), rows):
         end = min(start + rows, h.size(0))
         losses[start:end] = torch.where(valid[start:end], row_loss(h[start:end] @ w.t(), safe_targets[start:end],
-                                                                   softcap), 0.0)
+                                                                   softcap, vocab_size), 0.0)
     return losses
 
 
-def _head_gradient(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """d loss_row / d logits (in the logits' dtype) and the rows' float32 losses, for logits (rows, V).
-
-    softmax - onehot(target), times d softcap*tanh(x/softcap)/dx = 1 - tanh^2 with a softcap; every
-    intermediate is float32 (the target's p - 1 too, which bf16 would lose when p is close to 1)."""
+def _real_logits(logits: torch.Tensor, softcap: float | None, vocab_size: int
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float32 logits, soft-capped, with the padded columns (>= vocab_size) at -inf; and the tanh."""
     x = logits.float()
+    tanh = None
     if softcap is not None:
         tanh = torch.tanh(x / softcap)
         x = tanh * softcap
+    padded = torch.arange(x.size(1), device=x.device) >= vocab_size
+    return x.masked_fill(padded, float("-inf")), tanh
+
+
+def _head_gradient(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None, vocab_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """d loss_row / d logits (in the logits' dtype; 0 in the padded columns) and the rows' float32
+    losses, for logits (rows, padded V).
+
+    softmax - onehot(target), times d softcap*tanh(x/softcap)/dx = 1 - tanh^2 with a softcap; every
+    intermediate is float32 (the target's p - 1 too, which bf16 would lose when p is close to 1)."""
+    x, tanh = _real_logits(logits, softcap, vocab_size)
     top = x.amax(dim=1, keepdim=True)
     e = torch.exp(x - top)
     total = e.sum(dim=1, keepdim=True)
@@ -113,11 +130,10 @@ def _head_gradient(logits: torch.Tensor, targets: torch.Tensor, softcap: float |
     return grad.to(logits.dtype), row_loss
 
 
-def _row_loss(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _row_loss(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None, vocab_size: int
+              ) -> torch.Tensor:
     """The rows' float32 losses alone (no gradient wanted: evaluation)."""
-    x = logits.float()
-    if softcap is not None:
-        x = torch.tanh(x / softcap) * softcap
+    x, _ = _real_logits(logits, softcap, vocab_size)
     return torch.logsumexp(x, dim=1) - x.gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
@@ -160,13 +176,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, vocab_size, softcap, ignore_index, rows, compute_dtype, with_grad):
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(compute_dtype)
-            w = weight[:vocab_size].to(compute_dtype)  # a view when the dtype already matches
+            w = weight.to(compute_dtype)  # all rows, padding too (aligned); the same tensor when the dtype matches
             n = h.size(0)
             valid = targets != ignore_index
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
             count = valid.sum().to(torch.float32)
             if not with_grad:  # evaluation: the rows' losses alone, no backward to prepare
-                return _token_losses(h, w, safe_targets, valid, softcap, rows).sum() / count
+                return _token_losses(h, w, vocab_size, safe_targets, valid, softcap, rows).sum() / count
             loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
             grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device)
             # float32 accumulators: bf16/fp16 sums over chunks would lose digits, and fp16 gradients
@@ -175,15 +191,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, n, rows):
                 end = min(start + rows, n)
                 h_c, tgt, keep = h[start:end], safe_targets[start:end], valid[start:end]
-                logits = h_c @ w.t()  # (rows, V) in the compute dtype
-                grad, losses = head_gradient(logits, tgt, softcap)
+                logits = h_c @ w.t()  # (rows, padded V) in the compute dtype
+                grad, losses = head_gradient(logits, tgt, softcap, vocab_size)
                 del logits
                 loss_sum += torch.where(keep, losses, 0.0).sum()
                 # ignored rows are zeroed through their rows of hidden (for the weight) and of the hidden
                 # gradient, not with a pass over V
                 keep_f = keep.unsqueeze(1).to(compute_dtype)
                 torch.mul(grad @ w, keep_f, out=grad_h[start:end])
-                grad_w[:vocab_size].add_(grad.t() @ (h_c * keep_f))
+                grad_w.add_(grad.t() @ (h_c * keep_f))  # the padded rows' gradient is 0
             loss = loss_sum / count
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.dtypes = (hidden.dtype, weight.dtype)

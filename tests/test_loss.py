@@ -166,3 +166,33 @@ def test_a_device_failure_inside_the_compiled_pass_is_raised_not_a_reason_to_go_
     with pytest.warns(UserWarning, match="runs eagerly"):
         assert fused(torch.ones(2)).tolist() == [2.0, 2.0]
     assert not fused.enabled
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_every_product_has_whole_tile_shapes_for_the_gpt2_vocabulary(per_token):
+    """The matmuls take the padded matrix (50304 rows) and chunks of a multiple of 64 rows: a (rows, 50257)
+    product is not 16-byte aligned, and on an H200 cuBLAS then ran pre-Hopper kernels (gpt2's eager step
+    1.6x slower). The CPU cannot show the speed; it can show the shapes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    vocab, padded = 50257, 50304
+    h = torch.randn(1300, 64, dtype=torch.bfloat16, requires_grad=not per_token)
+    w = torch.randn(padded, 64, dtype=torch.bfloat16, requires_grad=not per_token)
+    t = torch.randint(0, vocab, (1300,))
+    shapes = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.mm.out):
+                shapes.append((tuple(args[0].shape), tuple(args[1].shape)))
+            return func(*args, **(kwargs or {}))
+
+    with Products():
+        if per_token:
+            chunked_token_losses(h, w, t, vocab_size=vocab)
+        else:
+            chunked_cross_entropy(h, w, t, vocab_size=vocab).backward()
+    assert shapes and all(vocab not in a + b for a, b in shapes), shapes
+    # 1300 rows: two chunks of 640 and the last 20; every other dimension a multiple of 64
+    assert {a[0] for a, _ in shapes if a[1] == 64} <= {640, 20}
+    assert all(d % 64 == 0 or d == 20 for a, b in shapes for d in a + b), shapes
