@@ -1,7 +1,7 @@
 """The prepared device check: one command that tells, on a lent GPU, whether gpt-ds trains, generates and
 serves there, and how fast; the same command with --smoke runs on the CPU in the test suite, so it cannot rot.
 
-    python bench/gpu_check.py --out runs/gpu_check              # on the GPU: gpt2 (124M, context 1024), ~5 min
+    python bench/gpu_check.py --out runs/gpu_check              # on the GPU: gpt2 (124M, context 1024), ~6-7 min
     python bench/gpu_check.py --smoke --out /tmp/gpu_check      # on the CPU: tiny, context 64, a few steps, ~2-3 min
 
 Parts, each caught on its own (a failure is recorded with its one-line reason and the others still run):
@@ -25,8 +25,11 @@ Parts, each caught on its own (a failure is recorded with its one-line reason an
               `python -m gpt_ds.hf export` into OUT/hf
   generate    greedy KV-cache generation, tokens/s of gpt_ds.generate against transformers'
               GPT2LMHeadModel.generate on the same (exported) weights
+  eval        `launch/eval.py` on the device (lm-evaluation-harness through the gpt-ds backend): a multiple-choice
+              file from `python -m data_prep.make_mc` and bits per byte of the val split; scores and seconds
   app         the app's loading path: discovery.discover_model_folders, gpt_ds.inference.inference_device /
               load_for_inference, card.model_card, stream_continuation on the device
+--parts NAME,... runs those parts and the ones they need (a rerun of what failed).
 Every figure goes to OUT/gpu_check.json; a table is printed; the exit status is 1 when any part failed.
 Logs of every subprocess: OUT/logs/. The tiktoken cache: gpt_ds.tokenizer.tiktoken_cache_dir (TIKTOKEN_CACHE_DIR,
 else ../shared/tiktoken beside the repository, else shared/tiktoken in it, as bench/gpu_prepare.sh makes).
@@ -62,15 +65,33 @@ RECORD_ENV = "GPU_CHECK_DRIVER_RECORD"  # read only by the driver: where it writ
 
 # Shapes and budgets. GPU: gpt2 at its full context; smoke: tiny on a short context, a few steps.
 GPU = dict(preset="gpt2", seq_len=1024, micro_batch=32, steps=50, fp16_steps=30, eval_tokens=16 * 1024,
-           corpus_bytes=2_400_000, prompt_tokens=16, new_tokens=256, repeats=3, timeout=240, compile_timeout=360)
+           corpus_bytes=2_400_000, prompt_tokens=16, new_tokens=256, repeats=3, timeout=240, compile_timeout=360,
+           mc_examples=500, eval_limit=None)
 SMOKE = dict(preset="tiny", seq_len=64, micro_batch=4, steps=4, fp16_steps=8, eval_tokens=512,
-             corpus_bytes=160_000, prompt_tokens=8, new_tokens=32, repeats=2, timeout=240, compile_timeout=300)
+             corpus_bytes=160_000, prompt_tokens=8, new_tokens=32, repeats=2, timeout=240, compile_timeout=300,
+             mc_examples=40, eval_limit=20)
 
-GPU_BUDGET_S = 400  # wall time of all parts on the GPU: the issue's 8 minutes, less the machine's start
+GPU_BUDGET_S = 460  # wall time of all parts on the GPU: an H200 took 322 s before the eval part, which needs ~60-90 s
 SMOKE_BUDGET_S = 600
 
 PARTS = ("env", "data", "bf16", "bf16_compile", "fp16", "overflow_driver", "oom", "modern", "export", "generate",
-         "app")
+         "eval", "app")
+# What each part needs to have succeeded first (--parts adds them).
+NEEDS = {"bf16": ("data",), "bf16_compile": ("data",), "fp16": ("data",), "overflow_driver": ("data",),
+         "oom": ("data",), "modern": ("data",), "export": ("bf16",), "generate": ("export",), "eval": ("bf16",),
+         "app": ("bf16",)}
+
+
+def with_needs(names: list[str]) -> list[str]:
+    """The named parts and, transitively, the parts they need, in PARTS's order."""
+    chosen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name not in chosen:
+            chosen.add(name)
+            stack.extend(NEEDS.get(name, ()))
+    return [name for name in PARTS if name in chosen]
 
 
 class Skipped(Exception):
@@ -407,6 +428,30 @@ class Check:
                 "gpt_ds_tokens_per_sec": round(n / ours_s, 1), "transformers_tokens_per_sec": round(n / theirs_s, 1),
                 "ratio": round(theirs_s / ours_s, 3), "greedy_tokens_equal": f"{same}/{n}"}
 
+    def part_eval(self) -> dict[str, Any]:
+        self.need("bf16")
+        from gpt_ds.eval_results import headline, read_results
+
+        model = self.runs / "bf16" / "model"
+        mc = self.out / "mc.jsonl"
+        self.command("make_mc", [sys.executable, "-m", "data_prep.make_mc", str(self.data), "--out", str(mc),
+                                 "--n", str(self.shape["mc_examples"]), "--ending-tokens", "8", "--force", "--quiet"],
+                     timeout=120)
+        limit = [] if self.shape["eval_limit"] is None else ["--limit", str(self.shape["eval_limit"])]
+        started = time.perf_counter()
+        self.command("eval", [sys.executable, "launch/eval.py", str(model), "--tasks", f"{mc},{self.data}",
+                              "--device", self.device, *limit], timeout=300)
+        eval_s = time.perf_counter() - started
+        results = read_results(model, None)
+        if len(results) != 2:
+            raise Failed(f"launch/eval.py wrote {len(results)} result file(s) in {model}/evals, not 2")
+        figures: dict[str, Any] = {"eval_s": round(eval_s, 1)}
+        for result in results:
+            metric, value = headline(result) or ("none", float("nan"))
+            figures[metric] = round(value, 4)  # acc_norm (the multiple-choice file), bpb (the val split)
+            figures["dtype"] = result.evaluated.get("dtype")
+        return figures
+
     # -- 6. the app's loading path -------------------------------------------------------------------
     def part_app(self) -> dict[str, Any]:
         self.need("bf16")
@@ -448,8 +493,12 @@ class Check:
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        chosen = with_needs(self.args.parts) if self.args.parts else list(PARTS)
         for name in PARTS:
-            self.part(name, getattr(self, f"part_{name}"))
+            if name in chosen:
+                self.part(name, getattr(self, f"part_{name}"))
+            else:
+                self.results[name] = {"status": "skipped: not asked for (--parts)", "seconds": 0.0}
         failed = [n for n, r in self.results.items() if r["status"].startswith("failed")]
         report = {"smoke": self.args.smoke, "device": self.device, "shape": self.shape,
                   "seconds": round(time.perf_counter() - started, 1), "ok": not failed, "failed": failed,
@@ -524,6 +573,7 @@ SHOWN = {
     "modern": ("tokens_per_sec", "mfu", "loss_last", "vs_gpt2_recipe"),
     "export": ("export_s", "sample_s"),
     "generate": ("dtype", "gpt_ds_tokens_per_sec", "transformers_tokens_per_sec", "ratio", "greedy_tokens_equal"),
+    "eval": ("eval_s", "acc_norm", "bpb", "dtype"),
     "app": ("model_device", "dtype", "load_s", "stream_tokens_per_sec"),
 }
 
@@ -609,7 +659,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=None, metavar="S",
                         help=f"wall time for all parts; a command still running then is stopped and its part fails "
                              f"(default {GPU_BUDGET_S}; --smoke {SMOKE_BUDGET_S})")
+    parser.add_argument("--parts", type=lambda text: [p.strip() for p in text.split(",") if p.strip()], default=None,
+                        metavar="NAME,...", help=f"run only these parts and those they need: {', '.join(PARTS)}")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.parts or () if name not in PARTS]
+    if unknown:
+        parser.error(f"--parts: no part {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     if args.device is None:
         import torch
 

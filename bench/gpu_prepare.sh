@@ -8,6 +8,8 @@
 # versions installed here (the ones the test suite passed with). DeepSpeed is pure Python when built without ops
 # (gpt-ds uses torch's fused AdamW, no DeepSpeed op is compiled), so one py3-none-any wheel serves any CUDA.
 # GPU_PYTHON (default 3.12, the lent machine's python3) picks the compiled wheels' ABI (pydantic-core).
+# The eval part needs lm-evaluation-harness: lm-eval and what it needs beyond the machine's packages (ON_MACHINE
+# below, as the lent image holds them) travel too, all pure Python, ~13 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_PYTHON=${GPU_PYTHON:-3.12}
@@ -26,6 +28,38 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_P
   "hjson==$(version hjson)" "pydantic==$(version pydantic)" "pydantic-core==$(version pydantic-core)" \
   "annotated-types==$(version annotated-types)" "typing-inspection==$(version typing-inspection)" \
   "typing-extensions==$(version typing-extensions)"
+# lm-eval's requirements, transitively, less those the lent machine has: name==version as installed here
+ON_MACHINE="torch transformers tensorboard tiktoken safetensors numpy accelerate peft pyarrow pandas scikit-learn
+  sacrebleu aiohttp huggingface-hub fsspec xxhash"
+eval_wheels=$(python - "$ON_MACHINE" <<'PY'
+import importlib.metadata as md, re, sys
+
+def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
+
+def closure(roots):
+    seen, stack = {}, list(roots)
+    while stack:
+        name = norm(stack.pop())
+        if name in seen:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            seen[name] = None  # a requirement for another platform or python
+            continue
+        seen[name] = dist.version
+        stack += [re.split(r"[ ;<>=!~\[(]", r, 1)[0] for r in dist.requires or [] if "extra ==" not in r]
+    return seen
+
+machine = closure(sys.argv[1].split())
+print(" ".join(f"{n}=={v}" for n, v in sorted(closure(["lm-eval"]).items()) if v and n not in machine))
+PY
+) || { echo "gpu_prepare.sh: error: lm-eval is not installed here: pip install -e '.[dev]' first" >&2; exit 2; }
+for req in $eval_wheels; do  # a wheel for GPU_PYTHON where one is published, else built here (pure Python)
+  python -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl.partial "$req" 2>/dev/null \
+    || python -m pip wheel -q --no-deps -w .whl.partial "$req"
+done
 rm -rf .whl && mv .whl.partial .whl  # a cut-off download never looks complete
 
 R50K=0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4  # tiktoken's cache key of r50k_base: sha1 of its download URL

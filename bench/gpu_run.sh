@@ -7,7 +7,7 @@
 #   run(command='bash bench/gpu_run.sh', carry=['.whl'], timeout_s=540)      # the device tool's call
 #   OUT=/tmp/out bash bench/gpu_run.sh --smoke --device cpu                   # the same path, here, on the CPU
 # PYTHON (default python3, the machine's torch) runs everything; GPU_CHECK_DIR (default runs/gpu_check) is --out;
-# GPU_RUN_LIMIT_S (default 480) stops the check in time for the logs to be gathered; GPU_RUN=check (default),
+# GPU_RUN_LIMIT_S (default 500) stops the check in time for the logs to be gathered; GPU_RUN=check (default),
 # tests (`pytest -m gpu tests/test_gpu.py`, about 3 minutes, gpu_tests.log) or both.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 3
@@ -21,16 +21,24 @@ for arg in "$@"; do
   case "$arg" in --out | --out=*) echo "gpu_run.sh: error: set GPU_CHECK_DIR, not --out (it is where the results are gathered from)" >&2; exit 3 ;; esac
 done
 
-# the wheels only where DeepSpeed is missing (the lent machine); a machine that has it keeps its own
-if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepspeed') is None)"; then
+# the wheels only where DeepSpeed or lm-eval is missing (the lent machine); a machine that has both keeps its own
+if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepspeed') is None or u.find_spec('lm_eval') is None)"; then
   compgen -G ".whl/*.whl" >/dev/null \
-    || { echo "gpu_run.sh: error: DeepSpeed is not installed and no wheels travelled: run bench/gpu_prepare.sh here and carry .whl" >&2; exit 3; }
+    || { echo "gpu_run.sh: error: DeepSpeed or lm-eval is not installed and no wheels travelled: run bench/gpu_prepare.sh here and carry .whl" >&2; exit 3; }
   site=${GPU_RUN_SITE:-/tmp/site}
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
     || { echo "gpu_run.sh: error: the carried wheels did not install: rerun bench/gpu_prepare.sh with GPU_PYTHON set to this python's version" >&2; exit 3; }
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   "$PYTHON" -c "import deepspeed" >/dev/null 2>&1 \
     || { echo "gpu_run.sh: error: DeepSpeed does not import after the install (a dependency missing here?): $("$PYTHON" -c 'import deepspeed' 2>&1 | tail -1)" >&2; exit 3; }
+fi
+
+# the lent machine sets TIKTOKEN_CACHE_DIR to a cache without the GPT-2 BPE: then the carried one
+# (bench/gpu_prepare.sh's shared/tiktoken) is the cache
+if [ -d shared/tiktoken ]; then
+  for file in shared/tiktoken/*; do
+    [ -f "${TIKTOKEN_CACHE_DIR:-/nonexistent}/${file##*/}" ] || { export TIKTOKEN_CACHE_DIR=$PWD/shared/tiktoken; break; }
+  done
 fi
 
 gather() {  # what comes back: this run's figures and logs, whatever happened to the check
@@ -47,7 +55,7 @@ rc=0
 if [ "$MODE" != tests ]; then
   rm -f "$CHECK_DIR/gpu_check.json"  # what comes back is this run's or nothing
   trap gather EXIT
-  PYTHONUNBUFFERED=1 timeout -k 10 "${GPU_RUN_LIMIT_S:-480}" "$PYTHON" bench/gpu_check.py --out "$CHECK_DIR" "$@" 2>&1 \
+  PYTHONUNBUFFERED=1 timeout -k 10 "${GPU_RUN_LIMIT_S:-500}" "$PYTHON" bench/gpu_check.py --out "$CHECK_DIR" "$@" 2>&1 \
     | tee "$OUT/gpu_check.log"
   rc=${PIPESTATUS[0]}
 fi

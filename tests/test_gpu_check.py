@@ -14,7 +14,7 @@ import tarfile
 import pytest
 
 PARTS = ("env", "data", "bf16", "bf16_compile", "fp16", "overflow_driver", "oom", "modern", "export", "generate",
-         "app")
+         "eval", "app")
 NEEDS_CUDA = ("fp16", "oom")
 
 
@@ -52,6 +52,7 @@ def test_gpu_check_smoke_on_the_cpu(repo_root, tmp_path, encoding):
     assert parts["generate"]["gpt_ds_tokens_per_sec"] > 0 and parts["generate"]["transformers_tokens_per_sec"] > 0
     assert parts["generate"]["greedy_tokens_equal"] == f"{parts['generate']['new_tokens']}/{parts['generate']['new_tokens']}"
     assert parts["app"]["model_device"] == "cpu" and parts["app"]["stream_tokens"] > 0
+    assert 0 <= parts["eval"]["acc_norm"] <= 1 and parts["eval"]["bpb"] > 0 and parts["eval"]["dtype"] == "torch.float32"
     assert (out / "hf" / "config.json").is_file() and (out / "runs" / "bf16" / "model" / "model.safetensors").is_file()
 
     # the one-screen table: a header, a row per part, the verdict
@@ -85,3 +86,18 @@ def test_the_fp16_parts_expected_loss_scale_follows_deepspeeds_hysteresis(repo_r
         for _ in range(overflows):
             scaler.update_scale(True)
         assert scaler.cur_scale == expected_loss_scale(2.0**16, hysteresis, overflows), (hysteresis, overflows)
+
+
+def test_parts_runs_the_named_parts_and_what_they_need(repo_root, tmp_path):
+    """--parts eval runs data, bf16 and eval (a rerun of what failed); the others are reported as not asked for.
+    A part that does not exist is one line and exit 2."""
+    sys.path.insert(0, str(repo_root / "bench"))
+    from gpu_check import with_needs
+
+    assert with_needs(["eval"]) == ["data", "bf16", "eval"]
+    assert with_needs(["generate", "bf16_compile"]) == ["data", "bf16", "bf16_compile", "export", "generate"]
+    assert with_needs(["env"]) == ["env"]
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--parts", "bf16,warp", "--out", str(tmp_path)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--parts: no part warp; choose from env, data" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "gpu_check.json").exists()
