@@ -6,6 +6,10 @@ llm.c and modded-nanogpt, so shards prepared there (e.g. FineWeb for llm.c) trai
 other way round. `read_shard` memory-maps one without copying it into RAM; `open_split` opens a
 split of a folder prepared by `python -m data_prep`, checked against its `manifest.json`.
 The batch sampler that draws training windows from these arrays lives in gpt_ds.sampler.
+
+A chat folder (`python -m data_prep --format chat`, manifest "format": "chat") has beside each shard its loss
+mask: NAME.mask, the same 1024-byte header with magic MASK_MAGIC and the token count, then one uint8 per
+token, 1 where a fine-tune trains on the token as a target. The token shards stay llm.c shards.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ VERSION = 1
 HEADER_BYTES = 1024
 HEADER_INTS = HEADER_BYTES // 4
 TOKEN_DTYPE = np.dtype("<u2")
+MASK_MAGIC = 20261205
+MASK_DTYPE = np.dtype("u1")
+CHAT_FORMAT = "chat"  # the manifest's "format" of a folder of conversations (absent: "text")
 MANIFEST_NAME = "manifest.json"
 # Written by data_prep when it starts and removed when the manifest is in place: a folder that holds
 # it was interrupted mid-preparation and its shards must not be trained on.
@@ -35,13 +42,46 @@ class ShardError(UserError):
     """A shard or prepared data folder that is missing, truncated, foreign or inconsistent."""
 
 
-def shard_header(num_tokens: int) -> bytes:
-    """The 1024-byte header of a shard holding `num_tokens` tokens."""
+def shard_header(num_tokens: int, magic: int = MAGIC) -> bytes:
+    """The 1024-byte header of a shard (or, with MASK_MAGIC, a mask) holding `num_tokens` tokens."""
     if not 0 <= num_tokens < 2**31:
         raise ValueError(f"a shard holds 0 to 2**31-1 tokens, not {num_tokens}")
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = MAGIC, VERSION, num_tokens
+    header[0], header[1], header[2] = magic, VERSION, num_tokens
     return header.tobytes()
+
+
+def mask_name(shard: str) -> str:
+    """The loss mask's file name beside a shard: train_000000.bin -> train_000000.mask."""
+    return shard.removesuffix(".bin") + ".mask"
+
+
+def read_mask(path: str | Path, num_tokens: int) -> np.memmap:
+    """Memory-map a shard's loss mask (uint8, one per token); ShardError naming the file when it is missing,
+    foreign, or not `num_tokens` long (its shard's count)."""
+    path = Path(path)
+    fix = "re-prepare the folder with python -m data_prep --format chat --force"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardError(f"loss mask {path} does not exist; {fix}") from None
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= HEADER_BYTES else np.zeros(3, "<i4")
+    magic, version, count = (int(v) for v in header[:3])
+    if magic != MASK_MAGIC or version != VERSION:
+        raise ShardError(f"{path} is not a loss mask of this format (magic {magic}, version {version}); {fix}")
+    if count != num_tokens or size != HEADER_BYTES + count:
+        raise ShardError(f"loss mask {path} holds {size - HEADER_BYTES} bytes, its header says {count} and its shard "
+                         f"{num_tokens} tokens; {fix}")
+    return np.memmap(path, dtype=MASK_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> Path:
+    """Write a loss mask (0/1 per token) at `path`, atomically. Returns the path."""
+    mask = np.asarray(mask)
+    if mask.ndim != 1 or mask.size == 0 or (mask.size and int(mask.max()) > 1):
+        raise ValueError("a loss mask is a non-empty 1-D array of 0 and 1")
+    atomic.write_bytes(Path(path), shard_header(mask.size, MASK_MAGIC), mask.astype(MASK_DTYPE).tobytes())
+    return Path(path)
 
 
 def shard_name(split: str, index: int) -> str:
@@ -162,6 +202,18 @@ def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
     return shards
 
 
+def open_masks(data_dir: str | Path, split: str) -> list[np.memmap] | None:
+    """The loss masks of `split`'s shards, in order, for a chat folder; None for a text folder."""
+    data_dir = Path(data_dir)
+    if not (data_dir / MANIFEST_NAME).exists():
+        return None  # a folder of foreign shards is text
+    manifest = load_manifest(data_dir)
+    if manifest.get("format", "text") != CHAT_FORMAT:
+        return None
+    return [read_mask(data_dir / mask_name(shard["name"]), shard["tokens"])
+            for shard in manifest["splits"][split]["shards"]]
+
+
 def shard_problem(data_dir: Path, manifest: dict) -> str | None:
     """Why a prepared folder's shards do not match its manifest (missing, truncated, other counts, other
     bytes: each shard's sha256 is checked), or None."""
@@ -169,10 +221,12 @@ def shard_problem(data_dir: Path, manifest: dict) -> str | None:
         for split, entry in manifest["splits"].items():
             if entry.get("shards"):
                 open_split(data_dir, split)
+                open_masks(data_dir, split)
                 for shard in entry["shards"]:
-                    if shard.get("sha256") and file_sha256(data_dir / shard["name"]) != shard["sha256"]:
-                        return (f"shard {data_dir / shard['name']} does not have the sha256 recorded in "
-                                f"{MANIFEST_NAME} (its bytes were changed after preparation)")
+                    for name, key in ((shard["name"], "sha256"), (mask_name(shard["name"]), "mask_sha256")):
+                        if shard.get(key) and file_sha256(data_dir / name) != shard[key]:
+                            return (f"{data_dir / name} does not have the sha256 recorded in "
+                                    f"{MANIFEST_NAME} (its bytes were changed after preparation)")
     except ShardError as err:
         return str(err)
     except (KeyError, AttributeError, TypeError):

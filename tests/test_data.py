@@ -140,3 +140,26 @@ def test_llmc_folder_without_manifest_opens_by_name(tmp_path):
 
 def test_constants_match_llmc():
     assert (MAGIC, data.VERSION, HEADER_BYTES) == (20240520, 1, 1024)
+
+
+def test_a_loss_mask_round_trips_and_a_bad_one_is_one_clear_error(tmp_path):
+    from gpt_ds.data import (HEADER_BYTES, MASK_MAGIC, ShardError, mask_name, read_mask, shard_header, write_mask,
+                             write_shard)
+
+    assert mask_name("train_000003.bin") == "train_000003.mask"
+    mask = np.array([0, 1, 1, 0, 1], dtype=np.uint8)
+    path = write_mask(tmp_path / "train_000000.mask", mask)
+    assert path.stat().st_size == HEADER_BYTES + 5
+    np.testing.assert_array_equal(read_mask(path, 5), mask)
+    with pytest.raises(ShardError, match="holds 5 bytes, its header says 5 and its shard 6 tokens"):
+        read_mask(path, 6)
+    with pytest.raises(ShardError, match="does not exist"):
+        read_mask(tmp_path / "val_000000.mask", 5)
+    shard = write_shard(tmp_path / "train_000001.bin", np.arange(5))  # a token shard is not a mask
+    with pytest.raises(ShardError, match="is not a loss mask of this format"):
+        read_mask(shard, 5)
+    (tmp_path / "cut.mask").write_bytes(shard_header(5, MASK_MAGIC) + b"\x01\x00")
+    with pytest.raises(ShardError, match="holds 2 bytes, its header says 5"):
+        read_mask(tmp_path / "cut.mask", 5)
+    with pytest.raises(ValueError):
+        write_mask(tmp_path / "two.mask", np.array([0, 2]))
