@@ -34,8 +34,9 @@ def token_byte_lengths(vocab_size: int, encoding: str = DEFAULT_ENCODING) -> tor
 
 def bpb_sums(token_losses: torch.Tensor, targets: torch.Tensor, byte_lengths: torch.Tensor) -> torch.Tensor:
     """(2,) float64 on the losses' device: the losses (nats) summed over the targets that decode to
-    bytes, and those bytes. `byte_lengths` is token_byte_lengths on the same device."""
-    nbytes = byte_lengths[targets]
+    bytes, and those bytes. `byte_lengths` is token_byte_lengths on the same device. Ignored targets
+    (negative: a chat folder's untrained ones) count in neither."""
+    nbytes = torch.where(targets >= 0, byte_lengths[targets.clamp(min=0)], 0)
     counted = torch.where(nbytes > 0, token_losses.double(), 0.0).sum()
     return torch.stack([counted, nbytes.sum().double()])
 

@@ -65,8 +65,10 @@ def export_run(run_dir: str | Path, tag: str | None = None, dtype: str = "float3
     config = GPTConfig.from_dict(state["model"])
     target_dtype = parse_dtype(dtype)
     weights = {name: t.to(target_dtype) for name, t in consolidated_state_dict(tag_dir).items()}
-    metadata = {**RunRecord.from_dict(state).to_dict(), "checkpoint": tag_dir.name, "dtype": dtype}
-    return save_model(target, weights, config, metadata=metadata, force=force, inputs=(checkpoints,))
+    record = RunRecord.from_dict(state)
+    metadata = {**record.to_dict(), "checkpoint": tag_dir.name, "dtype": dtype}
+    return save_model(target, weights, config, metadata=metadata, force=force, inputs=(checkpoints,),
+                      chat_template=record.chat_template)
 
 
 if __name__ == "__main__":  # `python -m gpt_ds.export`: the program is launch/export.py

@@ -36,7 +36,7 @@ import torch
 
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPT, KVCache
-from gpt_ds.tokenizer import EOT_TOKEN
+from gpt_ds.tokenizer import CHAT_TOKEN_TEXT, EOT_TOKEN
 
 
 @contextlib.contextmanager
@@ -230,7 +230,9 @@ def detokenize_stream(encoding, tokens: Iterable[int]) -> Iterator[str]:
     character, so bytes are decoded incrementally: a piece is emitted once its characters are complete."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in tokens:
-        piece = decoder.decode(encoding.decode_single_token_bytes(token))
+        # a chat model's markers lie beyond the BPE (gpt_ds.tokenizer): their text
+        raw = CHAT_TOKEN_TEXT[token].encode() if token in CHAT_TOKEN_TEXT else encoding.decode_single_token_bytes(token)
+        piece = decoder.decode(raw)
         if piece:
             yield piece
     tail = decoder.decode(b"", final=True)

@@ -86,23 +86,27 @@ class StreamUpdate:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def stream_continuation(model: GPT, tokenizer: str, prompt_ids: list[int], sampling: Sampling) -> Iterator[StreamUpdate]:
-    """Yield the growing continuation as its text grows (the timing includes the prompt pass)."""
+def stream_continuation(model: GPT, tokenizer: str, prompt_ids: list[int], sampling: Sampling,
+                        stop_tokens: frozenset[int] = frozenset()) -> Iterator[StreamUpdate]:
+    """Yield the growing continuation as its text grows (the timing includes the prompt pass); it ends
+    before sampling.stop_token or any of `stop_tokens`."""
     produced = 0
 
     def counted_tokens() -> Iterator[int]:
         nonlocal produced
         for token in stream(model, prompt_ids, sampling):
+            if token in stop_tokens:
+                return
             produced += 1
             yield token
 
-    text, shown = "", 0
+    text, shown = "", None
     start = time.perf_counter()
     for piece in detokenize_stream(get_encoding(tokenizer), counted_tokens()):
         text += piece
         shown = produced
         yield StreamUpdate(text, produced, time.perf_counter() - start)
-    if produced != shown:  # the last tokens completed no character: still report their count
+    if produced != shown:  # the last tokens completed no character, or there were none: still report the count
         yield StreamUpdate(text, produced, time.perf_counter() - start)
 
 

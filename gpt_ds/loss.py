@@ -18,7 +18,9 @@ does all the head's work, and nothing of size N x V outlives a chunk.
 
 The loss is always float32. `softcap` (Gemma-2 style) maps logits to softcap * tanh(logits / softcap)
 before the softmax, in the forward and in the gradient. Targets equal to `ignore_index` do not count;
-the mean is over the others (all ignored: nan, as F.cross_entropy).
+the mean is over the others (all ignored: nan, as F.cross_entropy). `divisor` replaces their count: a fine-tune
+divides each micro-batch's sum by the trained tokens of the whole global batch, so that the gradient is the
+same for any world size and accumulation.
 
 `chunked_token_losses` gives each row's loss instead of their mean (evaluation only, no gradient): what
 the validation needs for the loss and bits per byte in one pass.
@@ -48,12 +50,16 @@ def default_chunk_rows(vocab_size: int) -> int:
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
                           softcap: float | None = None, ignore_index: int = -100,
-                          chunk_rows: int | None = None) -> torch.Tensor:
-    """Mean cross-entropy (float32 scalar) of `hidden (N, C) @ weight[:vocab_size].T` against targets (N,)."""
+                          chunk_rows: int | None = None, divisor: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy (float32 scalar) of `hidden (N, C) @ weight[:vocab_size].T` against targets (N,);
+    with `divisor` (a number, or a 0-dim tensor: no recompile when it changes under torch.compile), their sum
+    over the targets not ignored divided by it."""
     rows, compute_dtype = _checked(hidden, weight, targets, vocab_size, softcap, chunk_rows)
+    if isinstance(divisor, (int, float)) and not divisor > 0:
+        raise ValueError(f"divisor must be positive, got {divisor!r}")
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, vocab_size, softcap, ignore_index, rows,
-                                            compute_dtype, with_grad)
+                                            compute_dtype, with_grad, divisor)
 
 
 @torch.no_grad()
@@ -173,14 +179,16 @@ row_loss = _Fused(_row_loss)
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size, softcap, ignore_index, rows, compute_dtype, with_grad):
+    def forward(ctx, hidden, weight, targets, vocab_size, softcap, ignore_index, rows, compute_dtype, with_grad,
+                divisor):
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(compute_dtype)
             w = weight.to(compute_dtype)  # all rows, padding too (aligned); the same tensor when the dtype matches
             n = h.size(0)
             valid = targets != ignore_index
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
-            count = valid.sum().to(torch.float32)
+            count = (valid.sum().to(torch.float32) if divisor is None
+                     else torch.as_tensor(divisor, dtype=torch.float32, device=h.device))
             if not with_grad:  # evaluation: the rows' losses alone, no backward to prepare
                 return _token_losses(h, w, vocab_size, safe_targets, valid, softcap, rows).sum() / count
             loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -212,4 +220,4 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype = ctx.dtypes
         d_hidden = (grad_h * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None
         d_weight = (grad_w * scale).to(weight_dtype) if ctx.needs_input_grad[1] else None
-        return d_hidden, d_weight, None, None, None, None, None, None, None
+        return d_hidden, d_weight, None, None, None, None, None, None, None, None

@@ -320,20 +320,23 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100,
-        per_token: bool = False,
+        per_token: bool = False, loss_divisor: float | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for idx (B, T), None as the loss; with targets (B, T), (None, the
         mean cross-entropy over the positions whose target is not ignore_index). The loss never holds
         the B*T x vocab logits: gpt_ds.loss computes head, float32 loss and its gradients chunk by chunk.
-        per_token: each position's loss (B, T) instead of the mean, without a gradient (evaluation)."""
+        per_token: each position's loss (B, T) instead of the mean, without a gradient (evaluation).
+        loss_divisor: the loss is the sum over the targets not ignored, divided by it (a fine-tune's
+        trained tokens in the global batch), not their mean."""
         if targets is None:
             return self.lm_head(self.hidden_states(idx)), None
         # The head's matrix (wte's when tied, lm_head's own when not) and its softcap: the same logits
         # as lm_head(hidden), never materialised.
-        loss_of = chunked_token_losses if per_token else chunked_cross_entropy
-        loss = loss_of(self.hidden_states(idx).flatten(0, 1), self.head_weight, targets.flatten(),
-                       vocab_size=self.config.vocab_size, softcap=self.config.logit_softcap, ignore_index=ignore_index)
-        return None, loss.view_as(targets) if per_token else loss
+        hidden, head = self.hidden_states(idx).flatten(0, 1), self.head_weight
+        shared = dict(vocab_size=self.config.vocab_size, softcap=self.config.logit_softcap, ignore_index=ignore_index)
+        if per_token:
+            return None, chunked_token_losses(hidden, head, targets.flatten(), **shared).view_as(targets)
+        return None, chunked_cross_entropy(hidden, head, targets.flatten(), divisor=loss_divisor, **shared)
 
     @torch.no_grad()
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ A model folder holds
   weights were saved with (`CONFIG_RECORD`);
 - `config.json`: {"model": GPTConfig.to_dict(), "tokenizer": "r50k_base", "metadata": {...},
   "weights_sha256": "..."}, the metadata being free-form (training writes its preset, steps, tokens,
-  losses there).
+  losses there); a chat model's also "chat_template" (gpt_ds.tokenizer.CHAT_TEMPLATE).
 
 Training's export, the app, launch/sample.py and the Hugging Face converters all go through
 `save_model` / `load_model`. Loading reads safetensors only, so opening a model never unpickles.
@@ -43,7 +43,7 @@ from gpt_ds.atomic import file_sha256, full_disk_as_error
 from gpt_ds.errors import UserError
 from gpt_ds.model import GPT, GPTConfig
 from gpt_ds.hf_tokenizer import HF_TOKENIZER_FILES
-from gpt_ds.tokenizer import DEFAULT_ENCODING
+from gpt_ds.tokenizer import CHAT_TEMPLATE, DEFAULT_ENCODING
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -83,6 +83,7 @@ class ModelInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
     weights_sha256: str | None = None  # None: saved before gpt-ds recorded it
+    chat_template: str | None = None  # a chat model's template (gpt_ds.tokenizer.CHAT_TEMPLATE); None: a base model
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -266,6 +267,7 @@ def save_model(
     tokenizer: str = DEFAULT_ENCODING,
     force: bool = False,
     inputs: Sequence[str | Path] = (),
+    chat_template: str | None = None,
 ) -> Path:
     """Write a model folder atomically and return its path. An existing model folder at `folder` is
     replaced; anything else only with `force`, and never one of `inputs` (the folders the weights were
@@ -276,6 +278,8 @@ def save_model(
     folder = Path(folder)
     tensors = folder_state_dict(state_dict_or_model, config)
     document = {"model": config.to_dict(), "tokenizer": tokenizer, "metadata": dict(metadata or {})}
+    if chat_template is not None:
+        document["chat_template"] = chat_template
     try:
         json.dumps(document)
     except TypeError as err:
@@ -316,11 +320,18 @@ def read_model_info(folder: str | Path) -> ModelInfo:
     tokenizer = document.get("tokenizer", DEFAULT_ENCODING)
     metadata = document.get("metadata") or {}
     sha256 = document.get(SHA256_KEY)
-    if not isinstance(tokenizer, str) or not isinstance(metadata, dict) or not isinstance(sha256, (str, type(None))):
+    chat_template = document.get("chat_template")
+    if not isinstance(tokenizer, str) or not isinstance(metadata, dict) or not isinstance(sha256, (str, type(None))) \
+            or not isinstance(chat_template, (str, type(None))):
         raise UserError(
-            f"{path}: \"tokenizer\" and \"{SHA256_KEY}\" must be strings and \"metadata\" an object; re-export the model"
+            f"{path}: \"tokenizer\", \"chat_template\" and \"{SHA256_KEY}\" must be strings and \"metadata\" an object; "
+            "re-export the model"
         )
-    return ModelInfo(config=config, tokenizer=tokenizer, metadata=metadata, folder=folder, weights_sha256=sha256)
+    if chat_template is not None and chat_template != CHAT_TEMPLATE:
+        raise UserError(f"{path}: chat template {chat_template!r} is not this gpt-ds's ({CHAT_TEMPLATE}); "
+                        "upgrade gpt-ds or re-export the model")
+    return ModelInfo(config=config, tokenizer=tokenizer, metadata=metadata, folder=folder, weights_sha256=sha256,
+                     chat_template=chat_template)
 
 
 @contextlib.contextmanager

@@ -37,8 +37,8 @@ class Plan:
     model_config: GPTConfig
     seq_len: int  # training sequence length (<= model_config.block_size)
     schedule: Schedule
-    train: sampler.TokenWindows
-    val: sampler.TokenWindows | None
+    train: sampler.TokenWindows | sampler.ChatWindows
+    val: sampler.TokenWindows | sampler.ChatWindows | None
     resume_from: Path | None
     world_size: int
     reshard: str | None = None  # a resume on another world size or ZeRO stage: what changed ("2 -> 1 ranks")
@@ -118,7 +118,15 @@ class Plan:
         s = self.settings
         lineage = {} if self.parent is None or self.resume_from is not None else {"init_from": self.parent.lineage()}
         return {"target_loss": s.target_loss, "preset": s.model, "world_size": self.world_size,
-                "precision": self.precision, "seed": s.seed, "data": str(s.data), **lineage}
+                "precision": self.precision, "seed": s.seed, "data": str(s.data), "chat_template": self.chat_template,
+                **lineage}
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template of a fine-tune on conversations (a chat folder), else None."""
+        from gpt_ds.tokenizer import CHAT_TEMPLATE
+
+        return CHAT_TEMPLATE if isinstance(self.train, sampler.ChatWindows) else None
 
 
 def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -> Plan:
@@ -143,6 +151,7 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
                         decay_fraction=settings.wsd_decay_fraction)
     parent = read_parent(settings.init_from) if settings.init_from is not None else None
     model_config = resolve_model(settings) if parent is None else child_config(parent, settings)
+    model_config = fit_vocabulary(model_config, settings.data)
     seq_len = settings.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
@@ -249,8 +258,22 @@ def resolve_model(settings: RunSettings) -> GPTConfig:
         raise UserError(f"--model {settings.model} with {overrides or 'no overrides'}: {err}") from err
 
 
+def fit_vocabulary(model_config: GPTConfig, data_dir: str) -> GPTConfig:
+    """The model's config, its vocabulary grown to the chat markers' (gpt_ds.tokenizer.CHAT_VOCAB_SIZE) for a
+    chat folder: a base model learns them in its fine-tune (--init-from starts their rows at the mean row)."""
+    from gpt_ds import data
+    from gpt_ds.tokenizer import CHAT_VOCAB_SIZE
+
+    manifest_path = Path(data_dir) / data.MANIFEST_NAME
+    if not manifest_path.is_file() or model_config.vocab_size >= CHAT_VOCAB_SIZE:
+        return model_config
+    if data.load_manifest(data_dir).get("format", "text") != data.CHAT_FORMAT:
+        return model_config
+    return dataclasses.replace(model_config, vocab_size=CHAT_VOCAB_SIZE)
+
+
 def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool = False
-              ) -> tuple[sampler.TokenWindows, sampler.TokenWindows | None]:
+              ) -> tuple[sampler.TokenWindows | sampler.ChatWindows, sampler.TokenWindows | sampler.ChatWindows | None]:
     """Training windows of seq_len + 1 tokens, and validation windows where the folder has a val split.
     Every shard's size and header are checked as it opens, and its tokens against the model's vocabulary:
     a sample of them, or with `verify` all of them and (where there is a manifest) every sha256."""
@@ -275,6 +298,11 @@ def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool
     val_shards = data.open_split(data_dir, "val") if has_val else []
     for shard in train_shards + val_shards:
         data.check_tokens(shard, model_config.vocab_size, full=verify)
+    masks = data.open_masks(data_dir, "train")
+    if masks is not None:  # a chat folder: conversations, each in a window of its own (gpt_ds.sampler)
+        train = sampler.ChatWindows(train_shards, masks, seq_len, "train")
+        val = sampler.ChatWindows(val_shards, data.open_masks(data_dir, "val"), seq_len, "val") if has_val else None
+        return train, val
     train = sampler.TokenWindows(train_shards, seq_len, "train")
     val = sampler.TokenWindows(val_shards, seq_len, "val") if has_val else None
     return train, val

@@ -45,6 +45,16 @@ class Prefetcher:
                 tensor.record_stream(compute)
         return batch
 
+    def loss_divisor(self, step: int) -> torch.Tensor | None:
+        """For a chat stream, what each micro-batch's summed loss is divided by: the global batch's trained
+        tokens over (world size x accumulation), since DeepSpeed averages over both; the step's loss is then
+        the mean over the global batch's trained tokens on any world size (None for text: the mean)."""
+        trained = self.stream.trained_tokens(step)
+        if trained is None:
+            return None
+        return torch.tensor(max(trained, 1) / (self.world_size * self.accumulation), dtype=torch.float32,
+                            device=self.device)
+
     def prefetch_after(self, step: int, micro_step: int) -> None:
         """Start the micro-batch that follows (step, micro_step) on its way to the device."""
         key = (step, micro_step + 1) if micro_step + 1 < self.accumulation else (step + 1, 0)

@@ -36,6 +36,7 @@ class RunRecord:
     data: str | None = None
     # --init-from: the parent folder, its kind, weights' sha256, tokens and steps (gpt_ds.init_from.Parent)
     init_from: dict[str, Any] | None = None
+    chat_template: str | None = None  # a fine-tune on conversations: gpt_ds.tokenizer.CHAT_TEMPLATE
 
     @property
     def target_reached(self) -> bool:

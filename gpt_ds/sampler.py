@@ -15,6 +15,13 @@ non-overlapping windows (each token a target once) taken in a seeded permutation
 epoch, without replacement (llm.c's and modded-nanogpt's sequential loaders, shuffled).
 Validation reads a fixed token budget: windows spread evenly over the whole val split, dealt
 out between ranks, identical at every evaluation and (all ranks together) for any world size.
+
+A chat folder's windows (`ChatWindows`) are conversations: each window starts at a conversation's start and
+holds that conversation alone, padded after its end, with the targets that its loss mask leaves out set to
+-100. Padding rather than packing keeps attention inside one conversation with the plain causal kernel (flash
+on a GPU; a block-diagonal mask would leave it), as nanochat's SFT does. A longer conversation is cut at the
+window. The fine-tune's loss divides by the global batch's trained tokens (`TrainStream.trained_tokens`),
+which every rank computes from (seed, step) alone.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ import numpy as np
 import torch
 
 from gpt_ds.errors import UserError
+from gpt_ds.tokenizer import EOT_TOKEN
+
+IGNORE = -100  # a target that no loss counts (the loss's ignore_index)
 
 
 class TokenWindows:
@@ -72,6 +82,74 @@ class TokenWindows:
         tensor = torch.from_numpy(rows)
         return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
 
+    def epoch_starts(self) -> np.ndarray:
+        """Non-overlapping window starts, shard after shard: position k * block_size of each shard, for
+        every k with a whole window (block_size + 1 tokens) there."""
+        return _epoch_starts(self)
+
+    def val_starts(self, token_budget: int) -> np.ndarray:
+        """The validation windows: budget // block_size of them (at most as many as fit side by side), at
+        equal spacing from the split's first position to its end (spacing >= block_size: no overlap)."""
+        T = self.block_size
+        count = max(1, min(token_budget // T, self.num_windows // T))
+        return np.arange(count, dtype=np.int64) * self.num_windows // count
+
+
+class ChatWindows:
+    """Conversations as windows of `block_size + 1` tokens (see the module's docstring): shards of tokens, each
+    with its loss mask (gpt_ds.data.open_masks); a conversation starts at each <|endoftext|>."""
+
+    def __init__(self, shards: list[np.ndarray], masks: list[np.ndarray], block_size: int, name: str = "split") -> None:
+        self.shards, self.masks, self.block_size = shards, masks, block_size
+        where, first, length = [], [], []
+        for index, shard in enumerate(shards):
+            starts = np.flatnonzero(np.asarray(shard) == EOT_TOKEN)
+            where.append(np.full(len(starts), index, dtype=np.int64))
+            first.append(starts)
+            length.append(np.diff(np.append(starts, len(shard))))
+        self._shard = np.concatenate(where) if where else np.zeros(0, np.int64)
+        self._first = np.concatenate(first) if first else np.zeros(0, np.int64)
+        self._length = np.minimum(np.concatenate(length), block_size + 1) if length else np.zeros(0, np.int64)
+        if not len(self._first):
+            raise UserError(f"the {name} split holds no conversation (none starts with <|endoftext|>); prepare it "
+                            "with python -m data_prep --format chat")
+        # each window's trained targets: its mask after the first token (targets are tokens 1..)
+        self._trained = np.array([int(np.asarray(masks[s][f + 1 : f + n]).sum())
+                                  for s, f, n in zip(self._shard.tolist(), self._first.tolist(), self._length.tolist())],
+                                 dtype=np.int64)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self._first)
+
+    def batch(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (len(starts), block_size) for conversations `starts` (their indices): padded with
+        <|endoftext|> after the conversation, every target the mask leaves out IGNORE."""
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        if len(starts) and not (starts.min() >= 0 and starts.max() < self.num_windows):
+            raise IndexError(f"conversations must lie in [0, {self.num_windows}), got {starts.min()}..{starts.max()}")
+        rows = np.full((len(starts), self.block_size + 1), EOT_TOKEN, dtype=np.int64)
+        trained = np.zeros(rows.shape, dtype=bool)
+        for row, index in enumerate(starts.tolist()):
+            shard, first, n = int(self._shard[index]), int(self._first[index]), int(self._length[index])
+            rows[row, :n] = self.shards[shard][first : first + n]
+            trained[row, :n] = self.masks[shard][first : first + n]
+        targets = np.where(trained[:, 1:], rows[:, 1:], IGNORE)
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(targets)
+
+    def trained_tokens(self, starts: np.ndarray) -> int:
+        """The targets a loss counts in these windows."""
+        return int(self._trained[np.asarray(starts, dtype=np.int64)].sum())
+
+    def epoch_starts(self) -> np.ndarray:
+        """Every conversation once."""
+        return np.arange(self.num_windows, dtype=np.int64)
+
+    def val_starts(self, token_budget: int) -> np.ndarray:
+        """budget // block_size conversations (at most all), at equal spacing over the split."""
+        count = max(1, min(token_budget // self.block_size, self.num_windows))
+        return np.arange(count, dtype=np.int64) * self.num_windows // count
+
 
 SAMPLINGS = ("random", "epoch")
 
@@ -80,7 +158,7 @@ SAMPLINGS = ("random", "epoch")
 class TrainStream:
     """The run's training windows: the global batch of every step, a function of (seed, step) alone."""
 
-    windows: TokenWindows
+    windows: TokenWindows | ChatWindows
     global_batch: int  # train_batch_size: windows per optimizer step, all ranks and micro-batches together
     seed: int
     sampling: str = "random"
@@ -118,6 +196,13 @@ class TrainStream:
                              f"the global batch of {self.global_batch}")
         return self.windows.batch(self.starts(step)[first : first + micro_batch])
 
+    def trained_tokens(self, step: int) -> int | None:
+        """The targets the loss counts in step `step`'s global batch (a chat folder); None for text, where
+        every target counts and each micro-batch's mean is the loss."""
+        if not isinstance(self.windows, ChatWindows):
+            return None
+        return self.windows.trained_tokens(self.starts(step))
+
     def position(self, step: int) -> dict[str, int | float]:
         """Where the stream stands after `step` steps: windows and tokens drawn; with "epoch", the epoch."""
         drawn = step * self.global_batch
@@ -127,7 +212,7 @@ class TrainStream:
         return out
 
     def _epoch_starts(self) -> np.ndarray:
-        return _epoch_starts(self.windows)
+        return self.windows.epoch_starts()
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         return _epoch_order(self.windows, self.seed, epoch)
@@ -144,31 +229,22 @@ def _epoch_starts(windows: TokenWindows) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _epoch_order(windows: TokenWindows, seed: int, epoch: int) -> np.ndarray:
-    """Epoch `epoch`'s windows in their seeded order (a permutation of _epoch_starts)."""
-    starts = _epoch_starts(windows)
+def _epoch_order(windows: TokenWindows | ChatWindows, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s windows in their seeded order (a permutation of the windows' epoch_starts)."""
+    starts = windows.epoch_starts()
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 0xE90C])))
     return starts[rng.permutation(len(starts))]
 
 
-def val_batches(windows: TokenWindows, token_budget: int, batch_size: int, *, rank: int,
+def val_batches(windows: TokenWindows | ChatWindows, token_budget: int, batch_size: int, *, rank: int,
                 world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's share of the validation set, in micro-batches: `token_budget` tokens (all ranks
     together) read as non-overlapping windows spread evenly over the whole split, so a split of many
     documents is sampled across all of them rather than in its first few. The windows are the same at
     every evaluation and, all ranks together, for any number of ranks (rank r reads every world_size-th)."""
-    starts = val_starts(windows, token_budget)
+    starts = windows.val_starts(token_budget)
     mine = starts[rank::world_size]
     return [windows.batch(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size)]
-
-
-def val_starts(windows: TokenWindows, token_budget: int) -> np.ndarray:
-    """The start positions of the validation windows: budget // block_size of them (at most as many as fit
-    side by side), at equal spacing from the split's first position to its end."""
-    T = windows.block_size
-    count = max(1, min(token_budget // T, windows.num_windows // T))
-    # spacing num_windows / count >= T: the windows never overlap
-    return np.arange(count, dtype=np.int64) * windows.num_windows // count
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

@@ -206,9 +206,10 @@ def train_step(engine: Any, batches: Prefetcher, step: int) -> torch.Tensor:
     losses are summed on the device, and `agree` reads the step's figures once. The next micro-batch
     is on its way to the device while this one computes (gpt_ds.prefetch)."""
     total = None
+    divisor = batches.loss_divisor(step)  # a fine-tune: the global batch's trained tokens (gpt_ds.prefetch)
     for micro_step in range(batches.accumulation):
         x, y = batches.get(step, micro_step)
-        _, loss = engine(x, y)
+        _, loss = engine(x, y) if divisor is None else engine(x, y, loss_divisor=divisor)
         batches.prefetch_after(step, micro_step)  # host work while the device runs the forward
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary

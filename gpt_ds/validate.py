@@ -53,7 +53,7 @@ class Validator:
             _, losses = engine(x, y, per_token=True)
             if counts:
                 sums[0] += losses.double().sum()
-                sums[1] += y.numel()
+                sums[1] += (y != sampler.IGNORE).sum()  # a chat folder's val: the trained targets alone
                 if byte_lengths is not None:
                     sums[2:] += bpb_sums(losses, y, byte_lengths)
         engine.train()

@@ -5,6 +5,15 @@
 Tokens are printed as they are generated. With several samples each one starts with a header line
 `===== sample i/N =====`; with --seed S, sample i uses seed S+i, so each sample is reproducible on its own.
 Informational lines (what was loaded) go to stderr, so stdout holds only the text.
+
+A chat model (fine-tuned on a chat folder) talks with --chat:
+
+    python launch/sample.py --model RUN_DIR/model --chat                   # interactive: /clear, /quit, Ctrl-C
+    python launch/sample.py --model RUN_DIR/model --chat --prompt "Hi"     # one reply, for scripts
+
+Interactively each line is a message; the reply streams after `assistant: `. Ctrl-C stops a reply and keeps
+the conversation; /clear starts a new one; /quit or the end of input ends. When the conversation outgrows the
+context, the oldest exchanges drop, with a note on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import sys
 from dataclasses import replace
 from typing import NoReturn
 
+from gpt_ds import chat
 from gpt_ds.errors import UserError, run_cli
 from gpt_ds.generate import Sampling, detokenize_stream, stream
 from gpt_ds.inference import inference_device, load_for_inference
@@ -38,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="default bfloat16 on a GPU that supports it, else float32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default cuda when available, else cpu")
+    parser.add_argument("--chat", action="store_true", help="talk to a chat model: interactive, or one reply to --prompt")
+    parser.add_argument("--system", default=None, help="with --chat: a system message that opens the conversation")
     return parser
 
 
@@ -60,7 +72,14 @@ def run(argv: list[str] | None = None) -> int:
     sampling = sampling_from_args(args)
     device, dtype = inference_device(args.device, args.dtype)
 
+    if args.system is not None and not args.chat:
+        raise UserError("--system needs --chat")
+    if args.chat and args.num_samples != 1:
+        raise UserError("--chat answers once per message: drop --num-samples")
     model, info = load_for_inference(args.model, device, dtype)
+    if args.chat:
+        chat.require_chat_model(info, "drop --chat to continue text, or fine-tune it on conversations first")
+        return talk(model, info, sampling, args)
     encoding = get_encoding(info.tokenizer)
     # A typed <|endoftext|> is the document separator the model was trained on, not literal text.
     prompt = encoding.encode(args.prompt, allowed_special={EOT_TEXT}) or [encoding.eot_token]
@@ -79,6 +98,50 @@ def run(argv: list[str] | None = None) -> int:
             print(piece, end="", flush=True)
         print()
     return 0
+
+
+def talk(model, info, sampling: Sampling, args: argparse.Namespace) -> int:
+    """--chat: one reply to --prompt, or a conversation read line by line from stdin."""
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    reserve = chat.reply_budget(info.config.block_size, sampling.max_new_tokens)
+
+    def reply(messages: list[dict]) -> str:
+        prompt = chat.fit_prompt(messages, info.tokenizer, info.config.block_size, reserve)
+        if prompt.dropped:
+            print(f"({prompt.dropped} oldest exchange(s) left out: the conversation outgrew the "
+                  f"{info.config.block_size}-token context)", file=sys.stderr)
+        text = ""
+        try:
+            for update in chat.stream_reply(model, info, prompt, sampling):
+                print(update.text[len(text):], end="", flush=True)
+                text = update.text
+        except KeyboardInterrupt:  # stops this reply; the conversation goes on
+            print(" [stopped]", end="", file=sys.stderr, flush=True)
+        print(flush=True)
+        return text
+
+    if args.prompt:
+        reply(opening + [{"role": "user", "content": args.prompt}])
+        return 0
+    print(f"{PROG}: chat with {args.model}: a line is a message; /clear starts over, /quit ends", file=sys.stderr)
+    messages = list(opening)
+    while True:
+        try:
+            line = input("you: " if sys.stdin.isatty() else "")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() == "/quit":
+            return 0
+        if line.strip() == "/clear":
+            messages = list(opening)
+            print("(a new conversation)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        print("assistant: ", end="", flush=True)
+        messages.append({"role": "assistant", "content": reply(messages)})
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -196,3 +196,18 @@ def test_every_product_has_whole_tile_shapes_for_the_gpt2_vocabulary(per_token):
     # 1300 rows: two chunks of 640 and the last 20; every other dimension a multiple of 64
     assert {a[0] for a, _ in shapes if a[1] == 64} <= {640, 20}
     assert all(d % 64 == 0 or d == 20 for a, b in shapes for d in a + b), shapes
+
+
+def test_a_divisor_replaces_the_count_of_trained_targets():
+    """The fine-tune's loss: the sum over the targets not ignored, over the global batch's trained tokens."""
+    h, w, t = inputs()
+    count = int((t != -100).sum())
+    mean, h_grad, w_grad = loss_and_grads(lambda *a, **k: chunked_cross_entropy(*a, vocab_size=V, chunk_rows=8, **k),
+                                          h, w, t)
+    got, got_h, got_w = loss_and_grads(lambda *a, **k: chunked_cross_entropy(*a, vocab_size=V, chunk_rows=8, **k),
+                                       h, w, t, divisor=100.0)
+    torch.testing.assert_close(got, mean * count / 100)
+    torch.testing.assert_close(got_h, h_grad * count / 100)
+    torch.testing.assert_close(got_w, w_grad * count / 100)
+    with pytest.raises(ValueError, match="divisor must be positive"):
+        chunked_cross_entropy(h, w, t, vocab_size=V, divisor=0.0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_ds.bpb import token_byte_lengths
-from gpt_ds.sampler import TokenWindows, val_batches, val_starts
+from gpt_ds.sampler import TokenWindows, val_batches
 from gpt_ds.tokenizer import EOT_TOKEN
 
 T = 16
@@ -69,8 +69,8 @@ def test_all_ranks_together_read_the_same_windows_for_1_2_4_ranks(split, budget_
 
 def test_the_budget_is_capped_by_what_fits(split):
     # 10_000 tokens hold 10_000 - 3 * 16 window starts, 622 side by side
-    assert len(val_starts(split, 10**9)) == split.num_windows // T
-    assert len(val_starts(split, 1)) == 1  # below one window: still one
+    assert len(split.val_starts(10**9)) == split.num_windows // T
+    assert len(split.val_starts(1)) == 1  # below one window: still one
 
 
 @pytest.mark.usefixtures("encoding", "one_rank")
