@@ -113,20 +113,24 @@ def _tokens(text: str) -> int:
 
 
 def fit(text: str, max_tokens: int = MAX_ANSWER_TOKENS, max_chars: int | None = None) -> str | None:
-    """The longest start of `text` that ends at a paragraph or sentence end, not at a colon (announcing a block
-    left out), and holds at most `max_tokens` tokens (and `max_chars` characters); None where even its first
-    sentence is longer. Paragraphs are kept apart by a blank line; an indented block (code, grammar) is kept
-    whole or left out with what follows."""
+    """The longest start of `text` that ends at a paragraph or sentence end and holds at most `max_tokens` tokens
+    (and `max_chars` characters); None where even its first sentence is longer. Paragraphs are kept apart by a
+    blank line; an indented block (code, grammar) is kept whole or left out with what follows. A start that ends
+    in a colon, announcing a block left out, is taken only where no other fits, and then ends in a full stop."""
     kept, best = "", None
     for p, paragraph in enumerate(text.split("\n\n")):
         pieces = [paragraph] if paragraph[:1].isspace() else SENTENCE_END.split(paragraph)
         for s, piece in enumerate(pieces):
             kept = kept + ("\n\n" if p and not s else " " if s else "") + piece if kept else piece
             if (max_chars is not None and len(kept) > max_chars) or _tokens(kept) > max_tokens:
-                return best
+                return _full_stop(best)
             if not kept.endswith(":") or best is None:
                 best = kept
-    return best
+    return _full_stop(best)
+
+
+def _full_stop(text: str | None) -> str | None:
+    return text[:-1] + "." if text is not None and text.endswith(":") else text
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -245,7 +249,7 @@ def topic_docs() -> list[TopicDoc]:
         answer = fit(full, max_chars=MAX_TOPIC_CHARS)
         if answer is None:
             continue
-        rest = full[len(answer):].strip()  # fit keeps a start of the text as it is
+        rest = full[len(answer):].strip()  # fit keeps a start of the text (its last character may change)
         title = re.sub(r'"([^"]+)"', r"`\1`", title.strip())
         docs.append(TopicDoc(re.sub(r"^The ", "the ", title), tuple(keywords.get(key, ())), answer,
                              fit(rest, max_chars=MAX_TOPIC_CHARS) if rest else None))
