@@ -26,6 +26,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from data_prep.settings import DEFAULT_SEED
 from gpt_ds import atomic
@@ -181,13 +182,14 @@ def _api_doc(name: str, short: str, obj: object, attribute: object) -> ApiDoc | 
     signature = _signature(obj, attribute, short, paragraphs[0])
     if paragraphs[0].startswith(f"{short}("):  # a builtin's docstring opens with its signature line
         paragraphs = paragraphs[1:]
-    paragraph = fit(paragraphs[0], MAX_ANSWER_TOKENS - _tokens(f"`{name}{signature}`\n\n")) if paragraphs else None
+    room = MAX_ANSWER_TOKENS - (_tokens(f"`{name}{signature}`\n\n") if signature is not None else 0)  # both answer
+    paragraph = fit(paragraphs[0], room) if paragraphs else None
     if paragraph is None and signature is None:
         return None
     return ApiDoc(name, signature, paragraph, _example(doc))
 
 
-def _public(names, owner_module: str | None, space: object) -> list[tuple[str, object]]:
+def _public(names: Iterable[str], owner_module: str | None, space: object) -> list[tuple[str, object]]:
     """(name, object) of the public functions and classes among `names` of `space`; with owner_module, only
     those defined there (or in its C accelerator, _name)."""
     found = []
