@@ -36,6 +36,8 @@ PROGRAMS: dict[str, list[str]] = {
     "gpt-ds-prepare": ["-m", "data_prep"],
     "python -m data_prep.make_mc": ["-m", "data_prep.make_mc"],
     "gpt-ds-make-mc": ["-m", "data_prep.make_mc"],
+    "python -m data_prep.make_chat": ["-m", "data_prep.make_chat"],
+    "gpt-ds-make-chat": ["-m", "data_prep.make_chat"],
     "python -m reliability": ["-m", "reliability"],
     **{f"bench/{p.name}": [f"bench/{p.name}"] for p in sorted((ROOT / "bench").glob("*.py"))},
 }
