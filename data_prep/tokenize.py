@@ -14,6 +14,7 @@ batch comes back with the masks back to back beside the tokens.
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,8 +105,7 @@ def _encode_chats(batch: tuple[bytes, list[bytes]]) -> BatchResult:
     counts = np.zeros(len(pieces), dtype=np.int64)
     replaced = np.zeros(len(pieces), dtype=np.int64)
     truncated = np.zeros(len(pieces), dtype=np.int64)
-    tokens: list[int] = []
-    mask: list[int] = []
+    tokens, mask = array("H"), array("B")  # extended at C speed, then viewed by numpy without a copy
     error = None
     limit = _Worker.max_tokens
     surrogates = 0  # of the conversation being rendered
@@ -134,11 +134,11 @@ def _encode_chats(batch: tuple[bytes, list[bytes]]) -> BatchResult:
             error = (index, str(problem), problem.offset)
             break
         replaced[index] += surrogates
-        tokens += ids
-        mask += weights
+        tokens.extend(ids)
+        mask.extend(weights)
         counts[index] = len(ids)
-    return BatchResult(np.array(tokens, dtype=TOKEN_DTYPE), counts, replaced, error,
-                       np.array(mask, dtype=MASK_DTYPE), truncated)
+    return BatchResult(np.frombuffer(tokens, dtype=np.uint16).astype(TOKEN_DTYPE, copy=False), counts, replaced, error,
+                       np.frombuffer(mask, dtype=MASK_DTYPE), truncated)
 
 
 class _PieceError(Exception):

@@ -286,3 +286,20 @@ def test_an_interrupted_chat_run_reruns_to_the_same_bytes(tmp_path, python_corpu
     prepare([str(tmp_path / "chats.jsonl")], tmp_path / "whole", shard_tokens=20000, val_fraction=0.1, **CHAT)
     assert all_bytes(out) == all_bytes(tmp_path / "whole")
     assert len(list(out.glob("train_*.mask"))) == len(list(out.glob("train_*.bin"))) > 10
+
+
+def test_invalid_utf8_and_lone_surrogates_are_replaced_and_counted_or_refused_when_strict(tmp_path, encoding):
+    good = json.dumps({"messages": conversation(1)}).encode()
+    surrogate = b'{"messages": [{"role": "user", "content": "a \\ud800 b"}, {"role": "assistant", "content": "ok"}]}'
+    invalid = b'{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "ok"}]}'
+    (tmp_path / "chats.jsonl").write_bytes(b"\n".join([good, surrogate, invalid]) + b"\n")
+    manifest = prepare([str(tmp_path / "chats.jsonl")], tmp_path / "out", val_fraction=0, **CHAT)
+    assert manifest["replaced"] == {"sequences": 2, "documents": 2}
+    fixed = [conversation(1), [{"role": "user", "content": "a \ufffd b"}, {"role": "assistant", "content": "ok"}],
+             [{"role": "user", "content": "caf\ufffd"}, {"role": "assistant", "content": "ok"}]]
+    assert conversations_of(tmp_path / "out", "train") == rendered(fixed, encoding)
+    with pytest.raises(UserError, match=r"chats.jsonl:2: a lone UTF-16 surrogate"):
+        prepare([str(tmp_path / "chats.jsonl")], tmp_path / "strict", strict=True, **CHAT)
+    (tmp_path / "chats.jsonl").write_bytes(b"\n".join([good, invalid]) + b"\n")
+    with pytest.raises(UserError, match=r"chats.jsonl:2: invalid UTF-8"):
+        prepare([str(tmp_path / "chats.jsonl")], tmp_path / "strict", strict=True, **CHAT)
