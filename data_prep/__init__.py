@@ -1,6 +1,7 @@
 """data_prep: tokenize a text corpus into llm.c-format uint16 token shards plus a manifest.
 
     python -m data_prep --input CORPUS [CORPUS ...] --out DIR
+    python -m data_prep --format chat --input CHATS.jsonl --out DIR   # conversations, with loss masks
 
 Python API: `prepare(inputs, out, **options) -> manifest dict` (options: the fields of
 `PrepareSettings`) and `default_corpus()`, the embedded offline corpus. The modules, in the order

@@ -8,13 +8,16 @@ from pathlib import Path
 from data_prep.manifest import verify
 from data_prep.pipeline import run
 from data_prep.settings import (
+    DEFAULT_FIELDS,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_SEED,
     DEFAULT_SHARD_TOKENS,
-    DEFAULT_TEXT_FIELD,
     DEFAULT_VAL_FRACTION,
+    FORMATS,
     PrepareSettings,
     available_cores,
 )
+from gpt_ds.data import CHAT_FORMAT, TEXT_FORMAT
 from gpt_ds.errors import run_cli
 from gpt_ds.tokenizer import DEFAULT_ENCODING
 
@@ -25,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Tokenize a text corpus (GPT-2 BPE, EOT before every document) into llm.c-format uint16 "
-        "shards DIR/train_NNNNNN.bin, DIR/val_NNNNNN.bin and DIR/manifest.json.",
+        "shards DIR/train_NNNNNN.bin, DIR/val_NNNNNN.bin and DIR/manifest.json; with --format chat, conversations "
+        "into shards with a loss mask NAME.mask beside each.",
     )
-    parser.add_argument("--verify", metavar="DIR", help="check a prepared folder (every shard's size and sha256 against "
-                        "its manifest) and exit; changes nothing")
+    parser.add_argument("--verify", metavar="DIR", help="check a prepared folder (every shard's and mask's size and sha256 "
+                        "against its manifest) and exit; changes nothing")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="files, folders (searched recursively) or globs: plain text of any extension (a file is "
                         "a document), .jsonl (a line is a document), .gz versions of both, and .parquet or .arrow "
@@ -45,12 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the val split (default {DEFAULT_SEED})")
     parser.add_argument("--encoding", default=DEFAULT_ENCODING,
                         help=f"tiktoken encoding; its vocabulary must fit uint16 (default {DEFAULT_ENCODING}, GPT-2)")
-    parser.add_argument("--text-field", "--jsonl-field", dest="text_field", default=DEFAULT_TEXT_FIELD, metavar="NAME",
-                        help=f"the text field of .jsonl records and the text column of tables (default {DEFAULT_TEXT_FIELD}; "
-                        "--jsonl-field is its old name)")
+    parser.add_argument("--format", choices=FORMATS, default=TEXT_FORMAT,
+                        help=f"{TEXT_FORMAT}: a document is text (the default); {CHAT_FORMAT}: a document is a conversation, "
+                        "a .jsonl line or table row holding a list of {role, content} messages, rendered in the chat "
+                        "template with a loss mask on the assistant's tokens")
+    parser.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                        help=f"--format chat: a conversation longer than N tokens is cut to N and counted (with --strict: "
+                        f"refused); default {DEFAULT_MAX_TOKENS}, GPT-2's context and one more")
+    parser.add_argument("--text-field", "--jsonl-field", dest="text_field", default=None, metavar="NAME",
+                        help="the field of .jsonl records and the column of tables that holds a document (default "
+                        + ", ".join(f"{field} for --format {name}" for name, field in DEFAULT_FIELDS.items())
+                        + "; --jsonl-field is its old name)")
     parser.add_argument("--force", action="store_true", help="replace a different (or redo the same) preparation in DIR")
     parser.add_argument("--strict", action="store_true",
-                        help="fail on binary files and invalid UTF-8 instead of skipping / replacing them")
+                        help="fail on binary files and invalid UTF-8 instead of skipping / replacing them (chat: and on "
+                        "a conversation longer than --max-tokens instead of truncating it)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -65,6 +78,8 @@ def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
         seed=args.seed,
         encoding=args.encoding,
         text_field=args.text_field,
+        format=args.format,
+        max_tokens=args.max_tokens,
         force=args.force,
         strict=args.strict,
         verbose=not args.quiet,

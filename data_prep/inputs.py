@@ -8,6 +8,10 @@ document (read by data_prep.tables; `save_to_disk_metadata` names the files of a
 `save_to_disk` folder that are not inputs). A large text document is cut into pieces only
 where the cut cannot change its tokens (see `safe_cut`), so memory stays bounded by the piece
 size even for a single multi-GB file. `default_corpus` names the embedded offline corpus.
+
+With `chat` (--format chat) a document is a conversation: a `.jsonl` line or a table row (its messages as
+JSON); `check_chat_inputs` refuses any other file, and no file is skipped as binary (its lines are not JSON,
+which the workers refuse).
 """
 
 from __future__ import annotations
@@ -86,6 +90,16 @@ def save_to_disk_metadata(folder: Path, files: Sequence[str], dirs: Sequence[str
         if isinstance(splits, list) and splits and all(split in dirs for split in splits):
             names.add(DATASET_DICT)
     return names
+
+
+def check_chat_inputs(files: Sequence[Path]) -> None:
+    """Refuse, before any work, a file that cannot hold conversations (neither jsonl nor a table)."""
+    for path in files:
+        if not (is_jsonl(path) or is_table(path)):
+            raise UserError(
+                f"{path} is neither .jsonl nor a .parquet/.arrow table: --format chat reads conversations (a list of "
+                "messages per line or row); remove it from the inputs"
+            )
 
 
 def resolve_inputs(specs: Sequence[str], exclude: Path | None = None) -> list[Path]:
@@ -172,13 +186,15 @@ def safe_cut(data: bytes, start: int = 0) -> int:
 
 class CorpusReader:
     """Streams the documents of `files` as `Piece`s, counting (or, strict, refusing) what it skips.
-    `text_field` is the column read from tables (jsonl fields are read by the workers)."""
+    `text_field` is the column read from tables (jsonl fields are read by the workers); `chat`: conversations."""
 
     def __init__(
-        self, files: Sequence[Path], strict: bool = False, piece_bytes: int = PIECE_BYTES, text_field: str = DEFAULT_TEXT_FIELD
+        self, files: Sequence[Path], strict: bool = False, piece_bytes: int = PIECE_BYTES, text_field: str = DEFAULT_TEXT_FIELD,
+        chat: bool = False,
     ):
         self.files = list(files)
         self.text_field = text_field
+        self.chat = chat
         self.strict = strict
         self.piece_bytes = piece_bytes
         self.binary_files: list[Path] = []
@@ -196,7 +212,7 @@ class CorpusReader:
                 if not is_jsonl(path):
                     self.empty_documents += 1
                 continue
-            if b"\0" in first[:BINARY_PROBE_BYTES]:
+            if b"\0" in first[:BINARY_PROBE_BYTES] and not self.chat:
                 if self.strict:
                     raise UserError(
                         f"{path} is a binary file (a NUL byte in its first {BINARY_PROBE_BYTES} bytes); "
@@ -270,7 +286,7 @@ class CorpusReader:
         from data_prep.tables import table_batches  # pyarrow only when a table is read
 
         size, reported, row = path.stat().st_size, 0, 0
-        for rows, done in table_batches(path, self.text_field, self.piece_bytes):
+        for rows, done in table_batches(path, self.text_field, self.piece_bytes, self.chat):
             self._pending_disk += round(done * size) - reported
             reported = round(done * size)
             for text in rows:

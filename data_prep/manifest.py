@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from gpt_ds import atomic, json_object
-from gpt_ds.data import IN_PROGRESS_NAME, MANIFEST_NAME, check_tokens, open_split, shard_problem
+from gpt_ds.data import CHAT_FORMAT, IN_PROGRESS_NAME, MANIFEST_NAME, TEXT_FORMAT, check_tokens, open_split, shard_problem
 from gpt_ds.errors import UserError
 
 # What a preparation writes into its folder, and so what --force may remove there (nothing else).
-OWN_PATTERNS = ("train_*.bin", "val_*.bin", ".*.tmp", ".spool*")
+OWN_PATTERNS = ("train_*.bin", "val_*.bin", "train_*.mask", "val_*.mask", ".*.tmp", ".spool*")
 # Settings recorded under an older name by earlier versions: a folder they prepared stays up to date.
 FORMER_SETTING_NAMES = {"text_field": "jsonl_field"}
 
@@ -114,7 +114,13 @@ def _differences(found: dict, wanted: dict) -> str:
     if found.get("encoding") != wanted["encoding"]:
         changes.append(f"encoding {found.get('encoding')} -> {wanted['encoding']}")
     old_settings = found.get("settings") or {}
+    # A text preparation's settings name no format (they are as they always were): compare it explicitly.
+    old_format, new_format = (settings.get("format", TEXT_FORMAT) for settings in (old_settings, wanted["settings"]))
+    if old_format != new_format:
+        changes.append(f"format {old_format} -> {new_format}")
     for key, value in wanted["settings"].items():
+        if key == "format":
+            continue
         old = old_settings.get(key, old_settings.get(FORMER_SETTING_NAMES.get(key, key)))
         if old != value:
             changes.append(f"{key.replace('_', '-')} {old} -> {value}")
@@ -140,14 +146,18 @@ def verify(out: Path) -> str:
                 for tokens in open_split(out, split):
                     check_tokens(tokens, vocab_size, full=True)
     shards = [s for entry in manifest["splits"].values() for s in entry.get("shards", [])]
-    return f"{out}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens, sizes and sha256 as recorded, every token within the vocabulary"
+    masks = " and their loss masks" if manifest.get("format") == CHAT_FORMAT else ""
+    return (f"{out}: {len(shards)} shards{masks}, {sum(s['tokens'] for s in shards):,} tokens, sizes and sha256 as recorded, "
+            "every token within the vocabulary")
 
 
 def _refuse_lax_for_strict(out: Path, manifest: dict, strict: bool) -> None:
     binary = (manifest.get("skipped") or {}).get("binary_files", 0)
     replaced = (manifest.get("replaced") or {}).get("sequences", 0)
-    if strict and (binary or replaced):
+    truncated = manifest.get("total_truncated", 0)  # conversations cut to --max-tokens (chat)
+    if strict and (binary or replaced or truncated):
+        cut = f", {truncated} conversations truncated" if truncated else ""
         raise UserError(
             f"--out {out} was prepared without --strict and has {binary} binary files skipped and {replaced} "
-            "invalid UTF-8 sequences replaced; drop --strict to use it, or add --force to prepare it again strictly"
+            f"invalid UTF-8 sequences replaced{cut}; drop --strict to use it, or add --force to prepare it again strictly"
         )

@@ -1,8 +1,10 @@
 """The preparation run: inputs -> reader -> tokenizing workers (in order) -> split router -> shards
--> manifest. `prepare` is the Python API behind `python -m data_prep`."""
+-> manifest. `prepare` is the Python API behind `python -m data_prep`. With --format chat the same run
+carries each conversation's loss mask beside its tokens, to NAME.mask beside each shard."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from data_prep.inputs import (
     TABLE_ROW,
     TEXT_CONTINUED,
     JSONL_RECORD,
+    check_chat_inputs,
     fingerprint,
     is_table,
     resolve_inputs,
@@ -29,10 +32,10 @@ from data_prep.split import SPLITS, DocumentRouter
 from data_prep.tokenize import check_fits_uint16, encode_batch, init_worker
 from data_prep.writer import ShardWriter
 from gpt_ds.atomic import full_disk_as_error
-from gpt_ds.data import MAGIC, VERSION, HEADER_BYTES
+from gpt_ds.data import CHAT_FORMAT, MAGIC, MASK_MAGIC, VERSION, HEADER_BYTES
 from gpt_ds.errors import UserError
 from gpt_ds.lock import FolderLock
-from gpt_ds.tokenizer import get_encoding
+from gpt_ds.tokenizer import CHAT_TEMPLATE, CHAT_TOKEN_TEXT, CHAT_VOCAB_SIZE, DEFAULT_ENCODING, EOT_TOKEN, get_encoding
 
 BATCH_BYTES = 1 << 20  # text per worker task: large enough that pickling is noise, small for memory
 BATCH_PIECES = 4096  # and at most this many documents (short jsonl records) per task
@@ -42,8 +45,8 @@ def prepare(inputs: list[str], out: str | Path, **options) -> dict:
     """Tokenize the corpus `inputs` into shards in `out`; return the manifest.
 
     `options` are the fields of `PrepareSettings`: val_fraction, shard_tokens, workers, seed,
-    encoding, text_field (its old name jsonl_field works too), force, strict, verbose. Raises UserError
-    on bad input.
+    encoding, text_field (its old name jsonl_field works too), format ("text" or "chat"), max_tokens (chat),
+    force, strict, verbose. Raises UserError on bad input.
     """
     if "jsonl_field" in options:
         options["text_field"] = options.pop("jsonl_field")
@@ -54,15 +57,20 @@ def run(settings: PrepareSettings) -> dict:
     say = print if settings.verbose else (lambda _message: None)
     encoding = get_encoding(settings.encoding)
     check_fits_uint16(encoding)
+    if settings.chat and (encoding.eot_token != EOT_TOKEN or encoding.n_vocab != min(CHAT_TOKEN_TEXT)):
+        raise UserError(f"--format chat needs the GPT-2 BPE ({DEFAULT_ENCODING}), not {encoding.name}: the chat markers take "
+                        f"the ids after its {min(CHAT_TOKEN_TEXT)} tokens and each conversation starts with EOT {EOT_TOKEN}")
     files = resolve_inputs(settings.inputs, exclude=settings.out)
     if not files:
         raise UserError(
             f"the inputs {' '.join(settings.inputs)} hold no files; give text, .jsonl or .parquet files or folders of them"
         )
+    if settings.chat:
+        check_chat_inputs(files)
     if any(is_table(path) for path in files):  # pyarrow is loaded only for tables
         from data_prep.tables import check_tables
 
-        check_tables(files, settings.text_field)  # a bad table is refused before anything is written
+        check_tables(files, settings.text_field, settings.chat)  # a bad table is refused before anything is written
     digest, total_bytes = fingerprint(files)
     wanted = identity(encoding.name, settings.output_settings(), digest)
     if settings.out.exists() and not settings.out.is_dir():
@@ -84,7 +92,24 @@ def _prepare(settings: PrepareSettings, files: list[Path], total_bytes: int, wan
         except BaseException:
             abandon_output(settings.out)
             raise
-    manifest = {
+    manifest = (_chat_manifest if settings.chat else _text_manifest)(settings, files, total_bytes, wanted, encoding,
+                                                                     counts, shards)
+    finish_output(settings.out, manifest)
+    elapsed = time.perf_counter() - started
+    if counts["binary_files"]:
+        names = ", ".join(str(p) for p in counts["binary_files"][:3])
+        more = f" and {len(counts['binary_files']) - 3} more" if len(counts["binary_files"]) > 3 else ""
+        say(f"skipped {len(counts['binary_files'])} binary files: {names}{more}")
+    say(
+        f"prepared {settings.out}: {_describe(manifest)}; "
+        f"{elapsed:.1f} s, {manifest['total_tokens'] / max(elapsed, 1e-9) / 1e6:.2f} M tokens/s with {settings.workers} workers"
+    )
+    return manifest
+
+
+def _text_manifest(settings: PrepareSettings, files: list[Path], total_bytes: int, wanted: dict, encoding,
+                   counts: dict, shards: dict) -> dict:
+    return {
         "format": {"magic": MAGIC, "version": VERSION, "header_bytes": HEADER_BYTES, "token_bytes": 2},
         "encoding": encoding.name,
         "vocab_size": encoding.n_vocab,
@@ -106,20 +131,48 @@ def _prepare(settings: PrepareSettings, files: list[Path], total_bytes: int, wan
         "settings": {**settings.output_settings(), "strict": settings.strict},
         "created_by": f"gpt-ds {gpt_ds.__version__} data_prep",
     }
-    finish_output(settings.out, manifest)
-    elapsed = time.perf_counter() - started
-    if counts["binary_files"]:
-        names = ", ".join(str(p) for p in counts["binary_files"][:3])
-        more = f" and {len(counts['binary_files']) - 3} more" if len(counts["binary_files"]) > 3 else ""
-        say(f"skipped {len(counts['binary_files'])} binary files: {names}{more}")
-    say(
-        f"prepared {settings.out}: {_describe(manifest)}; "
-        f"{elapsed:.1f} s, {manifest['total_tokens'] / max(elapsed, 1e-9) / 1e6:.2f} M tokens/s with {settings.workers} workers"
-    )
-    return manifest
+
+
+def _chat_manifest(settings: PrepareSettings, files: list[Path], total_bytes: int, wanted: dict, encoding,
+                   counts: dict, shards: dict) -> dict:
+    """The text manifest's facts in the chat format's terms: "format": "chat", the template, the shard format
+    with the masks', the vocabulary with the chat markers, and per split conversations, trained tokens (the
+    masks' sum) and truncated conversations (each shard entry has its mask's sha256). Nothing is skipped in chat."""
+    text = _text_manifest(settings, files, total_bytes, wanted, encoding, counts, shards)
+    splits = {
+        split: {
+            "shards": entry["shards"],
+            "tokens": entry["tokens"],
+            "conversations": entry["documents"],
+            "trained_tokens": counts["trained_tokens"][split],
+            "truncated": counts["truncated"][split],
+        }
+        for split, entry in text["splits"].items()
+    }
+    return {
+        "format": CHAT_FORMAT,
+        "chat_template": CHAT_TEMPLATE,
+        "shard_format": {**text["format"], "mask_magic": MASK_MAGIC, "mask_bytes": 1},
+        "encoding": text["encoding"],
+        "vocab_size": CHAT_VOCAB_SIZE,  # the chat markers come after the encoding's tokens
+        "eot_token": text["eot_token"],
+        "dtype": text["dtype"],
+        "splits": splits,
+        "total_tokens": text["total_tokens"],
+        "total_conversations": text["total_documents"],
+        "total_trained_tokens": sum(entry["trained_tokens"] for entry in splits.values()),
+        "total_truncated": sum(entry["truncated"] for entry in splits.values()),
+        **{key: text[key] for key in ("inputs", "replaced", "settings", "created_by")},
+    }
 
 
 def _describe(manifest: dict) -> str:
+    if manifest.get("format") == CHAT_FORMAT:
+        parts = [f"{split} {entry['tokens']:,} tokens ({entry['trained_tokens']:,} trained) / {entry['conversations']:,} "
+                 f"conversations ({entry['truncated']:,} truncated) / {len(entry['shards'])} shards"
+                 for split, entry in manifest["splits"].items()]
+        return ", ".join([*parts, f"{manifest['inputs']['files']:,} files, {manifest['inputs']['bytes'] / 1e6:.1f} MB; "
+                          f"replaced {manifest['replaced']['sequences']} invalid UTF-8 sequences"])
     parts = []
     for split in SPLITS:
         entry = manifest["splits"][split]
@@ -151,16 +204,18 @@ def _batches(pieces: Iterable[Piece]) -> Iterator[tuple[tuple[bytes, list[bytes]
 
 
 def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) -> tuple[dict, dict]:
-    reader = CorpusReader(files, strict=settings.strict, text_field=settings.text_field)
-    writers = {split: ShardWriter(settings.out, split, settings.shard_tokens) for split in SPLITS}
-    router = DocumentRouter(writers, settings.val_fraction, settings.seed, settings.out / f".spool.{os.getpid()}.tmp")
+    reader = CorpusReader(files, strict=settings.strict, text_field=settings.text_field, chat=settings.chat)
+    writers = {split: ShardWriter(settings.out, split, settings.shard_tokens, masks=settings.chat) for split in SPLITS}
+    router = DocumentRouter(writers, settings.val_fraction, settings.seed, settings.out / f".spool.{os.getpid()}.tmp",
+                            masks=settings.chat)
     replaced_sequences = replaced_documents = empty_texts = tokens = 0
     document_replaced = False
     progress = tqdm(
         total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=None if settings.verbose else True
     )
     started = last_postfix = time.perf_counter()
-    pool = OrderedPool(settings.workers, encode_batch, init_worker, (settings.encoding, settings.text_field, settings.strict))
+    pool = OrderedPool(settings.workers, encode_batch, init_worker,
+                       (settings.encoding, settings.text_field, settings.strict, settings.max_tokens))
     try:
         with pool, progress:
             for (pieces, disk), result in pool.map(_batches(reader.pieces())):
@@ -168,14 +223,18 @@ def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) ->
                     raise UserError(_locate(files, pieces[result.error[0]], result.error))
                 ends = np.cumsum(result.counts)
                 starts = ends - result.counts
-                for piece, start, end, replaced in zip(pieces, starts.tolist(), ends.tolist(), result.replaced.tolist()):
+                masks = result.mask  # chat: a loss mask beside the tokens
+                cuts = itertools.repeat(0) if result.truncated is None else result.truncated.tolist()
+                for piece, start, end, replaced, truncated in zip(
+                    pieces, starts.tolist(), ends.tolist(), result.replaced.tolist(), cuts
+                ):
                     if piece.kind != TEXT_CONTINUED:
                         if start == end:
                             empty_texts += 1
                             continue
-                        router.start_document()
+                        router.start_document(truncated=bool(truncated))
                         document_replaced = False
-                    router.write(result.tokens[start:end])
+                    router.write(result.tokens[start:end], None if masks is None else masks[start:end])
                     if replaced:
                         replaced_sequences += replaced
                         replaced_documents += not document_replaced
@@ -188,6 +247,9 @@ def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) ->
                     progress.set_postfix_str(
                         f"{router.total_documents / elapsed:,.0f} docs/s, {tokens / elapsed / 1e6:.2f} M tokens/s", refresh=False
                     )
+            if router.total_documents == 0 and settings.chat:
+                raise UserError(f"the inputs hold no conversations: {len(files)} files, all empty; give .jsonl lines or "
+                                f"table rows with a {settings.text_field!r} list of messages")
             if router.total_documents == 0:
                 raise UserError(
                     f"the inputs hold no documents: {len(files)} files, {len(reader.binary_files)} of them binary "
@@ -203,6 +265,8 @@ def _tokenize(settings: PrepareSettings, files: list[Path], total_bytes: int) ->
         "replaced_documents": replaced_documents,
         "binary_files": reader.binary_files,
         "empty_documents": reader.empty_documents + empty_texts,
+        "trained_tokens": {split: writer.trained_tokens for split, writer in writers.items()},
+        "truncated": router.truncated,
     }
     return counts, {split: writer.shards for split, writer in writers.items()}
 

@@ -5,6 +5,9 @@ document does not depend on any other and the stream never has to be held in mem
 more documents each split must get at least one: until both splits have been drawn, documents
 wait in an on-disk spool; if the corpus ends first, the document with the lowest score moves to
 val (or the one with the highest to train). A single document always goes to train.
+
+With masks (--format chat) each write carries the loss mask beside the tokens, and the router counts, per
+split, the documents flagged truncated.
 """
 
 from __future__ import annotations
@@ -28,21 +31,24 @@ def val_score(seed: int, index: int) -> float:
 class DocumentRouter:
     """Sends each document's tokens to the train or val `ShardWriter`."""
 
-    def __init__(self, writers: dict[str, ShardWriter], val_fraction: float, seed: int, spool_path: Path):
+    def __init__(self, writers: dict[str, ShardWriter], val_fraction: float, seed: int, spool_path: Path,
+                 masks: bool = False):
         self.writers = writers
         self.val_fraction = val_fraction
         self.seed = seed
         self.documents = dict.fromkeys(SPLITS, 0)
+        self.truncated = dict.fromkeys(SPLITS, 0)
         self._index = 0
         self._scores: list[float] = []  # of the spooled documents
-        self._spool = Spool(spool_path) if val_fraction > 0 else None
+        self._truncated: list[bool] = []  # of the spooled documents
+        self._spool = Spool(spool_path, masks) if val_fraction > 0 else None
         self._target = None
 
     @property
     def total_documents(self) -> int:
         return self._index
 
-    def start_document(self) -> None:
+    def start_document(self, truncated: bool = False) -> None:
         score = val_score(self.seed, self._index)
         self._index += 1
         if self._scores and self._split(self._scores[0]) != self._split(self._scores[-1]):
@@ -51,15 +57,18 @@ class DocumentRouter:
             self._release([self._split(s) for s in self._scores])
         if self._spool is not None:
             self._scores.append(score)
+            self._truncated.append(truncated)
             self._spool.start_document()
             self._target = self._spool
         else:
             split = self._split(score)
             self.documents[split] += 1
+            self.truncated[split] += truncated
             self._target = self.writers[split]
+            self._target.start_document()
 
-    def write(self, tokens: np.ndarray) -> None:
-        self._target.write(tokens)
+    def write(self, tokens: np.ndarray, mask: np.ndarray | None = None) -> None:
+        self._target.write(tokens, mask)
 
     def finish(self) -> None:
         """Settle the spooled documents, if any, and close the last shards."""
@@ -86,10 +95,12 @@ class DocumentRouter:
 
     def _release(self, splits: list[str]) -> None:
         """Write the spooled documents to their splits, in order, and write directly from now on."""
-        for split, blocks in zip(splits, self._spool.documents()):
+        for split, truncated, blocks in zip(splits, self._truncated, self._spool.documents()):
             self.documents[split] += 1
-            for block in blocks:
-                self.writers[split].write(block)
+            self.truncated[split] += truncated
+            self.writers[split].start_document()
+            for tokens, mask in blocks:
+                self.writers[split].write(tokens, mask)
         self._spool.close()
         self._spool = None
-        self._scores = []
+        self._scores, self._truncated = [], []

@@ -7,12 +7,18 @@ are) or a column that does not hold strings. `table_batches` streams one table's
 batches of about `batch_bytes` of text: a parquet file is read a row group at a time and only its
 text column; an Arrow file is memory-mapped and read a record batch at a time. So memory is bounded
 by a row group (a record batch), never by the file, however many GB it holds. A null is returned as None.
+
+For --format chat (`chat=True`) the column holds each row's conversation: a list of structs with string fields
+`role` and `content` (what Hugging Face chat datasets store), handed on as the JSON of the row's messages (a
+null: `null`, which the workers refuse), a struct field that is null left out (so a null `weight` is absent).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator, Sequence
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -27,25 +33,38 @@ PARQUET_READ_BYTES = 1 << 24  # text per parquet read (pyarrow is slower in smal
 MAX_BATCH_ROWS = 65_536
 
 
-def check_tables(files: Sequence[Path], field: str) -> None:
-    """Refuse, before any work, a table that cannot be read or whose column `field` is not text."""
+CHAT_FIELDS = ("role", "content")  # the struct fields of a message, both strings
+
+
+def check_tables(files: Sequence[Path], field: str, chat: bool = False) -> None:
+    """Refuse, before any work, a table that cannot be read or whose column `field` is not text (with
+    `chat`: not a list of messages)."""
     for path in files:
         if is_table(path):
             with _Table(path) as table:
-                table.column_index(field)
+                table.column_index(field, chat)
 
 
-def table_batches(path: Path, field: str, batch_bytes: int = TABLE_BATCH_BYTES) -> Iterator[tuple[list[bytes | None], float]]:
+def table_batches(
+    path: Path, field: str, batch_bytes: int = TABLE_BATCH_BYTES, chat: bool = False
+) -> Iterator[tuple[list[bytes | None], float]]:
     """The UTF-8 text of column `field`, row by row in order, in lists of about `batch_bytes` (None: a
-    null), each with the share of the file read once it is done (for progress)."""
+    null), each with the share of the file read once it is done (for progress). With `chat`: each row's
+    messages as JSON."""
+    rows_of = _chat_rows if chat else _rows
     with _Table(path) as table:
-        column = table.column_index(field)
+        column = table.column_index(field, chat)
+        first_row = 0  # of the batch
         try:
             for batch, done in table.batches(column, batch_bytes):
-                for rows in _rows(batch.column(0 if table.projected else column), batch_bytes):
+                values = batch.column(0 if table.projected else column)
+                for rows in rows_of(values, batch_bytes):
                     yield rows, done
+                first_row += len(values)
         except (pa.ArrowException, OSError) as err:
             raise _corrupt(path, err) from None
+        except _BadRow as err:
+            raise UserError(f"{path} (row {first_row + err.row}): {err}") from None
 
 
 class _Table:
@@ -86,7 +105,7 @@ class _Table:
             self._source.close()
             self._source = None
 
-    def column_index(self, field: str) -> int:
+    def column_index(self, field: str, chat: bool = False) -> int:
         names = self.schema.names
         if field not in names:
             shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
@@ -95,7 +114,13 @@ class _Table:
                 "pass --text-field NAME to read another column"
             )
         kind = self.schema.field(field).type
-        if not _is_text(kind):
+        if chat and not _is_messages(kind):
+            lists = [f.name for f in self.schema if _is_messages(f.type)]
+            raise UserError(
+                f"{self.path}: column {field!r} holds {kind}, not conversations (a list of structs with string fields "
+                f"role and content); pass --text-field NAME with such a column ({', '.join(lists[:12]) or 'this file has none'})"
+            )
+        if not chat and not _is_text(kind):
             texts = [f.name for f in self.schema if _is_text(f.type)]
             raise UserError(
                 f"{self.path}: column {field!r} holds {kind}, not strings; pass --text-field NAME with a string column "
@@ -108,8 +133,11 @@ class _Table:
         time), each with the share of the file read once it is done."""
         if self._parquet is not None:
             meta, name = self._parquet.metadata, self.schema.names[column]
-            leaf = [self._parquet.schema.column(i).path for i in range(meta.num_columns)].index(name)
-            text_bytes = sum(meta.row_group(g).column(leaf).total_uncompressed_size for g in range(meta.num_row_groups))
+            # The column's leaves: itself for text, role and content (and any other field) for messages.
+            paths = [self._parquet.schema.column(i).path for i in range(meta.num_columns)]
+            leaves = [i for i, path in enumerate(paths) if path == name or path.startswith(name + ".")]
+            text_bytes = sum(meta.row_group(g).column(leaf).total_uncompressed_size
+                             for g in range(meta.num_row_groups) for leaf in leaves)
             rows = max(1, min(MAX_BATCH_ROWS, meta.num_rows * max(batch_bytes, PARQUET_READ_BYTES) // max(text_bytes, 1)))
             done = 0
             for batch in self._parquet.iter_batches(batch_size=rows, columns=[name], use_threads=False):
@@ -130,6 +158,49 @@ def _is_text(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _is_messages(kind: pa.DataType) -> bool:
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return False
+    fields = {kind.value_type.field(i).name: kind.value_type.field(i).type for i in range(kind.value_type.num_fields)}
+    return all(name in fields and _is_text(fields[name]) for name in CHAT_FIELDS)
+
+
+class _BadRow(Exception):
+    """A row that cannot be read: `row` counts from the batch's first."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
+
+
+def _chat_rows(column: pa.Array, batch_bytes: int) -> Iterator[list[bytes]]:
+    """The rows of a messages column as JSON (a null: null), in lists of about `batch_bytes` of column data."""
+    step = max(1, len(column) * batch_bytes // max(column.nbytes, 1))
+    for start in range(0, len(column), step):
+        part = column.slice(start, step)
+        try:
+            conversations = part.to_pylist()
+        except UnicodeDecodeError:  # a writer that skipped pyarrow's UTF-8 validation
+            bad = next(i for i in range(len(part)) if not _decodes(part.slice(i, 1)))
+            raise _BadRow("a message holds invalid UTF-8; rewrite the table with valid UTF-8 text", start + bad) from None
+        yield [json.dumps(_without_nulls(messages)).encode() for messages in conversations]
+
+
+def _decodes(part: pa.Array) -> bool:
+    try:
+        part.to_pylist()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _without_nulls(messages: list | None) -> list | None:
+    """The messages with each struct field that is null left out, but role and content (checked by the workers)."""
+    if messages is None:
+        return None
+    return [m if m is None else {k: v for k, v in m.items() if v is not None or k in CHAT_FIELDS} for m in messages]
 
 
 def _rows(column: pa.Array, batch_bytes: int) -> Iterator[list[bytes | None]]:

@@ -29,7 +29,8 @@ HEADER_INTS = HEADER_BYTES // 4
 TOKEN_DTYPE = np.dtype("<u2")
 MASK_MAGIC = 20261205
 MASK_DTYPE = np.dtype("u1")
-CHAT_FORMAT = "chat"  # the manifest's "format" of a folder of conversations (absent: "text")
+TEXT_FORMAT = "text"  # a folder of documents: its manifest's "format" is the shard format's dict
+CHAT_FORMAT = "chat"  # the manifest's "format" of a folder of conversations
 MANIFEST_NAME = "manifest.json"
 # Written by data_prep when it starts and removed when the manifest is in place: a folder that holds
 # it was interrupted mid-preparation and its shards must not be trained on.
@@ -208,7 +209,7 @@ def open_masks(data_dir: str | Path, split: str) -> list[np.memmap] | None:
     if not (data_dir / MANIFEST_NAME).exists():
         return None  # a folder of foreign shards is text
     manifest = load_manifest(data_dir)
-    if manifest.get("format", "text") != CHAT_FORMAT:
+    if manifest.get("format", TEXT_FORMAT) != CHAT_FORMAT:
         return None
     return [read_mask(data_dir / mask_name(shard["name"]), shard["tokens"])
             for shard in manifest["splits"][split]["shards"]]
