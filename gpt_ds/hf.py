@@ -10,8 +10,8 @@ The architectures are the same, so conversion is renaming plus three layout deta
   when it equals wte).
 The export carries its tokenizer: transformers' GPT-2 tokenizer files, converted from the model
 folder's tiktoken encoding (gpt_ds.hf_tokenizer), so `AutoTokenizer.from_pretrained(HF_DIR)` works
-offline. Import ignores tokenizer files: a model folder names its encoding, and import needs no
-tiktoken cache.
+offline. Import reads no vocabulary from tokenizer files (a model folder names its encoding, and import
+needs no tiktoken cache), only a chat template.
 Only a GPT-2 architecture exports: a model folder of the modern recipe (rotary positions, QK-norm,
 ReLU^2, an untied head, soft-capped logits; any of them) has no GPT2LMHeadModel equivalent and is
 refused naming what differs (zero-initialised projections are only an initialisation: such a model
@@ -269,12 +269,13 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCO
     """Convert the transformers GPT-2 folder `hf_dir` into the model folder `out`. `force`: replace
     whatever folder `out` is (never `hf_dir` or a folder inside or above it)."""
     hf_dir = Path(hf_dir)
-    read_hf_config(hf_dir)  # a folder that is not GPT-2 fails before the output is checked
+    # a folder that is not GPT-2, or not the chat model its template says, fails before the output is checked
+    chat_template = read_hf_chat_template(hf_dir, read_hf_config(hf_dir))
     check_output_folder(out, MODEL_KIND, force=force, inputs=(hf_dir,))  # before reading any weights
     config, state = hf_state(hf_dir)
     metadata = {"source": "huggingface", "hf_folder": str(hf_dir.resolve())}
     return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer, force=force, inputs=(hf_dir,),
-                      chat_template=read_hf_chat_template(hf_dir, config))
+                      chat_template=chat_template)
 
 
 def read_hf_chat_template(hf_dir: Path, config: GPTConfig) -> str | None:

@@ -3,7 +3,7 @@ transformers, offline: the export's tokenizer has the chat markers at their ids 
 tokens are gpt_ds.tokenizer.render_chat's; GPT2LMHeadModel.generate and transformers' chat pipeline write
 the greedy reply gpt-ds writes; importing the export gives a chat model again (from the template in
 tokenizer_config.json or in save_pretrained's chat_template.jinja); another template imports as a base model;
-a chat model whose vocabulary lacks the markers is refused."""
+a chat model whose vocabulary lacks the markers is refused, by export and by import."""
 
 from __future__ import annotations
 
@@ -143,3 +143,15 @@ def test_a_chat_model_without_the_markers_rows_is_refused(tmp_path):
     assert str(raised.value) == (f"{model_dir} is a chat model with a 50257-token vocabulary, which lacks the chat "
                                  "markers (a chat model has 50261); fine-tune it again on a chat folder")
     assert not (tmp_path / "hf").exists()
+
+
+def test_gpt_ds_template_on_a_vocabulary_without_the_markers_is_refused_on_import(chat_export, tmp_path):
+    small = tmp_path / "small"
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab_size=300)
+    transformers.GPT2LMHeadModel(config).save_pretrained(small)
+    shutil.copy(chat_export[2] / "tokenizer_config.json", small)
+    with pytest.raises(UserError) as raised:
+        run(["import", str(small), "--out", str(tmp_path / "out")])
+    assert str(raised.value) == (f"{small} has gpt-ds's chat template but a 300-token vocabulary, which lacks the chat "
+                                 "markers (50261 tokens); export the chat model again")
+    assert not (tmp_path / "out").exists()
