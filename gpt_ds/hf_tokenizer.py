@@ -82,19 +82,17 @@ def tokenizer_files(encoding_name: str, model_max_length: int, chat: bool = Fals
         return "".join(characters[b] for b in token)
 
     vocab = {spelled(token): rank for token, rank in ranks.items()}
-    vocab.update(specials)
-    if chat:  # the markers are no tiktoken special tokens: they live in the rows r50k_base leaves unused
-        vocab.update({text: token for token, text in CHAT_TOKEN_TEXT.items()})
+    # The chat markers are no tiktoken special tokens: they take rows r50k_base leaves unused.
+    markers = {text: token for token, text in CHAT_TOKEN_TEXT.items()} if chat else {}
+    vocab.update({**specials, **markers})
     merges = [MERGES_HEADER]
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         if len(token) > 1:
             merges.append(" ".join(map(spelled, _halves(token, rank, ranks))))
     eot = encoding.decode_single_token_bytes(encoding.eot_token).decode()
     special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}  # GPT-2's: all three are <|endoftext|>
-    added = {**specials}
     if chat:  # a reply ends at <|end|>; no pad token, as GPT-2 (see docs/hf.md#chat-models for why)
         special["eos_token"] = CHAT_TOKEN_TEXT[END_OF_TURN]
-        added.update({text: token for token, text in CHAT_TOKEN_TEXT.items()})
     config: dict[str, Any] = {
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": model_max_length,
@@ -106,7 +104,7 @@ def tokenizer_files(encoding_name: str, model_max_length: int, chat: bool = Fals
         "added_tokens_decoder": {
             str(token_id): {"content": content, "lstrip": False, "normalized": True, "rstrip": False,
                             "single_word": False, "special": True}
-            for content, token_id in sorted(added.items(), key=lambda item: item[1])
+            for content, token_id in sorted({**specials, **markers}.items(), key=lambda item: item[1])
         },
     }
     if chat:
