@@ -10,8 +10,8 @@ The architectures are the same, so conversion is renaming plus three layout deta
   when it equals wte).
 The export carries its tokenizer: transformers' GPT-2 tokenizer files, converted from the model
 folder's tiktoken encoding (gpt_ds.hf_tokenizer), so `AutoTokenizer.from_pretrained(HF_DIR)` works
-offline. Import ignores tokenizer files: a model folder names its encoding, and import needs no
-tiktoken cache.
+offline. Import reads no vocabulary from tokenizer files (a model folder names its encoding, and import
+needs no tiktoken cache), only a chat template.
 Only a GPT-2 architecture exports: a model folder of the modern recipe (rotary positions, QK-norm,
 ReLU^2, an untied head, soft-capped logits; any of them) has no GPT2LMHeadModel equivalent and is
 refused naming what differs (zero-initialised projections are only an initialisation: such a model
@@ -21,6 +21,9 @@ the tests that check the result loads and computes the same logits). Weights are
 safetensors (single or sharded), or from `pytorch_model.bin` through torch's weights-only unpickler
 (gpt_ds.safe_load: a pickle that names anything but tensors is refused, never run).
 `hf_state(HF_DIR)` is the import in memory (launch/train.py --init-from uses it).
+A chat model (config.json's "chat_template") exports with its 4 markers in the tokenizer and transformers'
+chat template (gpt_ds.hf_tokenizer.chat_jinja); its config's eos tokens are those a gpt-ds reply stops at.
+Import makes a chat model of a folder whose tokenizer carries that same template (`read_hf_chat_template`).
 Neither direction writes into its input, inside it or above it, and neither replaces an existing folder
 of the other kind or with other files unless forced (gpt_ds.model_io.check_output_folder); both check
 that before reading any weights.
@@ -36,8 +39,9 @@ from typing import Any
 import torch
 
 from gpt_ds import json_object
+from gpt_ds.chat import REPLY_STOPS
 from gpt_ds.errors import UserError
-from gpt_ds.hf_tokenizer import tokenizer_files
+from gpt_ds.hf_tokenizer import TOKENIZER_CONFIG_FILE, chat_jinja, tokenizer_files
 from gpt_ds.model import GPTConfig
 from gpt_ds.model_io import (
     CONFIG_FILE,
@@ -59,12 +63,13 @@ from gpt_ds.model_io import (
     require_folder,
     save_model,
 )
-from gpt_ds.tokenizer import DEFAULT_ENCODING, EOT_TOKEN
+from gpt_ds.tokenizer import CHAT_TEMPLATE, CHAT_VOCAB_SIZE, DEFAULT_ENCODING, END_OF_TURN, EOT_TOKEN
 
 HF_CONFIG = CONFIG_FILE  # transformers' names are gpt-ds's: the folders differ in config.json's shape
 HF_WEIGHTS = WEIGHTS_FILE
 HF_INDEX = "model.safetensors.index.json"  # sharded checkpoints (large models)
 HF_PICKLE = "pytorch_model.bin"  # older folders: a pickle, read by the weights-only unpickler
+HF_CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers' save_pretrained writes a chat template
 # The projections Hugging Face keeps as Conv1D, i.e. with transposed weights.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Non-parameter buffers older transformers versions saved (the causal mask); recomputed, never needed.
@@ -87,9 +92,11 @@ def has_gpt2_vocabulary(config: GPTConfig) -> bool:
     return EOT_TOKEN < config.vocab_size
 
 
-def hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """A transformers GPT2Config as JSON for `config`."""
+def hf_config(config: GPTConfig, dtype: torch.dtype, chat: bool = False) -> dict[str, Any]:
+    """A transformers GPT2Config as JSON for `config`; `chat`: a chat model's, whose generation stops where a
+    gpt-ds reply does (gpt_ds.chat.REPLY_STOPS: <|end|> first, the tokenizer's eos)."""
     eot = EOT_TOKEN if has_gpt2_vocabulary(config) else None
+    eos = [END_OF_TURN, *sorted(REPLY_STOPS - {END_OF_TURN})] if chat else eot
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -112,7 +119,7 @@ def hf_config(config: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
         "tie_word_embeddings": True,
         "use_cache": True,
         "bos_token_id": eot,
-        "eos_token_id": eot,
+        "eos_token_id": eos,
         "dtype": str(dtype).removeprefix("torch."),
     }
 
@@ -129,9 +136,10 @@ def export_hf(
     # Before reading any weights: the input is a GPT-2 model folder, the output may be written, and
     # the tokenizer is in the tiktoken cache.
     info = read_model_info(model_dir)
-    check_exportable(info.config, model_dir)
+    check_exportable(info.config, model_dir, info.chat_template)
     check_output_folder(out, HF_KIND, force=force, inputs=(model_dir,))
-    tokenizer = tokenizer_files(info.tokenizer, info.config.block_size) if has_gpt2_vocabulary(info.config) else {}
+    chat = info.chat_template is not None
+    tokenizer = tokenizer_files(info.tokenizer, info.config.block_size, chat) if has_gpt2_vocabulary(info.config) else {}
     model, info = load_model(model_dir, dtype=dtype)
     config = info.config
     # The model folder's tensors (no padding rows), with Hugging Face's Conv1D layout where it differs.
@@ -146,15 +154,19 @@ def export_hf(
     needed = sum(t.numel() * t.element_size() for t in tensors.values()) + sum(len(text.encode()) for text in tokenizer.values())
     with atomic_folder(out, HF_KIND, force=force, inputs=(model_dir,), needed=needed) as staging:
         save_file(tensors, str(staging / HF_WEIGHTS), metadata={"format": "pt"})
-        (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
+        (staging / HF_CONFIG).write_text(json.dumps(hf_config(config, dtype, chat), indent=2) + "\n")
         for name, text in tokenizer.items():
             (staging / name).write_text(text, encoding="utf-8")
     return Path(out)
 
 
-def check_exportable(config: GPTConfig, model_dir: str | Path) -> None:
+def check_exportable(config: GPTConfig, model_dir: str | Path, chat_template: str | None = None) -> None:
     """UserError naming what differs when the architecture is not GPT-2's (transformers' GPT-2 has
-    learned positions, tanh-GELU, a tied head and no logit cap)."""
+    learned positions, tanh-GELU, a tied head and no logit cap), or when a chat model's vocabulary lacks
+    the chat markers' rows."""
+    if chat_template is not None and config.vocab_size < CHAT_VOCAB_SIZE:
+        raise UserError(f"{model_dir} is a chat model with a {config.vocab_size}-token vocabulary, which lacks the chat "
+                        f"markers (a chat model has {CHAT_VOCAB_SIZE}); fine-tune it again on a chat folder")
     differences = config.architecture_differences()
     if differences:
         raise UserError(
@@ -257,11 +269,30 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str = DEFAULT_ENCO
     """Convert the transformers GPT-2 folder `hf_dir` into the model folder `out`. `force`: replace
     whatever folder `out` is (never `hf_dir` or a folder inside or above it)."""
     hf_dir = Path(hf_dir)
-    read_hf_config(hf_dir)  # a folder that is not GPT-2 fails before the output is checked
+    # a folder that is not GPT-2, or not the chat model its template says, fails before the output is checked
+    chat_template = read_hf_chat_template(hf_dir, read_hf_config(hf_dir))
     check_output_folder(out, MODEL_KIND, force=force, inputs=(hf_dir,))  # before reading any weights
     config, state = hf_state(hf_dir)
     metadata = {"source": "huggingface", "hf_folder": str(hf_dir.resolve())}
-    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer, force=force, inputs=(hf_dir,))
+    return save_model(out, state, config, metadata=metadata, tokenizer=tokenizer, force=force, inputs=(hf_dir,),
+                      chat_template=chat_template)
+
+
+def read_hf_chat_template(hf_dir: Path, config: GPTConfig) -> str | None:
+    """CHAT_TEMPLATE when the folder's tokenizer carries gpt-ds's chat template (chat_jinja, in tokenizer_config.json
+    as the export writes it, or in chat_template.jinja as transformers' save_pretrained does), else None: another
+    template is not gpt-ds's chat format, so the import is a base model."""
+    if (hf_dir / HF_CHAT_TEMPLATE_FILE).is_file():
+        template = (hf_dir / HF_CHAT_TEMPLATE_FILE).read_text(encoding="utf-8", errors="replace")
+    else:
+        tokenizer_config = json_object.read_or_none(hf_dir / TOKENIZER_CONFIG_FILE) or {}
+        template = tokenizer_config.get("chat_template")
+    if template != chat_jinja():
+        return None
+    if config.vocab_size < CHAT_VOCAB_SIZE:
+        raise UserError(f"{hf_dir} has gpt-ds's chat template but a {config.vocab_size}-token vocabulary, which lacks "
+                        f"the chat markers ({CHAT_VOCAB_SIZE} tokens); export the chat model again")
+    return CHAT_TEMPLATE
 
 
 def hf_state(hf_dir: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:

@@ -10,6 +10,9 @@ So the vocabulary is the ranks with every token's bytes spelled in those charact
 are, for each token of more than one byte in rank order, the two tokens it is made of: the pair left
 when tiktoken's own merging is run on its bytes with only lower ranks allowed. The words are split by
 the same regular expression on both sides (GPT-2's).
+A chat model's tokenizer also has the chat markers (gpt_ds.tokenizer.CHAT_TOKEN_TEXT) as special tokens at
+their ids, `<|end|>` as its eos token, and `chat_template`: the Jinja template (transformers' format) whose
+tokens are gpt_ds.tokenizer.render_chat's (`chat_jinja`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gpt_ds.tokenizer import get_encoding
+from gpt_ds.tokenizer import CHAT_TOKEN_TEXT, END_OF_TURN, EOT_TEXT, ROLE_TOKENS, get_encoding
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -50,9 +53,25 @@ def _halves(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, by
     return parts[0], parts[1]
 
 
-def tokenizer_files(encoding_name: str, model_max_length: int) -> dict[str, str]:
+def chat_jinja() -> str:
+    """The chat template of a chat model's export, in transformers' Jinja: render_chat's text, "<|endoftext|>",
+    then each message as its role's marker, its content and "<|end|>"; with add_generation_prompt a final
+    "<|assistant|>". An unknown role is an error, as in gpt-ds; the order of turns is not checked."""
+    markers = {role: CHAT_TOKEN_TEXT[token] for role, token in ROLE_TOKENS.items()}
+    end, eot = json.dumps(CHAT_TOKEN_TEXT[END_OF_TURN]), json.dumps(EOT_TEXT)
+    return (f"{{% set markers = {json.dumps(markers)} %}}{{{{ {eot} }}}}"
+            "{% for message in messages %}"
+            "{% if message['role'] not in markers %}"
+            "{{ raise_exception('unknown role ' + message['role'] + '; use system, user or assistant') }}{% endif %}"
+            f"{{{{ markers[message['role']] + message['content'] + {end} }}}}"
+            "{% endfor %}"
+            "{% if add_generation_prompt %}{{ markers['assistant'] }}{% endif %}")
+
+
+def tokenizer_files(encoding_name: str, model_max_length: int, chat: bool = False) -> dict[str, str]:
     """The text of each of HF_TOKENIZER_FILES for the tiktoken encoding `encoding_name` (UserError when
-    it cannot be loaded offline). `model_max_length`: the model's context, in tokens."""
+    it cannot be loaded offline). `model_max_length`: the model's context, in tokens. `chat`: a chat model's
+    (the markers, eos `<|end|>`, the chat template)."""
     encoding = get_encoding(encoding_name)
     specials = {name: encoding.encode_single_token(name) for name in encoding.special_tokens_set}
     # A token's id is its rank: the ranks are the bytes of every id that is not a special token.
@@ -63,13 +82,17 @@ def tokenizer_files(encoding_name: str, model_max_length: int) -> dict[str, str]
         return "".join(characters[b] for b in token)
 
     vocab = {spelled(token): rank for token, rank in ranks.items()}
-    vocab.update(specials)
+    # The chat markers are no tiktoken special tokens: they take rows r50k_base leaves unused.
+    markers = {text: token for token, text in CHAT_TOKEN_TEXT.items()} if chat else {}
+    vocab.update({**specials, **markers})
     merges = [MERGES_HEADER]
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         if len(token) > 1:
             merges.append(" ".join(map(spelled, _halves(token, rank, ranks))))
     eot = encoding.decode_single_token_bytes(encoding.eot_token).decode()
     special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}  # GPT-2's: all three are <|endoftext|>
+    if chat:  # a reply ends at <|end|>; no pad token, as GPT-2 (see docs/hf.md#chat-models for why)
+        special["eos_token"] = CHAT_TOKEN_TEXT[END_OF_TURN]
     config: dict[str, Any] = {
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": model_max_length,
@@ -81,9 +104,11 @@ def tokenizer_files(encoding_name: str, model_max_length: int) -> dict[str, str]
         "added_tokens_decoder": {
             str(token_id): {"content": content, "lstrip": False, "normalized": True, "rstrip": False,
                             "single_word": False, "special": True}
-            for content, token_id in sorted(specials.items(), key=lambda item: item[1])
+            for content, token_id in sorted({**specials, **markers}.items(), key=lambda item: item[1])
         },
     }
+    if chat:
+        config["chat_template"] = chat_jinja()
     return {
         VOCAB_FILE: json.dumps(dict(sorted(vocab.items(), key=lambda item: item[1])), ensure_ascii=False),
         MERGES_FILE: "\n".join(merges) + "\n",

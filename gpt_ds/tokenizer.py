@@ -24,6 +24,7 @@ DEFAULT_ENCODING = "r50k_base"
 _CHECKOUT = Path(__file__).resolve().parents[1]
 LOCAL_CACHES = (_CHECKOUT.parent / "shared" / "tiktoken", _CHECKOUT / "shared" / "tiktoken")
 EOT_TOKEN = 50256  # <|endoftext|> in the GPT-2 BPE: the document delimiter in every shard
+EOT_TEXT = "<|endoftext|>"  # its text (tiktoken's name of the special token)
 
 
 def tiktoken_cache_dir() -> str | None:

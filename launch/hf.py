@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from gpt_ds.errors import run_cli  # noqa: E402
 from gpt_ds.hf import export_hf, import_hf  # noqa: E402
-from gpt_ds.model_io import DTYPES  # noqa: E402
+from gpt_ds.model_io import DTYPES, read_model_info  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"wrote {out} (load with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
     else:
         out = import_hf(args.hf_dir, args.out, force=args.force)
-        print(f"wrote model folder {out}")
+        chat = read_model_info(out).chat_template is not None
+        print(f"wrote {'chat ' if chat else ''}model folder {out}")
     return 0
 
 

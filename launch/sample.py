@@ -28,10 +28,9 @@ from gpt_ds.errors import UserError, run_cli
 from gpt_ds.generate import Sampling, detokenize_stream, stream
 from gpt_ds.inference import inference_device, load_for_inference
 from gpt_ds.model_io import DTYPES
-from gpt_ds.tokenizer import get_encoding
+from gpt_ds.tokenizer import EOT_TEXT, get_encoding
 
 PROG = "gpt-ds-sample"
-EOT_TEXT = "<|endoftext|>"
 
 
 def build_parser() -> argparse.ArgumentParser:

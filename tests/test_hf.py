@@ -372,9 +372,20 @@ def test_export_writes_gpt2_tokenizer_files(gpt2_export, export_tokenizers):
         assert "<|endoftext|>" in tokenizer.all_special_tokens
         # the end-of-text token in text is the special token, as tiktoken's encode(allowed_special="all")
         assert tokenizer("one<|endoftext|>two")["input_ids"] == [505, EOT_TOKEN, 11545]
+    # a base model: GPT-2's tokenizer, no chat markers or template (a chat model's export: tests/test_hf_chat.py)
+    assert "chat_template" not in json.loads((hf_dir / "tokenizer_config.json").read_text())
+    assert json.loads((hf_dir / "config.json").read_text())["eos_token_id"] == EOT_TOKEN
+    for tokenizer in export_tokenizers:
+        assert tokenizer.chat_template is None and len(tokenizer) == EOT_TOKEN + 1
     # a previous export, tokenizer and all, is replaced without --force
     assert run(["export", str(model_dir), "--out", str(hf_dir)]) == 0
     assert sorted(p.name for p in hf_dir.iterdir()) == EXPORT_FILES
+
+
+def test_importing_a_base_export_gives_a_base_model(gpt2_export, tmp_path):
+    assert run(["import", str(gpt2_export[2]), "--out", str(tmp_path / "back")]) == 0
+    info = read_model_info(tmp_path / "back")
+    assert info.chat_template is None and info.config.vocab_size == EOT_TOKEN + 1
 
 
 def assert_tiktoken_ids(tokenizers, encoding, texts: dict[str, str]) -> None:
