@@ -62,6 +62,11 @@ def default_corpus() -> list[Path]:
     shakespeare = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "shakespeare"
     if shakespeare.is_dir():
         return [shakespeare]
+    return stdlib_sources()
+
+
+def stdlib_sources() -> list[Path]:
+    """The Python standard library's top-level public sources, sorted (the corpus every machine has)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     return sorted(path for path in stdlib.glob("*.py") if not path.name.startswith("_"))
 

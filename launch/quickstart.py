@@ -14,6 +14,13 @@ CPU. `python launch/quickstart.py [--out DIR]` (console script gpt-ds-quickstart
    its final val loss and benchmark score beside chance;
 4. prints a sample of the model, continuing a prompt in the corpus's form;
 5. prints how to open TensorBoard, sample from the model and open the app.
+
+With --chat (default --out runs/quickstart-chat) the pretraining corpus is the standard library's sources on
+every machine, and the path goes on to a chat model:
+6. builds the conversation set (data_prep.make_chat: questions on the standard library's functions and the
+   language reference) into DIR/chat and prepares it with `--format chat` into DIR/chat/data;
+7. fine-tunes the pretrained model on it (`--init-from`, the assistant's tokens alone) into DIR/chat/run;
+8. prints a two-turn conversation with it, and how to chat in the terminal and in the app.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_prep.make_chat import ChatSetSettings, make_chat  # noqa: E402
 from data_prep.make_mc import MCSettings, make_mc  # noqa: E402
 from gpt_ds.errors import UserError, run_cli  # noqa: E402
 from gpt_ds.record import RunRecord  # noqa: E402
@@ -33,6 +41,7 @@ from gpt_ds.run_dir import RunDir  # noqa: E402
 
 PROG = "launch/quickstart.py"
 DEFAULT_OUT = Path("runs") / "quickstart"
+DEFAULT_CHAT_OUT = Path("runs") / "quickstart-chat"  # another corpus than the plain quickstart's: another folder
 REPO = Path(__file__).resolve().parents[1]
 # The fastest recipe (bench/convergence.py): the modern architecture with Muon, the tiny preset, 2 CPU
 # ranks of 8 x 128 tokens. DEFAULT_MAX_STEPS is about 3 minutes of training on 2 cores, and each corpus's
@@ -54,11 +63,23 @@ SAMPLE_TOKENS = 120  # the sample printed at the end
 DS_CONFIG = "ds_configs/zero2_muon.json"
 TRAIN_FLAGS = ["--recipe", "modern", "--model", "tiny", "--eval-interval", "50", "--eval-tokens", "16384",
                "--save-interval", "100"]
+# The fine-tune: a global batch of 16 conversations (the config's 8 per rank, 2 ranks); the set's 2,850 train
+# conversations are 178 steps, and 150 steps (about 0.85 epoch) take a few minutes on 2 cores.
+DEFAULT_CHAT_STEPS = 150
+CHAT_FLAGS = ["--eval-interval", "50", "--eval-tokens", "16384", "--save-interval", "50", "--sample-tokens", "0"]
+CHAT_VAL_FRACTION = 0.05
+TRANSCRIPT = ("What does textwrap.dedent do?", "What is its signature?")  # the two turns printed at the end
+CHAT_REPLY_TOKENS = 60
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"run folder (default {DEFAULT_OUT}; with --chat {DEFAULT_CHAT_OUT})")
+    parser.add_argument("--chat", action="store_true",
+                        help="pretrain on the standard library's sources, then fine-tune on conversations and chat")
+    parser.add_argument("--chat-steps", type=int, default=DEFAULT_CHAT_STEPS,
+                        help=f"with --chat: the fine-tune's steps (default {DEFAULT_CHAT_STEPS})")
     parser.add_argument("--ranks", type=int, default=2, help="training processes (default 2)")
     parser.add_argument("--target-loss", type=float, default=None,
                         help="validation loss at which training stops (default: the corpus's, "
@@ -68,18 +89,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ranks < 1:
         raise UserError(f"--ranks must be at least 1 (got {args.ranks})")
+    if args.chat_steps < 1:
+        raise UserError(f"--chat-steps must be at least 1 (got {args.chat_steps})")
+    if args.out is None:
+        args.out = DEFAULT_CHAT_OUT if args.chat else DEFAULT_OUT
     return args
 
 
-def prepare_data(out: Path) -> tuple[Path, str]:
-    """Step 1: tokenize the default corpus into out/data; return that folder and the corpus's name
-    (shakespeare, or python for the standard library's sources)."""
+def prepare_data(out: Path, chat: bool) -> tuple[Path, str]:
+    """Step 1: tokenize the default corpus (with `chat`, the standard library's sources) into out/data; return
+    that folder and the corpus's name (shakespeare, or python for the standard library's sources)."""
     from data_prep import default_corpus, prepare
+    from data_prep.inputs import stdlib_sources
 
-    corpus = default_corpus()
+    corpus = stdlib_sources() if chat else default_corpus()
     name = "shakespeare" if corpus[0].name == "shakespeare" else "python"
     data_dir = out / "data"
-    print(f"[1] preparing the default corpus ({', '.join(str(p) for p in corpus[:2])}"
+    print(f"[1] preparing the {'standard library' if chat else 'default'} corpus ({', '.join(str(p) for p in corpus[:2])}"
           f"{' ...' if len(corpus) > 2 else ''}) into {data_dir}")
     prepare([str(p) for p in corpus], data_dir, val_fraction=VAL_FRACTION)
     return data_dir, name
@@ -114,14 +140,20 @@ def train(data_dir: Path, benchmark: Path, run_dir: RunDir, ranks: int, target_l
     evaluation; the run ends by consolidating its checkpoint into the run's model folder, which is returned."""
     train_args = ["--deepspeed_config", str(REPO / DS_CONFIG), "--data", str(data_dir), "--eval-tasks", str(benchmark),
                   "--out", str(run_dir), "--target-loss", str(target_loss), "--max-steps", str(max_steps), *TRAIN_FLAGS]
+    print(f"[2] training the tiny preset with the modern recipe (Muon) on {ranks} ranks (ZeRO-2, bf16) to val loss "
+          f"{target_loss} in {run_dir}:")
+    return launch_training(train_args, run_dir, ranks)
+
+
+def launch_training(train_args: list[str], run_dir: RunDir, ranks: int) -> Path:
+    """launch/train.py on `ranks` ranks through the deepspeed launcher, its command printed first; the model folder
+    its export wrote."""
     from gpt_ds.distributed import launcher_command
     from gpt_ds.train import parse_args as check_train_args
 
     check_train_args(train_args, world_size=ranks)  # bad input fails here, before any process starts
     command = launcher_command(ranks, str(REPO / "launch" / "train.py"), train_args)
-    print(f"[2] training the tiny preset with the modern recipe (Muon) on {ranks} ranks (ZeRO-2, bf16) to val loss "
-          f"{target_loss} in {run_dir}:\n"
-          f"    deepspeed --num_gpus {ranks} launch/train.py {' '.join(train_args)}", flush=True)
+    print(f"    deepspeed --num_gpus {ranks} launch/train.py {' '.join(train_args)}", flush=True)
     code = subprocess.call(command, cwd=REPO)
     if code != 0:
         raise UserError(f"training stopped with exit code {code} (see its output above); "
@@ -131,7 +163,7 @@ def train(data_dir: Path, benchmark: Path, run_dir: RunDir, ranks: int, target_l
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data_dir, corpus = prepare_data(args.out)
+    data_dir, corpus = prepare_data(args.out, args.chat)
     prompt = PROMPTS[corpus]
     target_loss = args.target_loss if args.target_loss is not None else TARGETS[corpus]
     print(f"    shards and manifest.json in {data_dir}")
@@ -152,7 +184,55 @@ def run(argv: list[str] | None = None) -> int:
           f"    python launch/sample.py --model {model_dir} --prompt '{prompt}'\n"
           f"    python launch/eval.py {model_dir} --tasks {benchmark.out},{data_dir}   # lm-eval, bits per byte\n"
           f"    streamlit run app/app.py -- --model {model_dir}")
+    if args.chat:
+        fine_tune_chat(args.out, model_dir, args.ranks, args.chat_steps)
     return 0
+
+
+def fine_tune_chat(out: Path, base: Path, ranks: int, steps: int) -> Path:
+    """Steps 6-8: the conversation set, the fine-tune from `base` on it, a two-turn transcript and what next."""
+    from data_prep import prepare
+
+    chat_dir = out / "chat"
+    files = [chat_dir / "train.jsonl", chat_dir / "val.jsonl"]
+    if not all(path.is_file() for path in files):  # kept on a rerun: the preparation below is then up to date
+        make_chat(ChatSetSettings(out=chat_dir, force=True))
+    data_dir = chat_dir / "data"
+    count = sum(len(path.read_text(encoding="utf-8").splitlines()) for path in files)
+    print(f"[6] {count:,} conversations from the standard library's docs in {chat_dir}, "
+          f"prepared with --format chat into {data_dir}")
+    prepare([str(path) for path in files], data_dir, format="chat",
+            val_fraction=CHAT_VAL_FRACTION, verbose=False)
+    run_dir = RunDir(chat_dir / "run")
+    print(f"[7] fine-tuning {base} on them ({steps} steps, the assistant's tokens alone) in {run_dir}:")
+    model_dir = launch_training(["--deepspeed_config", str(REPO / DS_CONFIG), "--data", str(data_dir), "--out",
+                                 str(run_dir), "--init-from", str(base), "--max-steps", str(steps), *CHAT_FLAGS],
+                                run_dir, ranks)
+    print(f"[8] a conversation with {model_dir} (greedy):\n{indent(transcript(model_dir))}")
+    print("    next:\n"
+          f"    python launch/sample.py --model {model_dir} --chat\n"
+          f"    streamlit run app/app.py -- --model {model_dir}        # the chat page")
+    return model_dir
+
+
+def transcript(model_dir: Path) -> str:
+    """TRANSCRIPT's two turns and the model's greedy replies, the second written with the first exchange in view."""
+    from gpt_ds import chat
+    from gpt_ds.generate import Sampling
+    from gpt_ds.inference import load_for_inference
+
+    model, info = load_for_inference(model_dir)
+    sampling = Sampling(CHAT_REPLY_TOKENS, temperature=0)
+    messages: list[dict] = []
+    lines = []
+    for question in TRANSCRIPT:
+        messages.append({"role": "user", "content": question})
+        prompt = chat.fit_prompt(messages, info.tokenizer, info.config.block_size,
+                                 chat.reply_budget(info.config.block_size, CHAT_REPLY_TOKENS))
+        reply = [update.text for update in chat.stream_reply(model, info, prompt, sampling)][-1]
+        messages.append({"role": "assistant", "content": reply})
+        lines += [f"you: {question}", f"assistant: {reply.strip()}"]
+    return "\n".join(lines)
 
 
 def sample_text(model_dir: Path, prompt: str, new_tokens: int = SAMPLE_TOKENS) -> str:
