@@ -1,13 +1,13 @@
-"""The gpt-ds Streamlit page: try a trained model, see how it learned and what its heads attend to; talk
-to a chat model (one whose config.json has a chat template: it gets a chat page instead of the Generate tab).
+"""The gpt-ds Streamlit page: try a trained model, see how it learned and what its heads attend to, or
+talk to a chat model (one whose config.json has a chat template: a Chat tab instead of Generate and Attention).
 
 Run: `streamlit run app/app.py [-- --model MODEL_DIR] [--runs DIR ...]`. The sidebar lists the model
 folders found under runs/ of the working directory (or under each --runs DIR) and the one given with
 --model, and any folder can be typed. This file is layout only: loading, prompts, streaming and
-attention data come from gpt_ds.inference; discovery, the model card, the curves, the generation
-controls and the charts from the modules beside this file (streamlit puts this folder first on
-sys.path, so they import as top-level modules); a chat's prompt and reply come from gpt_ds.chat. Every problem becomes a message in the page, never a
-traceback.
+attention data come from gpt_ds.inference, a chat's prompt and reply from gpt_ds.chat; discovery, the
+model card, the curves, the generation controls and the charts from the modules beside this file
+(streamlit puts this folder first on sys.path, so they import as top-level modules). Every problem
+becomes a message in the page, never a traceback.
 """
 
 from __future__ import annotations
@@ -145,6 +145,10 @@ def generated_html(prompt: str, continuation: str) -> str:
     )
 
 
+def speed_caption(update: StreamUpdate) -> str:
+    return f"{update.tokens} tokens in {update.seconds:.2f} s · {update.tokens_per_sec:.1f} tokens/s"
+
+
 def generate_tab(model, info, folder: str, sampling: Sampling) -> None:
     prompt = st.text_area("Prompt", "ROMEO:\n", height=140, key="prompt")
     pressed = st.button("Generate", type="primary", key="generate")
@@ -172,15 +176,11 @@ def generate_tab(model, info, folder: str, sampling: Sampling) -> None:
         # Keep the last result on screen while other controls change.
         output.markdown(generated_html(last["prompt"], last["update"].text), unsafe_allow_html=True)
     done = last["update"]
-    speed.caption(f"Done: {done.tokens} tokens in {done.seconds:.2f} s · {done.tokens_per_sec:.1f} tokens/s")
+    speed.caption(f"Done: {speed_caption(done)}")
 
 
 def chat_html(text: str) -> str:
     return f'<div class="chat-text">{as_html_line(text)}</div>'
-
-
-def speed_caption(update: StreamUpdate) -> str:
-    return f"{update.tokens} tokens in {update.seconds:.2f} s · {update.tokens_per_sec:.1f} tokens/s"
 
 
 def show_turn(turn: dict) -> None:
@@ -323,23 +323,18 @@ def page() -> None:
         curves, curves_problem = None, str(err)
     show_model_card(card, curves)
     sampling = generation_controls(info.config.block_size)
-    if info.chat_template is not None:
-        talk, curves_area = st.tabs(["Chat", "Training curves"])
-    else:
-        talk = None
-        generate, curves_area, attention = st.tabs(["Generate", "Training curves", "Attention"])
-        with generate:
-            generate_tab(model, info, str(folder), sampling)
-        with attention:
-            attention_tab(model, info, str(folder))
-    with curves_area:
+    chat_model = info.chat_template is not None
+    tabs = st.tabs(["Chat", "Training curves"] if chat_model else ["Generate", "Training curves", "Attention"])
+    with tabs[0]:
+        (chat_tab if chat_model else generate_tab)(model, info, str(folder), sampling)
+    with tabs[1]:
         if curves_problem:
             st.warning(curves_problem)
         else:
             curves_tab(folder, card, curves)
-    if talk is not None:
-        with talk:
-            chat_tab(model, info, str(folder), sampling)
+    if not chat_model:
+        with tabs[2]:
+            attention_tab(model, info, str(folder))
 
 
 try:
