@@ -1,12 +1,13 @@
-"""The gpt-ds Streamlit page: try a trained model, see how it learned and what its heads attend to.
+"""The gpt-ds Streamlit page: try a trained model, see how it learned and what its heads attend to, or
+talk to a chat model (one whose config.json has a chat template: a Chat tab instead of Generate and Attention).
 
 Run: `streamlit run app/app.py [-- --model MODEL_DIR] [--runs DIR ...]`. The sidebar lists the model
 folders found under runs/ of the working directory (or under each --runs DIR) and the one given with
 --model, and any folder can be typed. This file is layout only: loading, prompts, streaming and
-attention data come from gpt_ds.inference; discovery, the model card, the curves, the generation
-controls and the charts from the modules beside this file (streamlit puts this folder first on
-sys.path, so they import as top-level modules). Every problem becomes a message in the page, never a
-traceback.
+attention data come from gpt_ds.inference, a chat's prompt and reply from gpt_ds.chat; discovery, the
+model card, the curves, the generation controls and the charts from the modules beside this file
+(streamlit puts this folder first on sys.path, so they import as top-level modules). Every problem
+becomes a message in the page, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from controls import DEFAULT_SAMPLING, sampling_from_controls
 from curves import RunCurves, read_run_curves
 from discovery import AppArgs, discover_model_folders, display_name, files_fingerprint, parse_app_args, resolve_model_folder
 
-from gpt_ds import tags
+from gpt_ds import chat, tags
 from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling
 from gpt_ds.inference import StreamUpdate, attention_map, encode_prompt, inference_device, load_for_inference, stream_continuation
@@ -35,9 +36,11 @@ PAGE_CSS = """
   background: rgba(76, 120, 168, 0.06); border: 1px solid rgba(76, 120, 168, 0.25); min-height: 4rem;}
 .gen-prompt {color: rgba(49, 51, 63, 0.65);}
 .gen-continuation {color: #1d4e89; font-weight: 600;}
+.chat-text {white-space: pre-wrap;}
 </style>
 """
 OTHER_FOLDER = "Type a folder path…"
+CHAT_STATE = "chat"  # st.session_state's conversation: {"folder": the model's folder, "turns": [message, ...]}
 
 
 @st.cache_resource(show_spinner="Loading the weights…", max_entries=4)
@@ -142,6 +145,10 @@ def generated_html(prompt: str, continuation: str) -> str:
     )
 
 
+def speed_caption(update: StreamUpdate) -> str:
+    return f"{update.tokens} tokens in {update.seconds:.2f} s · {update.tokens_per_sec:.1f} tokens/s"
+
+
 def generate_tab(model, info, folder: str, sampling: Sampling) -> None:
     prompt = st.text_area("Prompt", "ROMEO:\n", height=140, key="prompt")
     pressed = st.button("Generate", type="primary", key="generate")
@@ -169,7 +176,69 @@ def generate_tab(model, info, folder: str, sampling: Sampling) -> None:
         # Keep the last result on screen while other controls change.
         output.markdown(generated_html(last["prompt"], last["update"].text), unsafe_allow_html=True)
     done = last["update"]
-    speed.caption(f"Done: {done.tokens} tokens in {done.seconds:.2f} s · {done.tokens_per_sec:.1f} tokens/s")
+    speed.caption(f"Done: {speed_caption(done)}")
+
+
+def chat_html(text: str) -> str:
+    return f'<div class="chat-text">{as_html_line(text)}</div>'
+
+
+def show_turn(turn: dict) -> None:
+    """One message of the history; an assistant's with the note of what its prompt left out and its speed."""
+    with st.chat_message(turn["role"]):
+        if turn.get("note"):
+            st.caption(turn["note"])
+        if turn["content"]:
+            st.markdown(chat_html(turn["content"]), unsafe_allow_html=True)
+        elif turn["role"] == "assistant":
+            st.caption("(no reply: the model ended its turn at once)")
+        if turn.get("speed"):
+            st.caption(turn["speed"])
+
+
+def chat_tab(model, info, folder: str, sampling: Sampling) -> None:
+    """The conversation: its history, the reply to a new message streamed in, a system prompt and Clear."""
+    st.sidebar.header("Conversation")
+    system = st.sidebar.text_area("System prompt", "", key="system_prompt",
+                                  help="A system message that opens the conversation; blank = none.")
+    clear = st.sidebar.button("Clear conversation", key="clear_chat")
+    state = st.session_state.get(CHAT_STATE)
+    if clear or state is None or state["folder"] != folder:  # another model: a new conversation
+        state = st.session_state[CHAT_STATE] = {"folder": folder, "turns": []}
+    turns = state["turns"]
+    history = st.container()  # above the input box, where a new message and its reply go too
+    with history:
+        for turn in turns:
+            show_turn(turn)
+    text = st.chat_input("Message the model", key="chat_input")
+    if not (text and text.strip()):
+        if not turns:
+            st.caption("Write a message below; the reply streams in. Clear conversation (sidebar) starts over.")
+        return
+    block_size = info.config.block_size
+    opening = [{"role": "system", "content": system}] if system.strip() else []
+    user = {"role": "user", "content": text}
+    messages = opening + [{"role": t["role"], "content": t["content"]} for t in turns] + [user]
+    try:
+        prompt = chat.fit_prompt(messages, info.tokenizer, block_size, chat.reply_budget(block_size, sampling.max_new_tokens))
+    except UserError as err:  # the message is not kept: the conversation stays one the model can continue
+        st.warning(str(err))
+        return
+    note = chat.dropped_note(prompt.dropped, block_size).capitalize() + "." if prompt.dropped else None
+    with history:
+        show_turn(user)
+        slot = st.empty()
+        with slot.container(), st.chat_message("assistant"):
+            if note:
+                st.caption(note)
+            body, speed = st.empty(), st.empty()
+            for update in chat.stream_reply(model, info, prompt, sampling):  # at least one update, maybe empty
+                body.markdown(chat_html(update.text), unsafe_allow_html=True)
+                speed.caption(f"Writing… {speed_caption(update)}")
+        reply = {"role": "assistant", "content": update.text, "note": note, "speed": speed_caption(update)}
+        with slot.container():  # the finished reply, shown as the history shows it
+            show_turn(reply)
+    turns += [user, reply]
 
 
 def run_curves(folder: Path) -> RunCurves | None:
@@ -254,16 +323,18 @@ def page() -> None:
         curves, curves_problem = None, str(err)
     show_model_card(card, curves)
     sampling = generation_controls(info.config.block_size)
-    generate, curves_area, attention = st.tabs(["Generate", "Training curves", "Attention"])
-    with generate:
-        generate_tab(model, info, str(folder), sampling)
-    with curves_area:
+    chat_model = info.chat_template is not None
+    tabs = st.tabs(["Chat", "Training curves"] if chat_model else ["Generate", "Training curves", "Attention"])
+    with tabs[0]:
+        (chat_tab if chat_model else generate_tab)(model, info, str(folder), sampling)
+    with tabs[1]:
         if curves_problem:
             st.warning(curves_problem)
         else:
             curves_tab(folder, card, curves)
-    with attention:
-        attention_tab(model, info, str(folder))
+    if not chat_model:
+        with tabs[2]:
+            attention_tab(model, info, str(folder))
 
 
 try:

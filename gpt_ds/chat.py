@@ -1,6 +1,7 @@
-"""Talking to a chat model: the prompt a reply is written in, fitted to the model's context, and the reply
-streamed as text until the model ends its turn. The chat format itself (markers, rendering) is
-gpt_ds.tokenizer's; launch/sample.py --chat and the app's chat page are thin layers over this module."""
+"""Talking to a chat model: the prompt a reply is written in, fitted to the model's context (with the note a
+front end shows when old exchanges drop), and the reply streamed as text until the model ends its turn. The
+chat format itself (markers, rendering) is gpt_ds.tokenizer's; launch/sample.py --chat and the app's chat page
+are thin layers over this module."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def fit_prompt(messages: list[dict], tokenizer: str, block_size: int, reserve: i
             return ChatPrompt(tokens, dropped // 2)
     raise UserError(f"the last message is {len(tokens)} tokens with the system message, and the reply needs "
                     f"{reserve} more: more than this model's context of {block_size} tokens; shorten it")
+
+
+def dropped_note(dropped: int, block_size: int) -> str:
+    """What a front end tells the user when fit_prompt left out `dropped` exchanges."""
+    oldest = "the oldest exchange" if dropped == 1 else f"the {dropped} oldest exchanges"
+    return f"{oldest} left out: the conversation outgrew the {block_size}-token context"
 
 
 def stream_reply(model: GPT, info: ModelInfo, prompt: ChatPrompt, sampling: Sampling) -> Iterator[StreamUpdate]:

@@ -107,8 +107,7 @@ def talk(model, info, sampling: Sampling, args: argparse.Namespace) -> int:
     def reply(messages: list[dict]) -> str:
         prompt = chat.fit_prompt(messages, info.tokenizer, info.config.block_size, reserve)
         if prompt.dropped:
-            print(f"({prompt.dropped} oldest exchange(s) left out: the conversation outgrew the "
-                  f"{info.config.block_size}-token context)", file=sys.stderr)
+            print(f"({chat.dropped_note(prompt.dropped, info.config.block_size)})", file=sys.stderr)
         text = ""
         try:
             for update in chat.stream_reply(model, info, prompt, sampling):

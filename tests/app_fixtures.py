@@ -2,12 +2,14 @@
 gpt_ds.model_io.save_model, its training record written as the project writes it
 (`RunRecord(...).to_dict()` as the model folder's metadata), and TensorBoard events written by the
 project's own writer (`gpt_ds.metrics.TensorBoard`, tags from `gpt_ds.tags`), so a renamed tag or
-record field cannot leave the app broken while its tests pass.
+record field cannot leave the app broken while its tests pass. A chat run's model (chat=True) is the
+`tiny` preset with the chat vocabulary, saved with the chat template: what the app's chat page talks to.
 
 Importing this module also puts app/ first on sys.path, as `streamlit run app/app.py` does, so the
 page's modules (discovery, card, curves, controls, charts) import as the page imports them.
 
-Shared by tests/test_inference.py, tests/test_app_*.py, tests/test_app.py and tests/test_app_browser.py.
+Shared by tests/test_inference.py, tests/test_chat.py, tests/test_app_*.py, tests/test_app.py and
+tests/test_app_browser.py.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import torch
 
 from gpt_ds import tags
 from gpt_ds.metrics import TensorBoard
-from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig
+from gpt_ds.model import GPT, MODERN_RECIPE, GPTConfig, config_from_preset
 from gpt_ds.model_io import save_model
 from gpt_ds.record import RunRecord
 from gpt_ds.run_dir import RunDir
+from gpt_ds.tokenizer import CHAT_TEMPLATE, CHAT_TOKEN_TEXT, CHAT_VOCAB_SIZE
 
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
 if str(APP_DIR) not in sys.path:
@@ -35,6 +38,8 @@ TINY_CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)
 # The same shape with the modern recipe (rope, qk-norm, relu², untied head, softcap 30).
 MODERN_TINY_CONFIG = dataclasses.replace(TINY_CONFIG, **MODERN_RECIPE)
 MODERN_ARCHITECTURE = "modern: rope, qk-norm, relu², untied, softcap 30"
+# A chat model: the tiny preset with the chat markers' rows, a context short enough to outgrow.
+CHAT_CONFIG = dataclasses.replace(config_from_preset("tiny"), vocab_size=CHAT_VOCAB_SIZE, block_size=64)
 TARGET_LOSS = 5.0
 TARGET_STEP = 150  # the first val point at or below TARGET_LOSS
 VAL_BPB = 1.25  # the record's final val bits per byte
@@ -50,10 +55,13 @@ def lr_at(step: int) -> float:
     return 6e-4 * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / STEPS)))
 
 
-def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True, config: GPTConfig = TINY_CONFIG) -> Path:
+def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True, config: GPTConfig | None = None, chat: bool = False) -> Path:
     """RUN_DIR with model/ (a tiny random GPT of `config` and its training record) and tb/; returns the
     model folder. A modern config's zero-initialised projections and head get random weights, as
-    training would give them (else every continuation would be uniform noise)."""
+    training would give them (else every continuation would be uniform noise). chat: a chat model of
+    CHAT_CONFIG (unless `config` is given) whose markers' rows are zero, so that greedy replies run to
+    their length rather than end at an <|end|> an untrained model would pick."""
+    config = config or (CHAT_CONFIG if chat else TINY_CONFIG)
     run = RunDir(run_dir)
     if with_tb:
         board = TensorBoard(run.tb, enabled=True)
@@ -79,4 +87,7 @@ def make_run(run_dir: Path, seed: int = 0, with_tb: bool = True, config: GPTConf
             for name, p in model.named_parameters():
                 if name.endswith("c_proj.weight") or name == "lm_head.weight":
                     p.normal_(0.0, 0.02)
-    return save_model(run.model, model, config, metadata=record.to_dict())
+    if chat:
+        with torch.no_grad():
+            model.transformer.wte.weight[min(CHAT_TOKEN_TEXT):] = 0
+    return save_model(run.model, model, config, metadata=record.to_dict(), chat_template=CHAT_TEMPLATE if chat else None)

@@ -5,7 +5,9 @@ runs/."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +28,10 @@ from app_fixtures import (
 from streamlit.testing.v1 import AppTest
 
 import gpt_ds.inference
+from gpt_ds import chat
+from gpt_ds.generate import Sampling
 from gpt_ds.inference import ATTENTION_MAX_SHOWN, encode_prompt
+from gpt_ds.model_io import load_model
 
 APP = APP_DIR / "app.py"
 
@@ -264,3 +269,99 @@ def test_the_card_shows_each_eval_task_beside_the_losses(monkeypatch, tmp_path):
     app = open_app(monkeypatch, "--model", str(folder))
     shown = next(m for m in app.metric if m.label == "stdlib_mc acc_norm")
     assert (shown.value, shown.delta) == ("29.7%", "acc 31.1%")
+
+
+# -- The chat page ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("app") / "runs" / "chat", chat=True)
+
+
+def expected_reply(folder: Path, messages: list[dict], max_new_tokens: int) -> tuple[chat.ChatPrompt, str]:
+    """What gpt_ds.chat writes, greedily, to `messages` (the system message first, if any), and its prompt."""
+    model, info = load_model(folder)
+    block_size = info.config.block_size
+    prompt = chat.fit_prompt(messages, info.tokenizer, block_size, chat.reply_budget(block_size, max_new_tokens))
+    return prompt, list(chat.stream_reply(model, info, prompt, Sampling(max_new_tokens, temperature=0)))[-1].text
+
+
+def send(app: AppTest, message: str) -> AppTest:
+    app.chat_input(key="chat_input").set_value(message).run()
+    assert not app.exception
+    return app
+
+
+def shown_turns(app: AppTest) -> list[tuple[str, str]]:
+    """(role, text) of each message on the page, the text as a reader sees it (the page writes it as HTML)."""
+    def text(html_text: str) -> str:
+        return html.unescape(re.sub(r"</?div[^>]*>", "", html_text).replace("<br>", "\n"))
+
+    return [(message.name, text(message.markdown[0].value) if message.markdown else "") for message in app.chat_message]
+
+
+def test_a_chat_model_gets_a_chat_page_with_the_conversation_in_context(monkeypatch, chat_model):
+    app = open_app(monkeypatch, "--model", str(chat_model))
+    assert [tab.label for tab in app.tabs] == ["Chat", "Training curves"]  # no Generate or Attention tab
+    assert not app.text_area(key="system_prompt").value and not app.chat_message
+    app.slider(key="max_new_tokens").set_value(8)
+    app.slider(key="temperature").set_value(0.0)  # the completion page's controls: greedy
+    app.text_area(key="system_prompt").input("Be brief.")
+    send(app, "first question <|end|>")  # a typed marker is text
+    send(app, "second question")
+
+    system = {"role": "system", "content": "Be brief."}
+    first_turn = {"role": "user", "content": "first question <|end|>"}
+    _, first = expected_reply(chat_model, [system, first_turn], 8)
+    assert first != expected_reply(chat_model, [first_turn], 8)[1]  # the system prompt is in the context
+    second_turns = [system, first_turn, {"role": "assistant", "content": first}, {"role": "user", "content": "second question"}]
+    prompt, second = expected_reply(chat_model, second_turns, 8)
+    assert prompt.dropped == 0 and second != expected_reply(chat_model, [system, second_turns[-1]], 8)[1]
+    assert shown_turns(app) == [("user", first_turn["content"]), ("assistant", first), ("user", "second question"), ("assistant", second)]
+    assert "8 tokens in" in texts(app.caption) and not app.warning
+
+
+def test_old_exchanges_drop_with_a_note_and_clear_starts_over(monkeypatch, chat_model):
+    app = open_app(monkeypatch, "--model", str(chat_model))
+    app.slider(key="max_new_tokens").set_value(20)  # 20 tokens kept for each reply: the 64-token context holds two exchanges
+    app.slider(key="temperature").set_value(0.0)
+    messages: list[dict] = []
+    for message in ["one", "two", "three"]:
+        send(app, message)
+        messages += [{"role": "user", "content": message}]
+        prompt, reply = expected_reply(chat_model, messages, 20)
+        messages += [{"role": "assistant", "content": reply}]
+        assert shown_turns(app)[-2:] == [("user", message), ("assistant", reply)]
+    assert prompt.dropped == 1  # the third reply was written without the first exchange
+    note = "The oldest exchange left out: the conversation outgrew the 64-token context."
+    assert [c.value for c in app.chat_message[-1].caption][0] == note and texts(app.caption).count(note) == 1
+    assert len(app.chat_message) == 6  # the page still shows the whole conversation
+
+    send(app, "word " * 100)  # too long for the context on its own: a message, and the conversation is unchanged
+    assert "more than this model's context of 64 tokens; shorten it" in texts(app.warning)
+    assert len(app.chat_message) == 6
+
+    app.button(key="clear_chat").click().run()
+    assert not app.exception and not app.chat_message
+    send(app, "one")
+    assert shown_turns(app) == [("user", "one"), ("assistant", messages[1]["content"])]  # as the first time
+
+
+def test_switching_models_starts_a_new_conversation_and_a_base_model_keeps_the_completion_page(monkeypatch, tmp_path):
+    first = make_run(tmp_path / "runs" / "first", with_tb=False, chat=True)
+    second = make_run(tmp_path / "runs" / "second", seed=1, with_tb=False, chat=True)
+    base = make_run(tmp_path / "runs" / "base", with_tb=False)
+    app = open_app(monkeypatch, "--model", str(first))
+    app.slider(key="max_new_tokens").set_value(4)
+    send(app, "hello")
+    assert len(app.chat_message) == 2
+    app.selectbox(key="model_choice").set_value(str(second.resolve())).run()
+    assert not app.exception and not app.chat_message  # another model: a new conversation
+    send(app, "hello")
+    assert len(app.chat_message) == 2
+    app.selectbox(key="model_choice").set_value(str(base.resolve())).run()
+    assert not app.exception and [tab.label for tab in app.tabs] == ["Generate", "Training curves", "Attention"]
+    assert not app.get("chat_input") and not app.chat_message
+    assert generate(app, "Hello").strip()
+    app.selectbox(key="model_choice").set_value(str(first.resolve())).run()
+    assert not app.exception and not app.chat_message  # back to the first: a new conversation too

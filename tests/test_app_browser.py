@@ -1,20 +1,27 @@
 """End to end in a real browser: `streamlit run app/app.py` served on 127.0.0.1, driven by headless
 chromium through playwright: type a prompt, press Generate, wait for the continuation, open the
-charts, save screenshots. Skips (with the reason) only where no browser can be had."""
+charts, save screenshots; talk to a chat model (two messages, two replies, Clear). Skips (with the reason) only where no browser can be had."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
 from app_fixtures import make_run
+
+from gpt_ds import chat
+from gpt_ds.generate import Sampling
+from gpt_ds.model_io import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +64,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served_app(repo_root, tmp_path_factory):
+@contextlib.contextmanager
+def serving(repo_root, tmp_path_factory, model: Path):
     """The page served by `streamlit run` from the repository root (so .streamlit/config.toml applies),
-    listing models from a runs/ folder of its own (--runs), never the repository's runs/, with a home
-    folder of its own, so nothing of the user's is read or written."""
-    runs = tmp_path_factory.mktemp("browser") / "runs"
-    model = make_run(runs / "demo")
+    opening `model` (RUNS/NAME/model, made by make_run) and listing models from its RUNS folder (--runs),
+    never the repository's runs/, with a home folder of its own, so nothing of the user's is read or written."""
+    runs = model.parents[1]
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     env = {**os.environ, "HOME": str(tmp_path_factory.mktemp("home"))}
@@ -96,6 +102,23 @@ def served_app(repo_root, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def served_app(repo_root, tmp_path_factory):
+    with serving(repo_root, tmp_path_factory, make_run(tmp_path_factory.mktemp("browser") / "runs" / "demo")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("browser") / "runs" / "chat", chat=True)
+
+
+@pytest.fixture(scope="module")
+def served_chat_app(repo_root, tmp_path_factory, chat_model):
+    with serving(repo_root, tmp_path_factory, chat_model) as served:
+        yield served
 
 
 def test_server_listens_on_localhost_only(served_app):
@@ -135,4 +158,60 @@ def test_prompt_generate_and_charts_in_a_real_browser(browser, served_app, tmp_p
     assert not page.get_by_text("Traceback").count()
     assert not errors, errors
     assert (tmp_path / "generate.png").stat().st_size > 10_000
+    page.close()
+
+
+def set_slider(page, label: str, home_then_right: int) -> None:
+    """A slider moved as a keyboard user moves it: Home (its minimum), then `home_then_right` steps right."""
+    slider = page.get_by_role("slider", name=label)
+    slider.focus()
+    slider.press("Home")
+    for _ in range(home_then_right):
+        slider.press("ArrowRight")
+
+
+def test_a_chat_model_talks_in_a_real_browser(browser, served_chat_app, chat_model, tmp_path):
+    """Two messages, two replies streamed in (greedy, 8 tokens): the second is what gpt_ds.chat writes with the
+    first exchange and the system message in its context. Clear conversation empties the history."""
+    from playwright.sync_api import expect  # the browser fixture has skipped where playwright is missing
+
+    _, url = served_chat_app
+    model, info = load_model(chat_model)
+    sampling = Sampling(8, temperature=0)
+
+    def expected(messages: list[dict]) -> str:
+        prompt = chat.fit_prompt(messages, info.tokenizer, info.config.block_size, chat.reply_budget(info.config.block_size, 8))
+        return list(chat.stream_reply(model, info, prompt, sampling))[-1].text
+
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(url)
+    page.get_by_text("Tokens trained").wait_for(timeout=STEP_TIMEOUT_MS)
+    assert not page.get_by_role("tab", name="Generate").count() and page.get_by_role("tab", name="Chat").count()
+    set_slider(page, "Max new tokens", 7)
+    set_slider(page, "Temperature", 0)
+    page.get_by_role("textbox", name="System prompt").fill("Be brief.")
+    page.get_by_role("textbox", name="System prompt").press("Tab")  # a text area's value is sent when it loses focus
+    for slider, value in (("Max new tokens", "8"), ("Temperature", "0")):
+        expect(page.get_by_role("slider", name=slider)).to_have_value(value, timeout=STEP_TIMEOUT_MS)
+
+    replies = page.locator(".chat-text")
+    for sent, message in enumerate(["first question", "second question"], start=1):
+        page.get_by_placeholder("Message the model").fill(message)
+        page.get_by_placeholder("Message the model").press("Enter")
+        expect(page.get_by_text(re.compile(r"^8 tokens in "))).to_have_count(sent, timeout=STEP_TIMEOUT_MS)
+    expect(replies).to_have_count(4)
+    system, first_question = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "first question"}
+    first = expected([system, first_question])
+    second = expected([system, first_question, {"role": "assistant", "content": first},
+                       {"role": "user", "content": "second question"}])
+    assert second != expected([system, {"role": "user", "content": "second question"}])  # the context matters
+    assert [replies.nth(i).inner_text() for i in range(4)] == ["first question", first, "second question", second]
+    page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+
+    page.get_by_role("button", name="Clear conversation").click()
+    expect(replies).to_have_count(0, timeout=STEP_TIMEOUT_MS)
+    assert not page.get_by_text("Traceback").count()
+    assert not errors, errors
     page.close()

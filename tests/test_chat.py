@@ -4,13 +4,12 @@ through a pipe: two messages, two replies, the second written with the first exc
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 
 import pytest
-import torch
+from app_fixtures import make_run
 
 from gpt_ds import chat
 from gpt_ds.errors import UserError
@@ -18,19 +17,14 @@ from gpt_ds.generate import Sampling, generate
 from gpt_ds.inference import stream_continuation
 from gpt_ds.model import GPT, config_from_preset
 from gpt_ds.model_io import load_model, save_model
-from gpt_ds.tokenizer import CHAT_TEMPLATE, CHAT_TOKEN_TEXT, CHAT_VOCAB_SIZE, ROLE_TOKENS, decode_chat, render_chat
+from gpt_ds.tokenizer import ROLE_TOKENS, decode_chat, render_chat
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 
 
 @pytest.fixture(scope="module")
 def chat_model_dir(tmp_path_factory, encoding):
-    torch.manual_seed(0)
-    config = dataclasses.replace(config_from_preset("tiny"), vocab_size=CHAT_VOCAB_SIZE, block_size=64)
-    model = GPT(config)
-    with torch.no_grad():  # the markers' logits 0: untrained, greedy replies run to their length, not a marker
-        model.transformer.wte.weight[min(CHAT_TOKEN_TEXT):] = 0
-    return save_model(tmp_path_factory.mktemp("chat") / "model", model, config, chat_template=CHAT_TEMPLATE)
+    return make_run(tmp_path_factory.mktemp("chat") / "run", with_tb=False, chat=True)
 
 
 def exchange(i: int) -> list[dict]:
@@ -48,6 +42,8 @@ def test_the_prompt_drops_the_oldest_exchanges_and_keeps_the_system_message(enco
     with pytest.raises(UserError, match="more than this model's context of 8 tokens; shorten it"):
         chat.fit_prompt(messages, "r50k_base", 8, reserve=4)
     assert chat.reply_budget(64, 200) == 32 and chat.reply_budget(1024, 200) == 200
+    assert chat.dropped_note(1, 64) == "the oldest exchange left out: the conversation outgrew the 64-token context"
+    assert chat.dropped_note(3, 64).startswith("the 3 oldest exchanges left out")
 
 
 def test_a_reply_ends_at_a_stop_token(chat_model_dir, encoding):
