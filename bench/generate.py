@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from bench.requires import require  # noqa: E402
 from gpt_ds.generate import Sampling, generate  # noqa: E402
 from gpt_ds.hf import export_hf  # noqa: E402
+from gpt_ds.inference import cpu_decode_layout  # noqa: E402
 from gpt_ds.model import GPT, PRESETS, config_from_preset  # noqa: E402
 from gpt_ds.model_io import save_model  # noqa: E402
 
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-token-prompt", type=int, default=1000, metavar="T",
                         help="prompt length for the time to first token (default 1000; 0: skip)")
     parser.add_argument("--skip-no-cache", action="store_true", help="leave out gpt-ds without a cache (slow at gpt2)")
+    parser.add_argument("--row-major", action="store_true",
+                        help="keep gpt-ds's matrices row-major, as training holds them (default: cpu_decode_layout)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     require("bench/generate.py", {"transformers": "dev"})
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(save_model(Path(tmp) / "model", ours, config), Path(tmp) / "hf")
         theirs = transformers.GPT2LMHeadModel.from_pretrained(Path(tmp) / "hf").eval()
+    if not args.row_major:
+        cpu_decode_layout(ours)  # what gpt_ds.inference.load_for_inference does on the CPU
     print(
         f"preset {args.preset} ({ours.num_params() / 1e6:.1f}M params, {ours.num_params(True) / 1e6:.1f}M "
         f"non-embedding), greedy, fp32, {torch.get_num_threads()} threads, median of {args.repeats} alternating rounds"

@@ -68,7 +68,7 @@ TRAIN_FLAGS = ["--recipe", "modern", "--model", "tiny", "--eval-interval", "50",
 DEFAULT_CHAT_STEPS = 150
 CHAT_FLAGS = ["--eval-interval", "50", "--eval-tokens", "16384", "--save-interval", "50", "--sample-tokens", "0"]
 CHAT_VAL_FRACTION = 0.05
-TRANSCRIPT = ("What does textwrap.dedent do?", "What is its signature?")  # the two turns printed at the end
+TRANSCRIPT = ("What does `textwrap.dedent` do?", "And its signature?")  # the two turns printed at the end
 CHAT_REPLY_TOKENS = 60
 
 

@@ -27,7 +27,8 @@ from gpt_ds import chat
 from gpt_ds.errors import UserError, run_cli
 from gpt_ds.generate import Sampling, detokenize_stream, stream
 from gpt_ds.inference import inference_device, load_for_inference
-from gpt_ds.model_io import DTYPES
+from gpt_ds.model import GPT
+from gpt_ds.model_io import DTYPES, ModelInfo
 from gpt_ds.tokenizer import EOT_TEXT, get_encoding
 
 PROG = "gpt-ds-sample"
@@ -99,13 +100,15 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def talk(model, info, sampling: Sampling, args: argparse.Namespace) -> int:
+def talk(model: GPT, info: ModelInfo, sampling: Sampling, args: argparse.Namespace) -> int:
     """--chat: one reply to --prompt, or a conversation read line by line from stdin."""
     opening = [{"role": "system", "content": args.system}] if args.system else []
     reserve = chat.reply_budget(info.config.block_size, sampling.max_new_tokens)
 
-    def reply(messages: list[dict]) -> str:
-        prompt = chat.fit_prompt(messages, info.tokenizer, info.config.block_size, reserve)
+    def fit(messages: list[dict]) -> chat.ChatPrompt:
+        return chat.fit_prompt(messages, info.tokenizer, info.config.block_size, reserve)
+
+    def reply(prompt: chat.ChatPrompt) -> str:
         if prompt.dropped:
             print(f"({chat.dropped_note(prompt.dropped, info.config.block_size)})", file=sys.stderr)
         text = ""
@@ -119,7 +122,7 @@ def talk(model, info, sampling: Sampling, args: argparse.Namespace) -> int:
         return text
 
     if args.prompt:
-        reply(opening + [{"role": "user", "content": args.prompt}])
+        reply(fit(opening + [{"role": "user", "content": args.prompt}]))
         return 0
     print(f"{PROG}: chat with {args.model}: a line is a message; /clear starts over, /quit ends", file=sys.stderr)
     messages = list(opening)
@@ -138,8 +141,14 @@ def talk(model, info, sampling: Sampling, args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
+        try:
+            prompt = fit(messages)
+        except UserError as err:  # this message alone is too long: say so, and the conversation goes on without it
+            print(f"{PROG}: {err}", file=sys.stderr)
+            messages.pop()
+            continue
         print("assistant: ", end="", flush=True)
-        messages.append({"role": "assistant", "content": reply(messages)})
+        messages.append({"role": "assistant", "content": reply(prompt)})
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

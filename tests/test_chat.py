@@ -85,6 +85,11 @@ def test_the_terminal_chat_through_a_pipe(chat_model_dir, repo_root):
     assert replies == [first, second, third] and "(a new conversation)" in result.stderr
     assert third != expected([SYSTEM, {"role": "user", "content": "third"}])  # the exchange before it is in context
 
+    # a message too long for the context alone: one line, and the conversation goes on without it
+    long = run_sample(repo_root, *args, stdin="word " * 80 + "\nfirst question\n")
+    assert long.returncode == 0 and "more than this model's context of 64 tokens; shorten it" in long.stderr
+    assert long.stdout.splitlines() == [f"assistant: {first}"]
+
     once = run_sample(repo_root, *args, "--prompt", "first question")
     assert once.returncode == 0 and once.stdout == first + "\n"
 

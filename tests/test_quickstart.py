@@ -74,3 +74,31 @@ def test_benchmark_score_beside_chance_or_not_scored(tmp_path):
     for record in (RunRecord(), RunRecord(eval_tasks={"other": {"acc": 0.5, "acc_norm": 0.5, "n": 10}})):
         assert benchmark_score(record, settings) == (
             "offline benchmark (which continuation is real, 5 choices): not scored by this run")
+
+
+@pytest.mark.slow
+def test_quickstart_chat_goes_on_to_a_chat_model(tmp_path, encoding):
+    """--chat: the standard library's sources pretrain, the conversation set fine-tunes (a chat folder, the base
+    model's vocabulary grown), a two-turn transcript and the chat commands close it; a rerun does no new work."""
+    out = tmp_path / "qsc"
+    command = [sys.executable, str(REPO / "launch" / "quickstart.py"), "--chat", "--out", str(out), "--max-steps", "4",
+               "--target-loss", "20", "--chat-steps", "4"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "[1] preparing the standard library corpus" in proc.stdout
+    chat_model = out / "chat" / "run" / "model"
+    assert f"--init-from {out / 'run' / 'model'} --max-steps 4" in proc.stdout
+    transcript = proc.stdout.split(f"[8] a conversation with {chat_model} (greedy):\n")[1].splitlines()
+    assert transcript[0] == "    | you: What does `textwrap.dedent` do?" and transcript[1].startswith("    | assistant:")
+    assert transcript[2] == "    | you: And its signature?" and transcript[3].startswith("    | assistant:")
+    for hint in (f"launch/sample.py --model {chat_model} --chat", f"streamlit run app/app.py -- --model {chat_model}"):
+        assert hint in proc.stdout
+    info = json.loads((chat_model / "config.json").read_text())
+    assert info["chat_template"] and info["model"]["vocab_size"] == 50261
+    assert info["metadata"]["init_from"]["folder"] == str(out / "run" / "model")
+    manifest = json.loads((out / "chat" / "data" / "manifest.json").read_text())
+    assert manifest["format"] == "chat" and manifest["splits"]["val"]["conversations"] > 0
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("resumed from") == 2 and transcript[1] in again.stdout
