@@ -202,6 +202,8 @@ class TensorBoard:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
+            if purge_step is not None:
+                _after_existing_logs(Path(log_dir))
             self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
@@ -232,6 +234,17 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _after_existing_logs(log_dir: Path, longest_s: float = 2.0) -> None:
+    """Wait (at most `longest_s`) until the clock's second is past that of every event file in log_dir. TensorBoard
+    reads the files, and applies a resume's purge, in name order; a name starts with its second, then host, pid and
+    a per-process count, which sorts "10" before "9": in one second of one process a resumed log could come first."""
+    seconds = [int(part[3]) for part in (path.name.split(".") for path in log_dir.glob("events.out.tfevents.*"))
+               if len(part) > 3 and part[3].isdigit()]
+    deadline = time.monotonic() + longest_s
+    while seconds and int(time.time()) <= max(seconds) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -83,6 +83,24 @@ def test_tensorboard_round_trip_and_purge_on_resume(tmp_path):
     assert metrics.read_texts(log_dir, "sample") == [(10, "to be or not")]
 
 
+def test_a_resumed_log_is_read_after_the_interrupted_one_in_the_same_second(tmp_path, monkeypatch):
+    """An event file's name is its second, host, pid and the process's writer count: "events...pid.10" sorts before
+    "...pid.9", and TensorBoard reads (and purges) in name order. A resume in the same second of the same process,
+    across that count's 9 -> 10, must still be read last (the CI flake this reproduces)."""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    log_dir = tmp_path / "tb"
+    first = metrics.TensorBoard(log_dir, enabled=True)
+    for step in range(1, 5):
+        first.scalars(step, {"train/loss": float(step)})
+    first.close()
+    resumed = metrics.TensorBoard(log_dir, enabled=True, purge_step=3)
+    resumed.scalars(3, {"train/loss": 30.0})
+    resumed.close()
+    assert metrics.read_scalars(log_dir)["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks what a machine without CUDA answers")
 def test_native_bf16_without_cuda_is_false_not_an_error():
     """A CPU-only machine (a login node) may ask: the answer is False (torch's device query would raise)."""
