@@ -3,7 +3,7 @@ the same weights and against gpt-ds generation without a cache, and the time to 
 prompt (a conversation's), against transformers: all measured in one run on this machine.
 
     python bench/generate.py [--preset small] [--new-tokens 256] [--prompt-tokens 16 128] [--repeats 3]
-                             [--first-token-prompt 1000] [--threads N] [--no-cache-baseline | --skip-no-cache]
+                             [--first-token-prompt 1000] [--threads N] [--skip-no-cache] [--aten-baseline]
 
 All decode greedily with no stop token, so they do the same work (and must produce the same tokens, which is
 checked). Each is warmed up with a short run; then the contenders run in alternating rounds (A B C A B C ...,
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from bench.requires import require  # noqa: E402
 from gpt_ds.generate import Sampling, generate  # noqa: E402
 from gpt_ds.hf import export_hf  # noqa: E402
-from gpt_ds.inference import cpu_decode_layout  # noqa: E402
+from gpt_ds.linear import aten_only  # noqa: E402
 from gpt_ds.model import GPT, PRESETS, config_from_preset  # noqa: E402
 from gpt_ds.model_io import save_model  # noqa: E402
 
@@ -48,7 +48,7 @@ def alternating_medians(contenders: dict, repeats: int) -> dict[str, tuple[float
     return {name: (statistics.median(times[name]), out[name]) for name in contenders}
 
 
-def contenders(ours: GPT, theirs, prompt: torch.Tensor, n: int, no_cache: bool) -> dict:
+def contenders(ours: GPT, theirs, prompt: torch.Tensor, n: int, no_cache: bool, aten: bool = False) -> dict:
     """The generators, each `fn(count=n) -> new tokens` for `prompt` (1, T)."""
     length = prompt.shape[1]
 
@@ -57,6 +57,10 @@ def contenders(ours: GPT, theirs, prompt: torch.Tensor, n: int, no_cache: bool) 
 
     def ours_no_cache(count: int = n) -> list[int]:
         return generate(ours, [prompt[0].tolist()], Sampling(count, temperature=0, stop_token=None), use_cache=False)[0]
+
+    def ours_aten(count: int = n) -> list[int]:
+        with aten_only():
+            return ours_cached(count)
 
     def transformers_generate(count: int = n) -> list[int]:
         with torch.inference_mode():
@@ -67,32 +71,36 @@ def contenders(ours: GPT, theirs, prompt: torch.Tensor, n: int, no_cache: bool) 
         return out[0, length:].tolist()
 
     found = {"gpt-ds (KV cache)": ours_cached, "transformers generate": transformers_generate}
+    if aten:
+        found["gpt-ds (F.linear)"] = ours_aten
     if no_cache:
         found["gpt-ds (no cache)"] = ours_no_cache
     return found
 
 
-def bench_prompt(ours: GPT, theirs, prompt_tokens: int, n: int, repeats: int, no_cache: bool) -> bool:
+def bench_prompt(ours: GPT, theirs, prompt_tokens: int, n: int, repeats: int, no_cache: bool, aten: bool) -> bool:
     """Time the generators for one prompt length; print rates and ratios; True if all tokens agree."""
     prompt = torch.randint(0, ours.config.vocab_size, (1, prompt_tokens))
     print(f"prompt {prompt_tokens} tokens, {n} new tokens:")
-    results = alternating_medians(contenders(ours, theirs, prompt, n, no_cache), repeats)
+    results = alternating_medians(contenders(ours, theirs, prompt, n, no_cache, aten), repeats)
     for name, (seconds, _) in results.items():
         print(f"  {name:24s} {n / seconds:9.1f} tokens/s  ({seconds:.3f} s)")
     cached_s, cached_tokens = results["gpt-ds (KV cache)"]
     same = all(tokens == cached_tokens for _, tokens in results.values())
     print(f"  same tokens from all: {same}")
     print(f"  ratio cached / transformers: {results['transformers generate'][0] / cached_s:.2f}x (target >= 1.2)")
+    if aten:
+        print(f"  ratio cached / F.linear:     {results['gpt-ds (F.linear)'][0] / cached_s:.2f}x")
     if no_cache:
         print(f"  ratio cached / no cache:     {results['gpt-ds (no cache)'][0] / cached_s:.2f}x (target >= 5)")
     return same
 
 
-def bench_first_token(ours: GPT, theirs, prompt_tokens: int, repeats: int) -> bool:
+def bench_first_token(ours: GPT, theirs, prompt_tokens: int, repeats: int, aten: bool) -> bool:
     """Time to the first new token of a `prompt_tokens`-long prompt (the prompt's pass and one choice): a long
     conversation's wait before its reply starts."""
     prompt = torch.randint(0, ours.config.vocab_size, (1, prompt_tokens))
-    first = {name: (lambda count=1, fn=fn: fn(1)) for name, fn in contenders(ours, theirs, prompt, 1, False).items()}
+    first = {name: (lambda count=1, fn=fn: fn(1)) for name, fn in contenders(ours, theirs, prompt, 1, False, aten).items()}
     results = alternating_medians(first, repeats)
     print(f"time to first token, prompt {prompt_tokens} tokens:")
     for name, (seconds, _) in results.items():
@@ -113,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-token-prompt", type=int, default=1000, metavar="T",
                         help="prompt length for the time to first token (default 1000; 0: skip)")
     parser.add_argument("--skip-no-cache", action="store_true", help="leave out gpt-ds without a cache (slow at gpt2)")
-    parser.add_argument("--row-major", action="store_true",
-                        help="keep gpt-ds's matrices row-major, as training holds them (default: cpu_decode_layout)")
+    parser.add_argument("--aten-baseline", action="store_true",
+                        help="also gpt-ds with torch's own F.linear for every product (gpt_ds.linear.aten_only)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     require("bench/generate.py", {"transformers": "dev"})
@@ -134,16 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(save_model(Path(tmp) / "model", ours, config), Path(tmp) / "hf")
         theirs = transformers.GPT2LMHeadModel.from_pretrained(Path(tmp) / "hf").eval()
-    if not args.row_major:
-        cpu_decode_layout(ours)  # what gpt_ds.inference.load_for_inference does on the CPU
     print(
         f"preset {args.preset} ({ours.num_params() / 1e6:.1f}M params, {ours.num_params(True) / 1e6:.1f}M "
         f"non-embedding), greedy, fp32, {torch.get_num_threads()} threads, median of {args.repeats} alternating rounds"
     )
-    same = [bench_prompt(ours, theirs, length, args.new_tokens, args.repeats, not args.skip_no_cache)
+    same = [bench_prompt(ours, theirs, length, args.new_tokens, args.repeats, not args.skip_no_cache, args.aten_baseline)
             for length in args.prompt_tokens]
     if args.first_token_prompt:
-        same.append(bench_first_token(ours, theirs, args.first_token_prompt, args.repeats))
+        same.append(bench_first_token(ours, theirs, args.first_token_prompt, args.repeats, args.aten_baseline))
     return 0 if all(same) else 1
 
 

@@ -6,8 +6,9 @@ flows through them:
 - data (prepared by data_prep/): tokenizer (tiktoken's GPT-2 BPE), data (token shards and their
   manifest), sampler (batches as a function of (seed, step)), prefetch (the next micro-batch on its
   way to the device).
-- the model: model_config (GPTConfig and the presets; no torch), model (the transformer), loss (the
-  chunked head and cross-entropy), recipes (switches turned on together).
+- the model: model_config (GPTConfig and the presets; no torch), model (the transformer), linear (its
+  matrix products: oneDNN's on the CPU without autograd), loss (the chunked head and cross-entropy),
+  recipes (switches turned on together).
 - the run's settings: settings (the command line: RunSettings), ds_config (the DeepSpeed JSON, read
   once and resolved), ds_keys (its keys against DeepSpeed's readers), config_variant (a shipped config
   with a few keys changed, for tests and benches), plan (every check before any rank starts: the Plan),

@@ -1,8 +1,7 @@
 """Using a trained model folder: what the sampling program (launch/sample.py) and the app share.
 
 Defines: the device and dtype to run in (`inference_device`), loading a model folder where every
-failure is one `UserError` naming the fix (`load_for_inference`), the matrices' layout for decoding on the
-CPU (`cpu_decode_layout`), prompt checks (`encode_prompt`),
+failure is one `UserError` naming the fix (`load_for_inference`), prompt checks (`encode_prompt`),
 a continuation streamed as growing text with its speed (`StreamUpdate`, `stream_continuation`), and
 one attention head's weights over a text (`AttentionMap`, `attention_map`, `token_label`).
 
@@ -48,13 +47,9 @@ def inference_device(device: str | None = None, dtype: str | None = None) -> tup
 
 
 def load_for_inference(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[GPT, ModelInfo]:
-    """Load a model folder in eval mode for generation (on the CPU in cpu_decode_layout); any failure becomes a
-    UserError that names the fix."""
+    """Load a model folder in eval mode for generation; any failure becomes a UserError that names the fix."""
     try:
-        model, info = load_model(folder, device=device, dtype=dtype)
-        if torch.device(device).type == "cpu":
-            cpu_decode_layout(model)
-        return model, info
+        return load_model(folder, device=device, dtype=dtype)
     except UserError:
         raise
     except Exception as err:  # a safety net: a page must show a message, never a traceback
@@ -62,19 +57,6 @@ def load_for_inference(folder: str | Path, device: str = "cpu", dtype: torch.dty
             f"could not load the model in {folder} ({type(err).__name__}: {err}); "
             "export it again (python -m gpt_ds.export RUN_DIR) or choose another folder"
         ) from err
-
-
-@torch.no_grad()
-def cpu_decode_layout(model: GPT) -> GPT:
-    """Store every matrix of `model` column-major: the same values and shapes, another memory order. A decoding
-    step multiplies one token's vector by every matrix, reading each once; the CPU's BLAS reads a column-major
-    weight as the (in, out) matrix of x @ W, measured 1.3-1.6x faster per product than the row-major (out, in)
-    one (GPT-2's 50304-row head: 8.3 against 13.4 ms), and as fast for many tokens (bench/generate.py). For
-    inference only: training keeps its row-major parameters."""
-    for param in model.parameters():
-        if param.dim() == 2:
-            param.data = param.data.t().contiguous().t()
-    return model
 
 
 def encode_prompt(text: str, tokenizer: str, block_size: int | None = None) -> list[int]:

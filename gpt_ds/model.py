@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from gpt_ds.linear import Linear, linear
 from gpt_ds.loss import chunked_cross_entropy, chunked_token_losses
 from gpt_ds.model_config import (  # noqa: F401 (GPT2_RECIPE, MODERN_RECIPE, PRESETS, config_from_preset: the model's names too)
     GPT2_RECIPE,
@@ -102,8 +103,8 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = config.qk_norm
         self.rope_base = config.rope_base if config.pos_embedding == "rope" else None
         # One fused projection for queries, keys and values: one big matmul beats three small ones.
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def _heads(self, x: torch.Tensor, start: int = 0,
@@ -168,10 +169,10 @@ class ReLUSquared(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GPT-2 used the tanh approximation of GELU; matching it keeps imported GPT-2 weights exact.
         self.act = nn.GELU(approximate="tanh") if config.mlp == "gelu" else ReLUSquared()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +220,7 @@ class OutputHead(nn.Module):
         return self._tied_to.weight if self._tied_to is not None else self.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.matrix)[..., : self.vocab_size]
+        logits = linear(hidden, self.matrix)[..., : self.vocab_size]
         if self.softcap is not None:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits

@@ -15,7 +15,6 @@ from gpt_ds.errors import UserError
 from gpt_ds.generate import Sampling, generate
 from gpt_ds.inference import (
     attention_map,
-    cpu_decode_layout,
     encode_prompt,
     inference_device,
     load_for_inference,
@@ -163,28 +162,3 @@ def test_the_library_does_not_import_the_pages_libraries(repo_root):
         text = path.read_text()
         for library in ("altair", "pandas", "streamlit"):
             assert f"import {library}" not in text and f"from {library}" not in text, (path, library)
-
-
-@pytest.mark.parametrize("config", [None, MODERN_TINY_CONFIG])
-def test_the_cpu_decode_layout_keeps_every_value_and_the_tokens(run_dir, config):
-    """load_for_inference stores the matrices column-major on the CPU (the same values and shapes): the logits
-    agree to float32 rounding, greedy generation gives the same tokens, and saving writes the same weights."""
-    from gpt_ds.model import GPT, config_from_preset
-    from gpt_ds.model_io import folder_state_dict
-
-    torch.manual_seed(3)
-    config = config or config_from_preset("tiny")
-    model = GPT(config).eval()
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    idx = torch.randint(0, config.vocab_size, (2, 24))
-    logits, _ = model(idx)
-    tokens = generate(model, [idx[0].tolist()], Sampling(16, temperature=0))[0]
-    cpu_decode_layout(model)
-    matrices = [p for p in model.parameters() if p.dim() == 2]
-    assert matrices and all(p.stride() == (1, p.shape[0]) for p in matrices)  # column-major
-    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
-    torch.testing.assert_close(model(idx)[0], logits, rtol=1e-5, atol=1e-5)
-    assert generate(model, [idx[0].tolist()], Sampling(16, temperature=0))[0] == tokens
-    assert all(t.is_contiguous() for t in folder_state_dict(model, config).values())
-    loaded, _ = load_for_inference(run_dir / "model")
-    assert all(p.stride() == (1, p.shape[0]) for p in loaded.parameters() if p.dim() == 2)
