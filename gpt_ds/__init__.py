@@ -23,7 +23,8 @@ flows through them:
   run's progress).
 - the run folder: run_dir (every path a run writes), checkpoint (save, verify, resume, prune),
   reshard (resume on another number of ranks or ZeRO stage), safe_load (checkpoint loads that run no
-  code), atomic (writes that are whole or absent), json_object (a JSON file read or one clear error).
+  code), atomic (writes that are whole or absent), json_object (a JSON file read or one clear error),
+  cache (GPT_DS_CACHE_DIR: the measured peak, torch.compile's caches).
 - the trained model: export (a checkpoint into a model folder), model_io (the model folder and its
   loader), generate (decoding with a key/value cache), inference (what launch/sample.py and the app
   share), hf (Hugging Face GPT-2 folders in and out), hf_tokenizer (r50k_base as GPT-2's tokenizer

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gpt_ds.cache import use_compile_cache
 from gpt_ds.patching import swapped
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ def build_engine(plan: Plan) -> Any:
 
     from gpt_ds.model import GPT
 
+    use_compile_cache()  # before anything compiles: the loss, Muon's update, --compile
     ds_logger.setLevel(logging.WARNING)  # our progress bar is the console; DeepSpeed's INFO lines drown it
     # DeepSpeed calls torch.distributed APIs that torch marks deprecated, once per rank: noise to users
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")

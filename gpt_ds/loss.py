@@ -33,6 +33,8 @@ import warnings
 
 import torch
 
+from gpt_ds.cache import use_compile_cache
+
 # Rows per chunk: 2**25 / 50257 -> 667 rows, whose float32 log-probabilities take 134 MB (small's whole
 # batch of 4096 rows held 824 MB of float32 logits, plus a bf16 copy and the gradient). Each chunk also
 # adds a V x C product into the weight gradient, so chunks of a few hundred rows or fewer cost more on the
@@ -150,7 +152,7 @@ _DEVICE_ERRORS = (torch.cuda.OutOfMemoryError,) + ((torch.AcceleratorError,) if 
 class _Fused:
     """`fn` compiled by torch.compile (inductor), which fuses its passes over the (rows, V) chunk into
     one or two loops: about 2.3x faster than eager on the CPU for GPT-2's vocabulary (bench/profile_step.py;
-    the compile takes ~3 s once per process, ~1.5 s with inductor's on-disk cache). Where compiling is not
+    the compile takes ~3 s once per process, ~1.5 s from the on-disk cache, gpt_ds.cache). Where compiling is not
     possible (no C++ compiler, GPT_DS_COMPILE_LOSS=0), the same function runs eagerly."""
 
     def __init__(self, fn) -> None:
@@ -162,6 +164,7 @@ class _Fused:
         if self.enabled:
             try:
                 if self.compiled is None:
+                    use_compile_cache()
                     self.compiled = torch.compile(self.fn, dynamic=True)
                 return self.compiled(*args)
             except _DEVICE_ERRORS:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from collections import deque
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from gpt_ds import atomic, json_object, tags
+from gpt_ds.cache import cache_dir
 from gpt_ds.hardware import gpu_peak_flops
 
 CPU_PEAK_MATMUL = 2048  # the measured peak's matmul size: large enough to reach the kernels' plateau
@@ -45,11 +45,6 @@ def measure_matmul_flops(dtype: torch.dtype, size: int = CPU_PEAK_MATMUL, rounds
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
-
-
-def cache_dir() -> Path:
-    """Where gpt-ds keeps per-machine measurements (GPT_DS_CACHE_DIR, default ~/.cache/gpt-ds)."""
-    return Path(os.environ.get("GPT_DS_CACHE_DIR") or Path.home() / ".cache" / "gpt-ds")
 
 
 def _cpu_name() -> str:

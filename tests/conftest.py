@@ -31,6 +31,15 @@ if _TIKTOKEN_CACHE is not None:
 # user's home; training subprocesses inherit it.
 _CACHE = tempfile.TemporaryDirectory(prefix="gpt-ds-test-cache-")
 os.environ["GPT_DS_CACHE_DIR"] = _CACHE.name
+# The training subprocesses' torch.compile caches stay where torch keeps them (gpt_ds.cache leaves a
+# TORCHINDUCTOR_CACHE_DIR they start with alone): the suite's many short runs compile each shape once per
+# machine, not once per session.
+try:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+except ImportError:  # a torch that moved it: the tests then compile into GPT_DS_CACHE_DIR, as users do
+    pass
+else:
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
 
 # The corpus: data_prep.stdlib_corpus (single-file stdlib modules of every supported Python, 3.10-3.14, in a
 # fixed order: ~2.5 MB of text on 3.11, ~2.2 bytes per GPT-2 token), shared with the benches and the GPU check.
