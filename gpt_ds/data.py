@@ -57,17 +57,28 @@ def mask_name(shard: str) -> str:
     return shard.removesuffix(".bin") + ".mask"
 
 
+def _size_and_header(path: Path) -> tuple[int, int, int, int] | None:
+    """(file size, magic, version, count) of a file in the llm.c layout; None when it does not exist. A file
+    shorter than the header reads as (size, 0, 0, 0)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size < HEADER_BYTES:
+        return size, 0, 0, 0
+    magic, version, count = (int(v) for v in np.fromfile(path, dtype="<i4", count=3))
+    return size, magic, version, count
+
+
 def read_mask(path: str | Path, num_tokens: int) -> np.memmap:
     """Memory-map a shard's loss mask (uint8, one per token); ShardError naming the file when it is missing,
     foreign, or not `num_tokens` long (its shard's count)."""
     path = Path(path)
     fix = "re-prepare the folder with python -m data_prep --format chat --force"
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ShardError(f"loss mask {path} does not exist; {fix}") from None
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= HEADER_BYTES else np.zeros(3, "<i4")
-    magic, version, count = (int(v) for v in header[:3])
+    found = _size_and_header(path)
+    if found is None:
+        raise ShardError(f"loss mask {path} does not exist; {fix}")
+    size, magic, version, count = found
     if magic != MASK_MAGIC or version != VERSION:
         raise ShardError(f"{path} is not a loss mask of this format (magic {magic}, version {version}); {fix}")
     if count != num_tokens or size != HEADER_BYTES + count:
@@ -79,7 +90,7 @@ def read_mask(path: str | Path, num_tokens: int) -> np.memmap:
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
     """Write a loss mask (0/1 per token) at `path`, atomically. Returns the path."""
     mask = np.asarray(mask)
-    if mask.ndim != 1 or mask.size == 0 or (mask.size and int(mask.max()) > 1):
+    if mask.ndim != 1 or mask.size == 0 or int(mask.max()) > 1:
         raise ValueError("a loss mask is a non-empty 1-D array of 0 and 1")
     atomic.write_bytes(Path(path), shard_header(mask.size, MASK_MAGIC), mask.astype(MASK_DTYPE).tobytes())
     return Path(path)
@@ -99,17 +110,15 @@ def read_shard(path: str | Path) -> np.memmap:
     path = Path(path)
     if path.is_dir():
         raise ShardError(f"{path} is a folder, not a shard file; give a shard file or use open_split")
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ShardError(f"shard {path} does not exist; re-prepare the data folder") from None
+    found = _size_and_header(path)
+    if found is None:
+        raise ShardError(f"shard {path} does not exist; re-prepare the data folder")
+    size, magic, version, num_tokens = found
     if size < HEADER_BYTES:
         raise ShardError(
             f"shard {path} is truncated or not a shard: {size} bytes, shorter than the "
             f"{HEADER_BYTES}-byte header; re-prepare it"
         )
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    magic, version, num_tokens = (int(v) for v in header[:3])
     if magic != MAGIC:
         raise ShardError(
             f"{path} is not a token shard: magic number {magic}, expected {MAGIC} (the llm.c format); "
@@ -170,19 +179,20 @@ def load_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
-def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
+def open_split(data_dir: str | Path, split: str, manifest: dict | None = None) -> list[np.memmap]:
     """Memory-map every shard of `split` ("train" or "val") in a prepared folder, in order.
 
-    With a manifest, each shard is checked against it (presence, token count); a folder of shards
-    made elsewhere (llm.c's `*_train_*.bin` naming, no manifest) is opened by file name instead.
-    Raises ShardError naming the file or folder and the fix on any problem.
+    With a manifest (`manifest`, already read, or the folder's), each shard is checked against it (presence,
+    token count); a folder of shards made elsewhere (llm.c's `*_train_*.bin` naming, no manifest) is opened by
+    file name instead. Raises ShardError naming the file or folder and the fix on any problem.
     """
     data_dir = Path(data_dir)
-    if data_dir.is_dir() and not (data_dir / MANIFEST_NAME).exists() and not (data_dir / IN_PROGRESS_NAME).exists():
+    if manifest is None and data_dir.is_dir() and not (data_dir / MANIFEST_NAME).exists() \
+            and not (data_dir / IN_PROGRESS_NAME).exists():
         found = _foreign_shards(data_dir, split)
         if found:
             return [read_shard(path) for path in found]
-    manifest = load_manifest(data_dir)
+    manifest = manifest if manifest is not None else load_manifest(data_dir)
     entry = manifest["splits"].get(split)
     if not entry or not entry.get("shards"):
         known = ", ".join(name for name, s in manifest["splits"].items() if s and s.get("shards")) or "none"
@@ -203,12 +213,14 @@ def open_split(data_dir: str | Path, split: str) -> list[np.memmap]:
     return shards
 
 
-def open_masks(data_dir: str | Path, split: str) -> list[np.memmap] | None:
-    """The loss masks of `split`'s shards, in order, for a chat folder; None for a text folder."""
+def open_masks(data_dir: str | Path, split: str, manifest: dict | None = None) -> list[np.memmap] | None:
+    """The loss masks of `split`'s shards, in order, for a chat folder; None for a text folder. `manifest`: the
+    folder's, already read."""
     data_dir = Path(data_dir)
-    if not (data_dir / MANIFEST_NAME).exists():
-        return None  # a folder of foreign shards is text
-    manifest = load_manifest(data_dir)
+    if manifest is None:
+        if not (data_dir / MANIFEST_NAME).exists():
+            return None  # a folder of foreign shards is text
+        manifest = load_manifest(data_dir)
     if manifest.get("format", TEXT_FORMAT) != CHAT_FORMAT:
         return None
     return [read_mask(data_dir / mask_name(shard["name"]), shard["tokens"])
@@ -221,8 +233,8 @@ def shard_problem(data_dir: Path, manifest: dict) -> str | None:
     try:
         for split, entry in manifest["splits"].items():
             if entry.get("shards"):
-                open_split(data_dir, split)
-                open_masks(data_dir, split)
+                open_split(data_dir, split, manifest)
+                open_masks(data_dir, split, manifest)
                 for shard in entry["shards"]:
                     for name, key in ((shard["name"], "sha256"), (mask_name(shard["name"]), "mask_sha256")):
                         if shard.get(key) and file_sha256(data_dir / name) != shard[key]:
@@ -235,10 +247,11 @@ def shard_problem(data_dir: Path, manifest: dict) -> str | None:
     return None
 
 
-def verify_folder(data_dir: str | Path) -> None:
-    """ShardError unless every shard of the prepared folder has the size, header and sha256 its manifest records."""
+def verify_folder(data_dir: str | Path, manifest: dict | None = None) -> None:
+    """ShardError unless every shard of the prepared folder has the size, header and sha256 its manifest
+    (`manifest`, already read, or the folder's) records."""
     data_dir = Path(data_dir)
-    problem = shard_problem(data_dir, load_manifest(data_dir))
+    problem = shard_problem(data_dir, manifest if manifest is not None else load_manifest(data_dir))
     if problem is not None:
         raise ShardError(f"{problem}; prepare the folder again with --force")
 

@@ -35,6 +35,8 @@ import torch
 
 from gpt_ds.cache import use_compile_cache
 
+IGNORE_INDEX = -100  # a target that no loss counts (torch's F.cross_entropy default too)
+
 # Rows per chunk: 2**25 / 50257 -> 667 rows, whose float32 log-probabilities take 134 MB (small's whole
 # batch of 4096 rows held 824 MB of float32 logits, plus a bf16 copy and the gradient). Each chunk also
 # adds a V x C product into the weight gradient, so chunks of a few hundred rows or fewer cost more on the
@@ -51,7 +53,7 @@ def default_chunk_rows(vocab_size: int) -> int:
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
-                          softcap: float | None = None, ignore_index: int = -100,
+                          softcap: float | None = None, ignore_index: int = IGNORE_INDEX,
                           chunk_rows: int | None = None, divisor: float | torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy (float32 scalar) of `hidden (N, C) @ weight[:vocab_size].T` against targets (N,);
     with `divisor` (a number, or a 0-dim tensor: no recompile when it changes under torch.compile), their sum
@@ -66,7 +68,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
 
 @torch.no_grad()
 def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
-                         softcap: float | None = None, ignore_index: int = -100,
+                         softcap: float | None = None, ignore_index: int = IGNORE_INDEX,
                          chunk_rows: int | None = None) -> torch.Tensor:
     """Each row's cross-entropy (float32, (N,); 0 where the target is ignore_index), computed as
     chunked_cross_entropy computes its mean: evaluation only, no gradient."""

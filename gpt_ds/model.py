@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gpt_ds.linear import Linear, linear
-from gpt_ds.loss import chunked_cross_entropy, chunked_token_losses
+from gpt_ds.loss import IGNORE_INDEX, chunked_cross_entropy, chunked_token_losses
 from gpt_ds.model_config import (  # noqa: F401 (GPT2_RECIPE, MODERN_RECIPE, PRESETS, config_from_preset: the model's names too)
     GPT2_RECIPE,
     MODERN_RECIPE,
@@ -320,7 +320,7 @@ class GPT(nn.Module):
         return x
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = -100,
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX,
         per_token: bool = False, loss_divisor: float | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for idx (B, T), None as the loss; with targets (B, T), (None, the

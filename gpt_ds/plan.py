@@ -151,12 +151,13 @@ def plan_run(settings: RunSettings, world_size: int, cuda: bool | None = None) -
                         decay_fraction=settings.wsd_decay_fraction)
     parent = read_parent(settings.init_from) if settings.init_from is not None else None
     model_config = resolve_model(settings) if parent is None else child_config(parent, settings)
-    model_config = fit_vocabulary(model_config, settings.data)
+    manifest = read_manifest(settings.data)
+    model_config = fit_vocabulary(model_config, manifest)
     seq_len = settings.seq_len or model_config.block_size
     if seq_len > model_config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context ({model_config.block_size} positions); "
                         f"use --seq-len <= {model_config.block_size} or a larger --block-size")
-    train, val = open_data(settings.data, model_config, seq_len, verify=settings.verify_data)
+    train, val = open_data(settings.data, manifest, model_config, seq_len, verify=settings.verify_data)
     eval_tasks = load_tasks(settings.eval_task_paths) if settings.eval_task_paths else []
     resume_from = resolve_resume(settings, model_config)
     reshard = None
@@ -258,33 +259,38 @@ def resolve_model(settings: RunSettings) -> GPTConfig:
         raise UserError(f"--model {settings.model} with {overrides or 'no overrides'}: {err}") from err
 
 
-def fit_vocabulary(model_config: GPTConfig, data_dir: str) -> GPTConfig:
+def read_manifest(data_dir: str) -> dict | None:
+    """The data folder's manifest, read once for every check and opening here; None for llm.c-style shards
+    without one."""
+    from gpt_ds import data
+
+    return data.load_manifest(data_dir) if (Path(data_dir) / data.MANIFEST_NAME).is_file() else None
+
+
+def fit_vocabulary(model_config: GPTConfig, manifest: dict | None) -> GPTConfig:
     """The model's config, its vocabulary grown to the chat markers' (gpt_ds.tokenizer.CHAT_VOCAB_SIZE) for a
     chat folder: a base model learns them in its fine-tune (--init-from starts their rows at the mean row)."""
     from gpt_ds import data
     from gpt_ds.tokenizer import CHAT_VOCAB_SIZE
 
-    manifest_path = Path(data_dir) / data.MANIFEST_NAME
-    if not manifest_path.is_file() or model_config.vocab_size >= CHAT_VOCAB_SIZE:
+    if manifest is None or model_config.vocab_size >= CHAT_VOCAB_SIZE:
         return model_config
-    if data.load_manifest(data_dir).get("format", "text") != data.CHAT_FORMAT:
+    if manifest.get("format", data.TEXT_FORMAT) != data.CHAT_FORMAT:
         return model_config
     return dataclasses.replace(model_config, vocab_size=CHAT_VOCAB_SIZE)
 
 
-def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool = False
+def open_data(data_dir: str, manifest: dict | None, model_config: GPTConfig, seq_len: int, verify: bool = False
               ) -> tuple[sampler.TokenWindows | sampler.ChatWindows, sampler.TokenWindows | sampler.ChatWindows | None]:
     """Training windows of seq_len + 1 tokens, and validation windows where the folder has a val split.
     Every shard's size and header are checked as it opens, and its tokens against the model's vocabulary:
     a sample of them, or with `verify` all of them and (where there is a manifest) every sha256."""
     from gpt_ds import data
 
-    has_manifest = (Path(data_dir) / data.MANIFEST_NAME).is_file()
-    if verify and has_manifest:
-        data.verify_folder(data_dir)
-    train_shards = data.open_split(data_dir, "train")
-    if has_manifest:
-        manifest = data.load_manifest(data_dir)
+    if verify and manifest is not None:
+        data.verify_folder(data_dir, manifest)
+    train_shards = data.open_split(data_dir, "train", manifest)
+    if manifest is not None:
         vocab_size = manifest.get("vocab_size", 0)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise UserError(f"{Path(data_dir) / data.MANIFEST_NAME} has vocab_size {vocab_size!r}, not a number: the "
@@ -295,13 +301,13 @@ def open_data(data_dir: str, model_config: GPTConfig, seq_len: int, verify: bool
         has_val = bool((manifest["splits"].get("val") or {}).get("shards"))
     else:  # llm.c-style shards without a manifest: found by the very names open_split looks for
         has_val = bool(data._foreign_shards(Path(data_dir), "val"))
-    val_shards = data.open_split(data_dir, "val") if has_val else []
+    val_shards = data.open_split(data_dir, "val", manifest) if has_val else []
     for shard in train_shards + val_shards:
         data.check_tokens(shard, model_config.vocab_size, full=verify)
-    masks = data.open_masks(data_dir, "train")
+    masks = data.open_masks(data_dir, "train", manifest)
     if masks is not None:  # a chat folder: conversations, each in a window of its own (gpt_ds.sampler)
         train = sampler.ChatWindows(train_shards, masks, seq_len, "train")
-        val = sampler.ChatWindows(val_shards, data.open_masks(data_dir, "val"), seq_len, "val") if has_val else None
+        val = sampler.ChatWindows(val_shards, data.open_masks(data_dir, "val", manifest), seq_len, "val") if has_val else None
         return train, val
     train = sampler.TokenWindows(train_shards, seq_len, "train")
     val = sampler.TokenWindows(val_shards, seq_len, "val") if has_val else None

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from gpt_ds.errors import UserError
+from gpt_ds.loss import IGNORE_INDEX
 from gpt_ds.tokenizer import EOT_TOKEN
 
-IGNORE = -100  # a target that no loss counts (the loss's ignore_index)
 
 
 class TokenWindows:
@@ -124,7 +124,7 @@ class ChatWindows:
 
     def batch(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (len(starts), block_size) for conversations `starts` (their indices): padded with
-        <|endoftext|> after the conversation, every target the mask leaves out IGNORE."""
+        <|endoftext|> after the conversation, every target the mask leaves out IGNORE_INDEX."""
         starts = np.asarray(starts, dtype=np.int64).reshape(-1)
         if len(starts) and not (starts.min() >= 0 and starts.max() < self.num_windows):
             raise IndexError(f"conversations must lie in [0, {self.num_windows}), got {starts.min()}..{starts.max()}")
@@ -134,7 +134,7 @@ class ChatWindows:
             shard, first, n = int(self._shard[index]), int(self._first[index]), int(self._length[index])
             rows[row, :n] = self.shards[shard][first : first + n]
             trained[row, :n] = self.masks[shard][first : first + n]
-        targets = np.where(trained[:, 1:], rows[:, 1:], IGNORE)
+        targets = np.where(trained[:, 1:], rows[:, 1:], IGNORE_INDEX)
         return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(targets)
 
     def trained_tokens(self, starts: np.ndarray) -> int:

@@ -16,6 +16,7 @@ import torch
 from gpt_ds import distributed, mc_eval, sampler
 from gpt_ds.bpb import bits_per_byte, bpb_sums, token_byte_lengths
 from gpt_ds.errors import UserError
+from gpt_ds.loss import IGNORE_INDEX
 from gpt_ds.plan import Plan
 
 
@@ -53,7 +54,7 @@ class Validator:
             _, losses = engine(x, y, per_token=True)
             if counts:
                 sums[0] += losses.double().sum()
-                sums[1] += (y != sampler.IGNORE).sum()  # a chat folder's val: the trained targets alone
+                sums[1] += (y != IGNORE_INDEX).sum()  # a chat folder's val: the trained targets alone
                 if byte_lengths is not None:
                     sums[2:] += bpb_sums(losses, y, byte_lengths)
         engine.train()

@@ -21,7 +21,8 @@ from gpt_ds.config_variant import write_variant
 from gpt_ds.data import open_masks, open_split
 from gpt_ds.model import GPT, GPTConfig
 from gpt_ds.model_io import read_model_info, save_model
-from gpt_ds.sampler import IGNORE, ChatWindows, TrainStream
+from gpt_ds.loss import IGNORE_INDEX
+from gpt_ds.sampler import ChatWindows, TrainStream
 from gpt_ds.tokenizer import CHAT_TEMPLATE, CHAT_VOCAB_SIZE, EOT_TOKEN, ROLE_TOKENS
 from test_train import TRAIN, assert_close_run, deepspeed_command, load_weights, run_ok, train_args
 
@@ -67,7 +68,7 @@ def test_windows_are_conversations_that_train_only_the_assistant(chat_data):
     assert windows.num_windows == int(sum((np.asarray(s) == EOT_TOKEN).sum() for s in shards))
     x, y = windows.batch(np.arange(windows.num_windows))
     assert (x[:, 0] == EOT_TOKEN).all()
-    trained = y != IGNORE
+    trained = y != IGNORE_INDEX
     assert int(trained.sum()) == windows.trained_tokens(np.arange(windows.num_windows)) > 0
     # a trained target is never a user's, a system's or a role marker, and every window trains something
     assert not torch.isin(y[trained], torch.tensor(list(ROLE_TOKENS.values()))).any()
@@ -77,7 +78,7 @@ def test_windows_are_conversations_that_train_only_the_assistant(chat_data):
         ends = (x[row, 1:] == EOT_TOKEN).nonzero()
         if len(ends):
             start = int(ends[0]) + 1
-            assert (x[row, start:] == EOT_TOKEN).all() and (y[row, start - 1:] == IGNORE).all()
+            assert (x[row, start:] == EOT_TOKEN).all() and (y[row, start - 1:] == IGNORE_INDEX).all()
 
 
 def test_the_loss_is_the_mean_over_the_global_batchs_trained_tokens(chat_data):
@@ -89,9 +90,9 @@ def test_the_loss_is_the_mean_over_the_global_batchs_trained_tokens(chat_data):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=CHAT_VOCAB_SIZE))
     x, y = stream.micro_batch(0, 8)
     logits, _ = model(x)
-    masked_mean = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
+    masked_mean = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
     trained = stream.trained_tokens(0)
-    assert trained == int((y != IGNORE).sum())
+    assert trained == int((y != IGNORE_INDEX).sum())
     parts = [model(*stream.micro_batch(0, 2, rank=r, world_size=2, micro_step=m), loss_divisor=trained)[1]
              for r in range(2) for m in range(2)]
     torch.testing.assert_close(sum(parts), masked_mean)
