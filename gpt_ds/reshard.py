@@ -172,12 +172,16 @@ def restore(engine: Any, universal: Path) -> None:
 
     partitioned = engine.zero_optimization_stage() == 3
     named = dict(engine.module.named_parameters())
-    create_optimizer_states(engine.optimizer, named, universal, optimizer_step(universal))
+    expected = create_optimizer_states(engine.optimizer, named, universal, optimizer_step(universal))
     slots = {} if partitioned else momentum_slots(engine.optimizer)
     for name, param in named.items():
         states = load_parameter(universal, name, tuple(param.ds_shape if partitioned else param.shape))
         weights = states.pop(WEIGHTS)
         states.pop(STEP, None)  # one for all: optimizer_step
+        if set(states) != expected[id(param)]:  # a state left at zero would train on silently wrong
+            raise UserError(f"{universal / PARAMS_FOLDER / name} holds the optimizer states {sorted(states)}, its "
+                            f"group's parameters {sorted(expected[id(param)])}: the universal copy is damaged; "
+                            "delete it and resume again to convert the checkpoint anew")
         if partitioned:  # Muon's momentum too: ZeRO-3 partitions it as the weights
             restore_partition(param, weights, states)
             continue
@@ -245,10 +249,11 @@ def load_parameter(universal: Path, name: str, shape: tuple[int, ...]) -> dict[s
 
 
 def create_optimizer_states(zero_optimizer: Any, named: dict[str, torch.nn.Parameter], universal: Path,
-                            step: float) -> None:
+                            step: float) -> dict[int, set[str]]:
     """The torch optimizer's per-partition states, zero, with the checkpoint's step count (Adam's bias
-    correction), for the per-parameter API to write into: torch optimizers create their states at the
-    first step, which a resumed engine has not taken.
+    correction; Muon's groups have none), for the per-parameter API to write into: torch optimizers create
+    their states at the first step, which a resumed engine has not taken. Returns the states each parameter
+    must have, by id: those of its group's first parameter in `universal`.
 
     The partitions are ZeRO's own flat fp32 tensors that the torch optimizer steps: DeepSpeed has no
     public name for them, so a DeepSpeed that keeps them elsewhere fails here loudly, not wrongly."""
@@ -263,9 +268,14 @@ def create_optimizer_states(zero_optimizer: Any, named: dict[str, torch.nn.Param
                         "knows ZeRO-1/2's and ZeRO-3's optimizers); resume with the checkpoint's ranks and config")
     names = {id(p): name for name, p in named.items()}
     base = zero_optimizer.optimizer
+    expected = {}
     for flat, params, in_partition in partitions:
-        keys = [path.stem for path in (universal / PARAMS_FOLDER / names[id(params[0])]).glob("*.pt")
-                if path.stem not in (WEIGHTS, STEP)]
+        folder = universal / PARAMS_FOLDER / names[id(params[0])]
+        keys = [path.stem for path in folder.glob("*.pt") if path.stem not in (WEIGHTS, STEP)]
+        if not keys:
+            raise UserError(f"{folder} holds no optimizer states: the universal copy is damaged, or not a conversion "
+                            "of this model's checkpoint; delete it and resume again to convert the checkpoint anew")
+        expected.update((id(p), set(keys)) for p in params)
         state = base.state[flat]
         if MOMENTUM in keys:  # a Muon group: its momentum only, no step count (as DeepSpeed's Muon keeps it)
             # ZeRO-1/2: whole, for every matrix with a part in this rank's partition (momentum_slots)
@@ -279,6 +289,7 @@ def create_optimizer_states(zero_optimizer: Any, named: dict[str, torch.nn.Param
         state[STEP] = torch.tensor(step, dtype=torch.float32, device=flat.device if on_device else "cpu")
     if hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the states' fragments
         zero_optimizer._lazy_init_hp_params_optimizer_state()
+    return expected
 
 
 def momentum_slots(zero_optimizer: Any) -> dict[int, torch.Tensor]:
