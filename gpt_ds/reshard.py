@@ -135,14 +135,16 @@ def momenta(tag_dir: Path) -> dict[str, torch.Tensor]:
     sub_groups = safe_load.check(min(tag_dir.glob(MODEL_STATES)))["param_shapes"]  # [{name: shape}] per group
     shapes = {name: tuple(shape) for group in sub_groups for name, shape in group.items()}
     pieces: dict[str, list[torch.Tensor]] = {}
+    zero12 = False
     for path in files:
         optim = safe_load.check(path)["optimizer_state_dict"]
         states, _ = _flat_states(optim)
+        zero12 = "param_slice_mappings" in optim
         for index, state in states.items():
             if MOMENTUM not in state:
                 continue
             buffer, offset = state[MOMENTUM].flatten(), 0
-            if "param_slice_mappings" in optim:  # ZeRO-1/2: whole, for each matrix in the rank's partition
+            if zero12:  # ZeRO-1/2: whole, for each matrix in the rank's partition
                 names = list(optim["param_slice_mappings"][index])
                 sizes = [math.prod(shapes[name]) for name in names]
             else:  # ZeRO-3: each matrix's slice of ceil(numel / ranks) elements, the last one padded
@@ -158,7 +160,7 @@ def momenta(tag_dir: Path) -> dict[str, torch.Tensor]:
     for name, parts in pieces.items():
         numel = math.prod(shapes[name])
         # ZeRO-1/2: a matrix split between ranks is whole on each of them (DeepSpeed all-reduces its gradient)
-        flat = parts[0] if "param_slice_mappings" in optim else torch.cat(parts)[:numel]
+        flat = parts[0] if zero12 else torch.cat(parts)[:numel]
         whole[name] = flat.clone().view(shapes[name])
     return whole
 
