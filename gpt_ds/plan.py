@@ -184,13 +184,12 @@ def fit_to_checkpoint(loaded: dict[str, Any], ds: DeepSpeedConfig, saved: dict[s
     saved_stage = (saved_config.get("zero_optimization") or {}).get("stage", ds.zero_stage)
     if saved_stage != ds.zero_stage:
         changes.append(f"ZeRO stage {saved_stage} -> {ds.zero_stage}")
-    if changes and ds.is_muon:
-        import deepspeed
-
-        # measured with 0.19.8: ds_to_universal reads Adam's exp_avg of every parameter (KeyError on Muon's)
-        raise UserError(f"resuming a Muon run with {', '.join(changes)} needs its checkpoint resharded, which "
-                        f"DeepSpeed {deepspeed.__version__}'s universal checkpoints cannot do for Muon's momentum; "
-                        f"resume with {saved.get('world_size')} ranks at ZeRO stage {saved_stage}")
+    saved_optimizer = (saved_config.get("optimizer") or {}).get("type")
+    if saved_optimizer is not None and (str(saved_optimizer).lower() == "muon") != ds.is_muon:
+        # the optimizer states of one are not the other's (Muon's momentum, Adam's moments)
+        raise UserError(f"the checkpoint was trained with {saved_optimizer} and {ds.path} has "
+                        f"{ds.config['optimizer'].get('type')}: resume with the checkpoint's optimizer "
+                        "(its DeepSpeed config), or start a new run with --init-from")
     return ds, ", ".join(changes) or None
 
 

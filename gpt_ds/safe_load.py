@@ -8,7 +8,7 @@ classes that DeepSpeed's checkpoints of our configs hold (ZeRO 1/2/3, bf16, fp16
 Muon). A file naming anything else is refused with one line naming the file and the global.
 
 Defines `ALLOWED_GLOBALS`, `load` (one file, checked), `check` (a file loads safely: memory-mapped,
-tensors not read) and `enforced()`, the scope in which `torch.load` itself is this loader: DeepSpeed
+tensors not read) and `enforced(adapt)`, the scope in which `torch.load` itself is this loader: DeepSpeed
 calls `torch.load(..., weights_only=False)` inside its own functions, so the only way to make those
 safe without copying them is to replace the function they call for the length of the call.
 """
@@ -20,7 +20,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -91,7 +91,12 @@ TORCH_LOAD_WHY = ("DeepSpeed's engine, zero_to_fp32 and ds_to_universal call tor
 
 
 @contextlib.contextmanager
-def enforced() -> Iterator[None]:
-    """Within this scope every torch.load (DeepSpeed's included) is `load`: weights only, ALLOWED_GLOBALS."""
-    with swapped(torch, "load", _patched, why=TORCH_LOAD_WHY):
+def enforced(adapt: Callable[[Any], Any] | None = None) -> Iterator[None]:
+    """Within this scope every torch.load (DeepSpeed's included) is `load`: weights only, ALLOWED_GLOBALS.
+    `adapt`, where given, receives what each load returns and returns what the caller gets instead."""
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        return adapt(_patched(*args, **kwargs))
+
+    with swapped(torch, "load", _patched if adapt is None else patched, why=TORCH_LOAD_WHY):
         yield

@@ -83,10 +83,14 @@ def test_resume_is_checked_against_the_plan(shards, tmp_path):
     zero3 = write_variant(tmp_path / "zero3.json", zero_optimization={"stage": 3})
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(zero3), world_size=2).reshard == "ZeRO stage 2 -> 3"
     assert plan_for(shards, tmp_path, "--deepspeed_config", str(zero3)).reshard == "2 -> 1 ranks, ZeRO stage 2 -> 3"
-    # Muon's momentum is not in DeepSpeed's universal checkpoints: its runs resume on their own layout only
-    assert plan_for(shards, tmp_path, "--deepspeed_config", str(MUON), world_size=2).reshard is None
-    with pytest.raises(UserError, match=r"Muon run with 2 -> 1 ranks .* resume with 2 ranks at ZeRO stage 2"):
-        plan_for(shards, tmp_path, "--deepspeed_config", str(MUON))
+    # another optimizer than the checkpoint's is refused: its states are not the other's
+    with pytest.raises(UserError, match=r"trained with AdamW and .*zero2_muon.json has Muon: resume with the chec"):
+        plan_for(shards, tmp_path, "--deepspeed_config", str(MUON), world_size=2)
+    # a Muon run reshards as an AdamW run does (gpt_ds.reshard restores Muon's momentum itself)
+    save_state_of_two_ranks(plan_for(shards, tmp_path / "muon", "--deepspeed_config", str(MUON)), tmp_path / "muon" / "run")
+    assert plan_for(shards, tmp_path / "muon", "--deepspeed_config", str(MUON)).reshard == "2 -> 1 ranks"
+    with pytest.raises(UserError, match=r"trained with Muon and .*zero2.json has AdamW"):
+        plan_for(shards, tmp_path / "muon", world_size=2)
 
 
 def test_the_json_is_read_and_its_keys_checked_once_even_on_a_resume_on_another_world_size(shards, tmp_path,
