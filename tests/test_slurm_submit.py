@@ -25,6 +25,7 @@ from gpt_ds import slurm_submit
 from gpt_ds.checkpoint import tag_for
 from gpt_ds.config_variant import write_variant
 from gpt_ds.errors import UserError
+from gpt_ds.recipes import MUON_CONFIG
 from gpt_ds.slurm_task import TaskReport
 from launch import submit
 
@@ -60,10 +61,18 @@ def ds_config(tmp_path_factory) -> Path:
     return write_variant(tmp_path_factory.mktemp("ds") / "zero2_micro2.json", train_micro_batch_size_per_gpu=2)
 
 
-def train_args(ds_config: Path, data_dir: Path, out: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def muon_config(tmp_path_factory) -> Path:
+    """ds_configs/zero2_muon.json (the modern recipe's: Muon, ZeRO-2, bf16) with a micro-batch of 2."""
+    return write_variant(tmp_path_factory.mktemp("ds") / "zero2_muon_micro2.json", REPO / MUON_CONFIG,
+                         train_micro_batch_size_per_gpu=2)
+
+
+def train_args(ds_config: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["--deepspeed_config", str(ds_config), "--data", str(data_dir), "--out", str(out), "--model", "tiny",
             "--block-size", "32", "--max-steps", str(MAX_STEPS), "--warmup-steps", "2", "--log-interval", "1",
-            "--save-interval", "1000", "--eval-interval", "1000", "--eval-tokens", "256", "--sample-tokens", "0"]
+            "--save-interval", "1000", "--eval-interval", "1000", "--eval-tokens", "256", "--sample-tokens", "0",
+            *extra]
 
 
 def submit_command(*options: str) -> list[str]:
@@ -264,14 +273,15 @@ def _squeue(job_id: str, fmt: str) -> str:
 class ClusterRun:
     """`launch/submit.py --wait` of a 2 nodes x 1 task training job, run in the background."""
 
-    def __init__(self, tmp_path: Path, ds_config: Path, data_dir: Path, *options: str) -> None:
+    def __init__(self, tmp_path: Path, ds_config: Path, data_dir: Path, *options: str,
+                 train_extra: tuple[str, ...] = ()) -> None:
         self.out = tmp_path / "run"
         self.console = tmp_path / "submit.log"
         with open(self.console, "w") as fh:
             self.proc = subprocess.Popen(
                 submit_command("--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "10",
                                "--signal-delay", "60", *options, "--wait",
-                               "--", *train_args(ds_config, data_dir, self.out)),
+                               "--", *train_args(ds_config, data_dir, self.out, *train_extra)),
                 stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         self.job_id = ""
 
@@ -351,15 +361,19 @@ def test_two_nodes_train_through_a_preemption(tmp_path, ds_config, data_dir, loc
 
 @pytest.mark.slow
 @needs_cluster
+@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
 def test_a_cancelled_job_checkpoints_stays_cancelled_and_resumes_on_another_allocation(tmp_path, ds_config,
-                                                                                        data_dir):
+                                                                                        muon_config, data_dir, recipe):
     """`scancel JOB` sends the same SIGTERM as a preemption: the job saves, and is NOT requeued
     (`scontrol requeue` would revive a cancelled job). Submitted again on 1 node x 1 task instead of
     2 x 1, the same --out resumes: the checkpoint is resharded (universal checkpoint), the global batch
-    kept (accumulation 2), and the run finishes with every step once in TensorBoard."""
+    kept (accumulation 2), and the run finishes with every step once in TensorBoard. The same for the
+    modern recipe, whose Muon momentum reshards too (gpt_ds.reshard)."""
     from gpt_ds.metrics import read_scalars
 
-    with ClusterRun(tmp_path, ds_config, data_dir) as run:
+    extra = ("--recipe", "modern") if recipe == "modern" else ()
+    ds_config = muon_config if recipe == "modern" else ds_config
+    with ClusterRun(tmp_path, ds_config, data_dir, train_extra=extra) as run:
         subprocess.run(["scancel", run.job_id], check=True)
         code = run.wait()
     assert code == 1, run.output[-4000:]
@@ -373,7 +387,7 @@ def test_a_cancelled_job_checkpoints_stays_cancelled_and_resumes_on_another_allo
     assert PREEMPT_AT_STEP <= int(saved.removeprefix("step_")) < MAX_STEPS
 
     again = subprocess.run(submit_command("--nodes", "1", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time",
-                                          "10", "--wait", "--", *train_args(ds_config, data_dir, run.out)),
+                                          "10", "--wait", "--", *train_args(ds_config, data_dir, run.out, *extra)),
                            capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     job_id = re.search(r"submitted job (\d+) to Slurm", again.stdout).group(1)
