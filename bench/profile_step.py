@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from gpt_ds import distributed, ds_config, model as model_module, sampler, settings as run_settings  # noqa: E402
+from gpt_ds import distributed, ds_config, host_memory, model as model_module, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
@@ -118,6 +118,7 @@ def main() -> None:
 
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
+    host_memory.keep_freed_memory()  # as gpt_ds.train does
     distributed.init(dist_env)
     from gpt_ds.model import config_from_preset
 

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.baseline import PlainTrainer  # noqa: E402
-from gpt_ds import distributed, ds_config, metrics, sampler, settings as run_settings  # noqa: E402
+from gpt_ds import distributed, ds_config, host_memory, metrics, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
 from gpt_ds.engine import build_engine, set_lr  # noqa: E402
@@ -75,6 +75,7 @@ def main() -> None:
 
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
+    host_memory.keep_freed_memory()  # as gpt_ds.train does
     distributed.init(dist_env)
     rank, world = dist_env.rank, dist_env.world_size
     device = distributed.device()

@@ -28,7 +28,7 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 
-from gpt_ds import atomic, checkpoint, distributed, metrics, sampler, settings as run_settings, tags
+from gpt_ds import atomic, checkpoint, distributed, host_memory, metrics, sampler, settings as run_settings, tags
 from gpt_ds.checkpoint import Checkpointer
 from gpt_ds.engine import build_engine, set_lr
 from gpt_ds.errors import UserError
@@ -114,6 +114,7 @@ def start(settings: RunSettings) -> Iterator[Started]:
     write RUN_DIR/settings.json."""
     dist_env = distributed.fill_env()
     distributed.share_cpu_threads(dist_env)
+    host_memory.keep_freed_memory()  # before the engine's first large blocks
     try:
         plan = plan_run(settings, dist_env.world_size)
     except UserError as err:

@@ -79,3 +79,28 @@ def test_agree_flags_a_non_finite_loss(engine_and_plan):
     assert agree(torch.tensor(float("nan")), False)[:2] == (None, False)
     assert agree(torch.tensor(2.5), True)[:2] == (2.5, True)
     assert agree(1.5, False)[:2] == (1.5, False)  # a host float still works
+
+
+@pytest.mark.parametrize("config, model", [("zero2.json", "tiny"), ("zero2_muon.json", "modern-tiny")])
+def test_adam_steps_on_torchs_fused_kernel(tmp_path, one_rank, config, model):
+    """DeepSpeed's AdamW, and Muon's Adam half, run torch's fused Adam (gpt_ds.engine.use_fused_adam): one
+    kernel over each tensor, read from torch's profiler."""
+    from torch.profiler import profile
+
+    shipped = Path(__file__).resolve().parents[1] / "ds_configs" / config
+    path = write_variant(tmp_path / config, shipped, train_micro_batch_size_per_gpu=2)
+    settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
+                                        model=model, block_size=32)
+    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
+    plan = Plan(settings, ds_config.resolve(ds_config.load(path), path, 1),
+                config_from_preset(model, **settings.shape_overrides), 32,
+                Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
+                None, None, 1)
+    engine = build_engine(plan)
+    base = engine.optimizer.optimizer
+    adams = [opt for opt in (base, getattr(base, "aux_optimizer", None)) if isinstance(opt, torch.optim.AdamW)]
+    assert adams and all(group["fused"] for opt in adams for group in opt.param_groups)
+    batches = prefetcher(plan, 0, engine.device)
+    with profile() as prof:
+        agree(train_step(engine, batches, 0), False)
+    assert sum(event.name == "aten::_fused_adamw_" for event in prof.events()) >= 1
