@@ -3,12 +3,14 @@
 Builds two of gpt-ds's own engines in one program: `--model` (GPT-2, ds_configs/zero2.json) and
 `modern-<model>` (the modern recipe: Muon, RoPE, QK-norm, ReLU², untied soft-capped head;
 ds_configs/zero2_muon.json). Each runs gpt_ds.train's step (train_step + agree) on the same random
-windows, alternating step by step (A B A B) so that a change of machine load hits both alike; the
-figures are medians of the per-step times and their ratio (the issue's target: at most 1.15x).
+windows, alternating in blocks of steps (A B A B, `--block` steps each) so that a change of machine load
+hits both alike, while each block runs with its own engine's memory in the caches, as a run does (step by
+step, each engine evicted the other's: the bigger one lost more). The figures are medians of the per-step
+times, each block's first step left out, and their ratio.
 
 With 2 ranks, under the deepspeed launcher, both engines run on both ranks (rank 0 prints):
 
-    python bench/recipe_step.py [--model tiny|small] [--steps 20] [--warmup 3]
+    python bench/recipe_step.py [--model tiny|small] [--rounds 4] [--block 10] [--warmup 3]
     python -m deepspeed.launcher.runner --num_gpus 2 bench/recipe_step.py --model small
 """
 
@@ -37,7 +39,8 @@ CONFIGS = {"gpt2": ROOT / "ds_configs" / "zero2.json", "modern": ROOT / "ds_conf
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="a GPT-2 preset; the modern side is modern-<model>")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
+    parser.add_argument("--rounds", type=int, default=4, help="A B rounds")
+    parser.add_argument("--block", type=int, default=10, help="steps per side in a round (the first is not timed)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args()
@@ -58,23 +61,29 @@ def main() -> None:
         set_lr(engine, plan.schedule.lr(i))
         agree(train_step(engine, batches, i), False)
 
-    times: dict[str, list[float]] = {name: [] for name in sides}
-    for i in range(args.warmup + args.steps):
-        for name in sides:
-            if dist_env.world_size > 1:
-                distributed.barrier()
-            sync(sides[name][1].device)
-            started = time.perf_counter()
+    for name in sides:
+        for i in range(args.warmup):
             step(name, i)
-            sync(sides[name][1].device)
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - started)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    i = args.warmup
+    for _ in range(args.rounds):
+        for name in sides:
+            for k in range(args.block):
+                if dist_env.world_size > 1:
+                    distributed.barrier()
+                sync(sides[name][1].device)
+                started = time.perf_counter()
+                step(name, i + k)
+                sync(sides[name][1].device)
+                if k > 0:
+                    times[name].append(time.perf_counter() - started)
+        i += args.block
     if dist_env.rank != 0:
         return
     plan = sides["gpt2"][0]
     print(f"model {args.model} vs modern-{args.model}, batch {plan.micro_batch * dist_env.world_size} x "
           f"{plan.seq_len} tokens, {dist_env.world_size} rank(s) x {torch.get_num_threads()} thread(s), "
-          f"{plan.precision}; {args.steps} steps per side, alternating")
+          f"{plan.precision}; {args.rounds} rounds of {args.block} steps per side, alternating")
     med = {name: statistics.median(t) for name, t in times.items()}
     for name, seconds in med.items():
         print(f"{name:7s}: median step {seconds * 1e3:8.1f} ms")
