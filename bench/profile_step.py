@@ -37,7 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from gpt_ds import distributed, ds_config, host_memory, model as model_module, sampler, settings as run_settings  # noqa: E402
+from bench.train import start_ranks  # noqa: E402
+from gpt_ds import ds_config, model as model_module, sampler, settings as run_settings  # noqa: E402
 from gpt_ds.plan import Plan  # noqa: E402
 from gpt_ds.prefetch import Prefetcher  # noqa: E402
 from gpt_ds.schedule import Schedule  # noqa: E402
@@ -116,10 +117,7 @@ def main() -> None:
     config_path = write_variant(Path(tempfile.mkdtemp()) / "ds.json", Path(args.deepspeed_config), set_precision)
     config = json.loads(config_path.read_text())
 
-    dist_env = distributed.fill_env()
-    distributed.share_cpu_threads(dist_env)
-    host_memory.keep_freed_memory()  # as gpt_ds.train does
-    distributed.init(dist_env)
+    dist_env = start_ranks()
     from gpt_ds.model import config_from_preset
 
     settings = run_settings.RunSettings(deepspeed_config=str(config_path), data="(random tokens)", out="(none)",

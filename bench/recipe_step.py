@@ -27,8 +27,8 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from bench.train import make_plan, sync  # noqa: E402
-from gpt_ds import distributed, host_memory  # noqa: E402
+from bench.train import make_plan, start_ranks, sync  # noqa: E402
+from gpt_ds import distributed  # noqa: E402
 from gpt_ds.engine import build_engine, set_lr  # noqa: E402
 from gpt_ds.train import agree, prefetcher, train_step  # noqa: E402
 
@@ -45,10 +45,7 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args()
 
-    dist_env = distributed.fill_env()
-    distributed.share_cpu_threads(dist_env)
-    host_memory.keep_freed_memory()  # as gpt_ds.train does
-    distributed.init(dist_env)
+    dist_env = start_ranks()
     sides = {}
     for name, model in (("gpt2", args.model), ("modern", f"modern-{args.model}")):
         plan = make_plan(argparse.Namespace(deepspeed_config=str(CONFIGS[name]), model=model, block_size=None,

@@ -56,6 +56,15 @@ def make_plan(args: argparse.Namespace, world_size: int) -> Plan:
                 sampler.TokenWindows([tokens], model_config.block_size), None, None, world_size)
 
 
+def start_ranks() -> distributed.DistEnv:
+    """This process as one rank, set up as gpt_ds.train sets up its ranks (threads, host memory, the process group)."""
+    dist_env = distributed.fill_env()
+    distributed.share_cpu_threads(dist_env)
+    host_memory.keep_freed_memory()
+    distributed.init(dist_env)
+    return dist_env
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -73,10 +82,7 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args()
 
-    dist_env = distributed.fill_env()
-    distributed.share_cpu_threads(dist_env)
-    host_memory.keep_freed_memory()  # as gpt_ds.train does
-    distributed.init(dist_env)
+    dist_env = start_ranks()
     rank, world = dist_env.rank, dist_env.world_size
     device = distributed.device()
     plan = make_plan(args, world)
