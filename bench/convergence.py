@@ -11,18 +11,21 @@ windows (gpt_ds.sampler, rank 0), and is scored on the same validation windows, 
 Time is training time (the steps; start-up, evaluation and checkpoints left out), read for gpt-ds
 from its TensorBoard log (train/seconds at each evaluation), interpolated linearly between the last
 evaluation above the target and the first at or below it.
-Runs one after the other (a run takes minutes, so A B alternation is not possible); rerun on a quiet
-machine for figures to quote. Writes OUT/convergence.png (val loss against training seconds) and
-OUT/convergence.json, and ends with the line `time-to-target ratios vs plain: gpt2 X, modern Y`.
+A run takes minutes, so step-by-step alternation is not possible: the contenders run `--repeats` times in
+mirrored order (A B C C B A), and each one's time is the median of its repeats, so a drift in the machine's
+speed during the bench lands on all of them alike. Writes OUT/convergence.png (val loss against training
+seconds, the first repeat) and OUT/convergence.json, and ends with the line
+`time-to-target ratios vs plain: gpt2 X, modern Y`.
 
     python bench/convergence.py [--data DIR] [--target-loss 5.45] [--max-steps 800] [--model tiny]
-                                [--device cpu|cuda] [--out runs/convergence]
+                                [--repeats 2] [--device cpu|cuda] [--out runs/convergence]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -136,24 +139,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--only", nargs="*", default=["plain", "gpt2", "modern"])
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each contender, in mirrored order (A B C C B A)")
     args = parser.parse_args()
     require("bench/convergence.py", {"matplotlib": "bench"})  # the curves' picture, drawn at the end
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = prepare(args)
     common = ["--lr", str(args.lr), "--warmup-steps", str(args.warmup)]
-    runs = {}
-    if "plain" in args.only:
-        runs["plain"] = plain(args, data)
-    if "gpt2" in args.only:
-        runs["gpt2"] = gpt_ds_run(args, data, "gpt2", "ds_configs/zero2.json", common)
-    if "modern" in args.only:
-        runs["modern"] = gpt_ds_run(args, data, "modern", "ds_configs/zero2_muon.json", ["--recipe", "modern"])
-    times = {name: time_to_target(points, args.target_loss) for name, points in runs.items()}
-    (Path(args.out) / "convergence.json").write_text(json.dumps({"args": vars(args), "runs": runs, "seconds": times},
-                                                                 indent=2))
-    draw(runs, args, Path(args.out) / "convergence.png")
+    contenders = {"plain": lambda run_args, tag: plain(run_args, data),
+                  "gpt2": lambda run_args, tag: gpt_ds_run(run_args, data, tag, "ds_configs/zero2.json", common),
+                  "modern": lambda run_args, tag: gpt_ds_run(run_args, data, tag, "ds_configs/zero2_muon.json",
+                                                             ["--recipe", "modern"])}
+    order = [name for name in contenders if name in args.only]
+    # A short run of each gpt-ds contender first fills torch.compile's on-disk cache (gpt_ds.cache): no timed
+    # run then pays the first compile, which a cold cache adds to one repeat only.
+    short = argparse.Namespace(**{**vars(args), "max_steps": args.warmup + 2, "eval_interval": args.warmup + 2})
+    for name in order:
+        if name != "plain":
+            contenders[name](short, f"{name}-warmup")
+    runs: dict[str, list] = {name: [] for name in order}
+    for repeat in range(args.repeats):
+        for name in order if repeat % 2 == 0 else order[::-1]:
+            runs[name].append(contenders[name](args, f"{name}-{repeat + 1}"))
+    each = {name: [time_to_target(points, args.target_loss) for points in repeats] for name, repeats in runs.items()}
+    times = {name: statistics.median(secs) if None not in secs else None for name, secs in each.items()}
+    (Path(args.out) / "convergence.json").write_text(json.dumps({"args": vars(args), "runs": runs, "seconds": each,
+                                                                  "median_seconds": times}, indent=2))
+    draw({name: repeats[0] for name, repeats in runs.items()}, args, Path(args.out) / "convergence.png")
     for name, secs in times.items():
-        print(f"{name:7s}: " + (f"val loss {args.target_loss} after {secs:.1f}s of training" if secs is not None
+        repeats = ", ".join("-" if s is None else f"{s:.1f}" for s in each[name])
+        print(f"{name:7s}: " + (f"val loss {args.target_loss} after {secs:.1f}s of training (median; runs: {repeats})"
+                                if secs is not None
                                 else f"did not reach val loss {args.target_loss} in {args.max_steps} steps"))
     base = times.get("plain")
 
