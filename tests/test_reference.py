@@ -32,6 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 SEED, STEPS, WARMUP, PEAK_LR, BLOCK = 1234, 10, 3, 3e-3, 64
 MICRO_BATCH, ACCUMULATION = 4, 2
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+# The weights after 10 steps: a rare token's embedding row has a near-zero second moment, so Adam turns a
+# rounding-level difference of its gradient (DeepSpeed's flat fp32 partition against per-tensor ones) into a
+# visible one: measured up to 1.4e-5 on one element of wte (of 6.4M) with torch's fused Adam on both sides.
+# A wrong hyperparameter, schedule or batch moves the weights by 1e-3 and more.
+WEIGHT_TOLERANCE = dict(atol=3e-5, rtol=1e-5)
 
 
 def fp32_zero2_config() -> dict:
@@ -167,4 +172,4 @@ def test_train_py_matches_a_plain_pytorch_loop(reference_shards, tmp_path):
     expected_weights["transformer.wte.weight"] = expected_weights["transformer.wte.weight"][:vocab]
     assert weights.keys() == expected_weights.keys()
     for name, tensor in expected_weights.items():
-        torch.testing.assert_close(weights[name], tensor, **TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(weights[name], tensor, **WEIGHT_TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
