@@ -3,7 +3,7 @@
 - `peak_flops.json`: the CPU's measured matmul peak per dtype and thread count (gpt_ds.metrics);
 - `inductor/`: torch.compile's on-disk caches (inductor's compiled graphs, AOTAutograd's), which the chunked loss
   and DeepSpeed's Muon fill at a run's first step. A second run of the same shape then loads instead of compiling:
-  the quickstart's first step takes 20 s cold and 3.4 s warm on 2 CPU cores. torch's own default is under /tmp,
+  the quickstart's first step takes 17.5 s cold and 3.4 s warm on 2 CPU cores. torch's own default is under /tmp,
   which a reboot empties and another cluster node does not share; a home folder survives both.
 """
 

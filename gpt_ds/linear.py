@@ -31,7 +31,9 @@ def onednn_available() -> bool:
     global _enabled
     if _enabled is None:
         try:
-            x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+            # fixed values, not torch.randn: probing must not move the caller's global random stream
+            x = torch.linspace(-1.0, 1.0, 24).view(3, 8)
+            w, b = torch.linspace(-0.5, 0.5, 40).view(5, 8), torch.linspace(0.0, 1.0, 5)
             with torch.no_grad():
                 _enabled = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
                     _onednn(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5

@@ -111,3 +111,12 @@ def test_a_model_decodes_the_same_tokens_on_either_kernel(config):
     assert generate(model, [idx[0].tolist()], sampling)[0] == tokens
     if onednn_available():
         assert ran_onednn(generate, model, [idx[0].tolist()], Sampling(2, temperature=0))
+
+
+def test_the_probe_leaves_the_global_random_stream_alone(monkeypatch):
+    monkeypatch.setattr(linear_module, "_enabled", None)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    onednn_available()
+    assert torch.equal(torch.rand(3), expected)
