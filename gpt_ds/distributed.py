@@ -172,7 +172,8 @@ def share_cpu_threads(dist_env: DistEnv) -> None:
 def init(dist_env: DistEnv, timeout_s: float = 600.0) -> None:
     """Start torch.distributed through DeepSpeed, on the accelerator's backend (NCCL on GPUs, gloo on the
     CPU), with collectives that give up a minute after `timeout_s` (a rank that died or hung; the loop's
-    Watchdog stops a rank at `timeout_s` itself, with its own line)."""
+    Watchdog stops a rank at `timeout_s` itself, with its own line). Ranks that share one CPU host sum
+    through shared memory (gpt_ds.host_collectives)."""
     import datetime
 
     import deepspeed
@@ -185,6 +186,9 @@ def init(dist_env: DistEnv, timeout_s: float = 600.0) -> None:
                                timeout=datetime.timedelta(seconds=timeout_s + PG_TIMEOUT_MARGIN_S))
     if dist_env.world_size > 1:
         release_shm_buffer(dist_env)
+        from gpt_ds import host_collectives
+
+        host_collectives.use_shared_memory()
     atexit.register(shutdown)
 
 

@@ -148,8 +148,8 @@ def _head_gradient(logits: torch.Tensor, targets: torch.Tensor, softcap: float |
     if slope is not None:
         # The compiled loop keeps each logit's sigmoid (a float32 chunk) for the slope; taking the exp again from
         # it is faster than keeping the exps too (a second chunk-sized buffer: modern-tiny's loss 1.2x slower).
-        # head_gradient compiles without common-subexpression elimination, which would merge the two.
-        e = torch.exp(x - top)
+        # Written as x + (-top), the same number as x - top, so that common-subexpression elimination leaves it.
+        e = torch.exp(x + (-top))
     onehot = torch.arange(x.size(1), device=x.device) == targets.unsqueeze(1)
     grad = e / total - onehot.float()
     if slope is not None:
@@ -183,9 +183,8 @@ class _Fused:
     the compile takes ~3 s once per process, ~1.5 s from the on-disk cache, gpt_ds.cache). Where compiling is not
     possible (no C++ compiler, GPT_DS_COMPILE_LOSS=0), the same function runs eagerly."""
 
-    def __init__(self, fn, cse: bool = True) -> None:
+    def __init__(self, fn) -> None:
         self.fn = fn
-        self.cse = cse  # AOT autograd's common-subexpression elimination (merges a value computed twice on purpose)
         self.compiled = None
         self.enabled = os.environ.get("GPT_DS_COMPILE_LOSS", "1") != "0"
 
@@ -195,8 +194,7 @@ class _Fused:
                 if self.compiled is None:
                     use_compile_cache()
                     self.compiled = torch.compile(self.fn, dynamic=True)
-                with torch._functorch.config.patch(cse=self.cse):  # read when a call compiles
-                    return self.compiled(*args)
+                return self.compiled(*args)
             except _DEVICE_ERRORS:
                 raise  # the device's own failure (out of memory, a CUDA fault): eager would fail the same, or worse
             except Exception as err:  # noqa: BLE001 - any compiler failure: the eager path is the same math
@@ -206,7 +204,7 @@ class _Fused:
         return self.fn(*args)
 
 
-head_gradient = _Fused(_head_gradient, cse=False)
+head_gradient = _Fused(_head_gradient)
 row_loss = _Fused(_row_loss)
 
 

@@ -31,3 +31,11 @@ def test_gpt_ds_says_why_it_swaps_torch_load():
     with safe_load.enforced():
         assert torch.load is not real
     assert torch.load is real and patching.SWAPS["torch.load"] == safe_load.TORCH_LOAD_WHY
+
+
+def test_replace_holds_for_the_process_and_says_why():
+    lib = types.ModuleType("otherlib")
+    lib.reduce = lambda: "gloo"
+    original = patching.replace(lib, "reduce", lambda: "shm", why="a faster kernel")
+    assert lib.reduce() == "shm" and original() == "gloo"
+    assert patching.SWAPS["otherlib.reduce"] == "a faster kernel"
