@@ -17,7 +17,7 @@ dropped. The backward only scales the stored gradients by the incoming gradient,
 does all the head's work, and nothing of size N x V outlives a chunk.
 
 The loss is always float32. `softcap` (Gemma-2 style) maps logits to softcap * tanh(logits / softcap)
-before the softmax, in the forward and in the gradient (computed through a sigmoid, see _real_logits). Targets equal to `ignore_index` do not count;
+before the softmax, in the forward and in the gradient (computed through a sigmoid, see _capped). Targets equal to `ignore_index` do not count;
 the mean is over the others (all ignored: nan, as F.cross_entropy). `divisor` replaces their count: a fine-tune
 divides each micro-batch's sum by the trained tokens of the whole global batch, so that the gradient is the
 same for any world size and accumulation.
@@ -126,13 +126,18 @@ def _real_logits(logits: torch.Tensor, softcap: float | None, vocab_size: int
     x = logits.float()
     slope = None
     if softcap is not None:
-        s = torch.sigmoid(x * (2.0 / softcap))
-        x = softcap * (2.0 * s - 1.0)
+        x, s = _capped(x, softcap)
         slope = 4.0 * s * (1.0 - s)
     padded = torch.arange(x.size(1), device=x.device) >= vocab_size
     x = x.masked_fill(padded, float("-inf"))
     top = softcap if softcap is not None and softcap <= MAX_CAP_AS_TOP else x.amax(dim=1, keepdim=True)
     return x, top, slope
+
+
+def _capped(x: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softcap * tanh(x / softcap), as softcap * (2 sigmoid(2x / softcap) - 1), and that sigmoid (float32 x)."""
+    s = torch.sigmoid(x * (2.0 / softcap))
+    return softcap * (2.0 * s - 1.0), s
 
 
 def _head_gradient(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None, vocab_size: int
@@ -170,7 +175,7 @@ def _target_logits(logits: torch.Tensor, targets: torch.Tensor, softcap: float |
     """Each row's float32 (capped) logit at its target, taken from the raw logits: gathering from the capped
     (rows, V) float32 tensor made the compiled loop write that whole tensor to memory for the one element."""
     x = logits.gather(1, targets.unsqueeze(1)).squeeze(1).float()
-    return x if softcap is None else softcap * (2.0 * torch.sigmoid(x * (2.0 / softcap)) - 1.0)
+    return x if softcap is None else _capped(x, softcap)[0]
 
 
 # failures of the device, not of the compiler: never a reason to fall back to the eager path

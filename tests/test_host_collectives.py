@@ -81,4 +81,3 @@ def test_two_ranks_on_one_host_sum_through_shared_memory_as_gloo_does(tmp_path):
     assert out["gather own slice"] == [["shm"], [1.0, 2.0, 3.0, 11.0, 12.0, 13.0]]
     assert out["gather copy"] == [["shm"], [[0.0, -0.5], [1.0, -1.5]]]
     assert out["why"] == ["TorchBackend.all_gather_into_tensor", "TorchBackend.all_reduce"]
-
