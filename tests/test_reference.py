@@ -121,7 +121,7 @@ def reference_run(data: Path, config: dict) -> tuple[list[float], dict[str, torc
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": params["weight_decay"]},
          {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}],
-        # torch's fused kernel: the one gpt_ds.engine.use_fused_adam switches DeepSpeed's AdamW to
+        # torch's fused kernel: the one gpt_ds.zero_step.use_fused_adam switches DeepSpeed's AdamW to
         lr=PEAK_LR, betas=tuple(params["betas"]), eps=params["eps"], fused=True)
     losses = []
     for step in range(STEPS):

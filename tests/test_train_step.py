@@ -83,7 +83,7 @@ def test_agree_flags_a_non_finite_loss(engine_and_plan):
 
 @pytest.mark.parametrize("config, model", [("zero2.json", "tiny"), ("zero2_muon.json", "modern-tiny")])
 def test_adam_steps_on_torchs_fused_kernel(tmp_path, one_rank, config, model):
-    """DeepSpeed's AdamW, and Muon's Adam half, run torch's fused Adam (gpt_ds.engine.use_fused_adam): one
+    """DeepSpeed's AdamW, and Muon's Adam half, run torch's fused Adam (gpt_ds.zero_step.use_fused_adam): one
     kernel over each tensor, read from torch's profiler."""
     from torch.profiler import profile
 
