@@ -15,8 +15,8 @@ flows through them:
   schedule (the learning rate as a function of the step).
 - starting the ranks: distributed (rank, world size, collectives, the watchdog), hardware (what the
   accelerator can do), host_memory (malloc keeps freed memory for the next step), lock (one run per
-  folder), engine (the model inside DeepSpeed, Muon's wiring),
-  patching (the named swaps of a library's attribute).
+  folder), engine (the model inside DeepSpeed, Muon's wiring), zero_step (DeepSpeed's ZeRO step with
+  fewer passes over the gradients), patching (the named swaps of a library's attribute).
 - the loop: train (start, the step, the loop, the end), monitor (what a step reports, the target, the
   divergence guard), metrics (TensorBoard, throughput and MFU), tags (the TensorBoard tags),
   validate (the validation loss, bits per byte, multiple-choice scores and text samples), bpb (each

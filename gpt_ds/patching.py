@@ -1,9 +1,10 @@
 """Replacing a library's attribute: for the length of a call (`swapped`), or for the process (`replace`).
 
-gpt-ds changes what DeepSpeed does in three places without copying DeepSpeed's code: the Muon
+gpt-ds changes what DeepSpeed does in four places without copying DeepSpeed's code: the Muon
 tagging inside `deepspeed.initialize` (gpt_ds.engine) and the checkpoint loads inside DeepSpeed's
 functions (gpt_ds.safe_load), each with `swapped`, which puts the original back however the block
-ends; and the CPU collectives of a run's process group (gpt_ds.host_collectives), with `replace`.
+ends; the CPU collectives of a run's process group (gpt_ds.host_collectives) and the gradient norm and
+overflow scan of a ZeRO optimizer (gpt_ds.zero_step), with `replace`.
 Both name the reason; `SWAPS` lists what is replaced and why.
 """
 
