@@ -1,8 +1,8 @@
 """The training step reads back to the host once: train_step keeps the micro-batch losses on the
 device and agree's single all-reduce (loss, non-finite flag, preemption flag) is read with one .tolist().
 
-Counted are the reads gpt-ds's code makes. DeepSpeed's ZeRO step makes its own (bf16/fp16's overflow
-check: an all-reduce and .item(); is_invalid_grad_norm's bool() of the clipping norm) and torch's
+Counted are the reads gpt-ds's code makes. DeepSpeed's ZeRO step makes its own (is_invalid_grad_norm's
+bool() of the gradient norm, which also stands for its overflow scan: gpt_ds.zero_step) and torch's
 single-tensor AdamW reads its step counter, a CPU tensor; those are DeepSpeed's and torch's business."""
 
 from __future__ import annotations
