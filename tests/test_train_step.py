@@ -11,17 +11,13 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from gpt_ds import ds_config, sampler, settings as run_settings
 from gpt_ds.config_variant import write_variant
-from gpt_ds.model import config_from_preset
-from gpt_ds.plan import Plan
-from gpt_ds.schedule import Schedule
 from gpt_ds.engine import build_engine
 from gpt_ds.train import agree, prefetcher, train_step
+from random_plans import random_token_plan
 
 GPT_DS = str(Path(__file__).resolve().parents[1] / "gpt_ds")
 
@@ -31,13 +27,7 @@ def engine_and_plan(tmp_path_factory, one_rank):
     # several micro-batches: still one read
     path = write_variant(tmp_path_factory.mktemp("ds") / "ds.json", train_micro_batch_size_per_gpu=2,
                          gradient_accumulation_steps=3)
-    settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
-                                        model="tiny", block_size=32)
-    model_config = config_from_preset("tiny", **settings.shape_overrides)
-    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
-    plan = Plan(settings, ds_config.resolve(ds_config.load(path), path, 1), model_config, 32,
-                Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
-                None, None, 1)
+    plan = random_token_plan(path)
     return build_engine(plan), plan
 
 
@@ -89,13 +79,7 @@ def test_adam_steps_on_torchs_fused_kernel(tmp_path, one_rank, config, model):
 
     shipped = Path(__file__).resolve().parents[1] / "ds_configs" / config
     path = write_variant(tmp_path / config, shipped, train_micro_batch_size_per_gpu=2)
-    settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
-                                        model=model, block_size=32)
-    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
-    plan = Plan(settings, ds_config.resolve(ds_config.load(path), path, 1),
-                config_from_preset(model, **settings.shape_overrides), 32,
-                Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
-                None, None, 1)
+    plan = random_token_plan(path, model)
     engine = build_engine(plan)
     base = engine.optimizer.optimizer
     adams = [opt for opt in (base, getattr(base, "aux_optimizer", None)) if isinstance(opt, torch.optim.AdamW)]

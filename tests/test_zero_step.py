@@ -9,32 +9,25 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from gpt_ds import ds_config, sampler, settings as run_settings, zero_step
+from gpt_ds import zero_step
 from gpt_ds.config_variant import write_variant
 from gpt_ds.engine import build_engine
-from gpt_ds.model import config_from_preset
 from gpt_ds.patching import SWAPS
 from gpt_ds.plan import Plan
-from gpt_ds.schedule import Schedule
 from gpt_ds.train import prefetcher, train_step
+from random_plans import random_token_plan
 
-SHIPPED = Path(__file__).resolve().parents[1] / "ds_configs"
+TESTS = Path(__file__).resolve().parent
+SHIPPED = TESTS.parent / "ds_configs"
 LIGHTER = ["fused adam", "norm", "overflow check", "average"]
 
 
 def make_plan(tmp_path: Path, config: str, model: str) -> Plan:
-    path = write_variant(tmp_path / config, SHIPPED / config, train_micro_batch_size_per_gpu=2, gradient_clipping=0.05)
-    settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
-                                        model=model, block_size=32)
-    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
-    return Plan(settings, ds_config.resolve(ds_config.load(path), path, 1),
-                config_from_preset(model, **settings.shape_overrides), 32,
-                Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
-                None, None, 1)
+    return random_token_plan(write_variant(tmp_path / config, SHIPPED / config, train_micro_batch_size_per_gpu=2,
+                                           gradient_clipping=0.05), model)
 
 
 def deepspeeds_own(engine) -> None:
@@ -126,32 +119,24 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from gpt_ds import distributed, ds_config, sampler, settings as run_settings
+from gpt_ds import distributed
 from gpt_ds.config_variant import write_variant
 from gpt_ds.engine import build_engine
-from gpt_ds.model import config_from_preset
-from gpt_ds.plan import Plan
-from gpt_ds.schedule import Schedule
 from gpt_ds.train import prefetcher, train_step
 
 env = distributed.fill_env()
 distributed.init(env)
-folder, shipped = Path(sys.argv[-2]), Path(sys.argv[-1])
+folder, shipped = Path(sys.argv[-3]), Path(sys.argv[-2])
+sys.path.insert(0, sys.argv[-1])
+from random_plans import random_token_plan
 out = {}
 for config, model, stage, accumulation in (("zero2.json", "tiny", 2, 1), ("zero2_muon.json", "modern-tiny", 1, 2)):
     path = write_variant(folder / f"{env.rank}_{config}", shipped / config, train_micro_batch_size_per_gpu=2,
                          gradient_accumulation_steps=accumulation, gradient_clipping=0.05,
                          edit=lambda c: c["zero_optimization"].update(stage=stage))
-    settings = run_settings.RunSettings(deepspeed_config=str(path), data="(random tokens)", out="(none)",
-                                        model=model, block_size=32)
-    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000, dtype=np.uint16)
-    plan = Plan(settings, ds_config.resolve(ds_config.load(path), path, 2),
-                config_from_preset(model, **settings.shape_overrides), 32,
-                Schedule(peak=1e-3, floor=1e-4, warmup=1, decay_steps=10), sampler.TokenWindows([tokens], 32),
-                None, None, 2)
+    plan = random_token_plan(path, model, 2)
     runs = {}
     for side in ("gpt-ds", "deepspeed"):
         engine = build_engine(plan)
@@ -182,7 +167,7 @@ def test_two_ranks_train_deepspeeds_numbers(tmp_path):
 
     script = tmp_path / "ranks.py"
     script.write_text(RANKS)
-    proc = subprocess.run(distributed.launcher_command(2, str(script), [str(tmp_path), str(SHIPPED)]),
+    proc = subprocess.run(distributed.launcher_command(2, str(script), [str(tmp_path), str(SHIPPED), str(TESTS)]),
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
