@@ -23,6 +23,7 @@ from random_plans import random_token_plan
 TESTS = Path(__file__).resolve().parent
 SHIPPED = TESTS.parent / "ds_configs"
 LIGHTER = ["fused adam", "norm", "overflow check", "average"]
+REPLACED = ("check_overflow", "get_grad_norm_direct")  # what lighten() sets on the optimizer object
 
 
 def make_plan(tmp_path: Path, config: str, model: str) -> Plan:
@@ -32,34 +33,44 @@ def make_plan(tmp_path: Path, config: str, model: str) -> Plan:
 
 def deepspeeds_own(engine) -> None:
     """DeepSpeed's norm, overflow scan and averaging back on this engine (fused Adam stays: its own test)."""
-    for name in ("get_grad_norm_direct", "check_overflow"):
+    for name in REPLACED:
         engine.optimizer.__dict__.pop(name, None)  # the norm is replaced on the CPU only
     engine.optimizer.gradient_average = True
+
+
+def train_side(plan: Plan, side: str, steps: int, rank: int = 0) -> dict:
+    """`steps` steps of a fresh engine, as gpt-ds builds it ("gpt-ds") or with DeepSpeed's own step put back
+    ("deepspeed"): its losses, gradient norms and final weights, what it replaced and whether it averages."""
+    engine = build_engine(plan)
+    if side == "deepspeed":
+        deepspeeds_own(engine)
+    batches = prefetcher(plan, rank, engine.device)
+    losses, norms = [], []
+    for step in range(steps):
+        losses.append(train_step(engine, batches, step).item())
+        norms.append(float(engine.get_global_grad_norm()))
+    return dict(losses=losses, norms=norms, weights=[p.detach().clone() for p in engine.module.parameters()],
+                replaced=sorted(name for name in REPLACED if name in vars(engine.optimizer)),
+                average=engine.optimizer.gradient_average)
+
+
+def same_numbers(ours: dict, deepspeeds: dict) -> bool:
+    """The same losses, norms and weights, to the bit."""
+    return (ours["losses"] == deepspeeds["losses"] and ours["norms"] == deepspeeds["norms"]
+            and all(torch.equal(a, b) for a, b in zip(ours["weights"], deepspeeds["weights"])))
 
 
 @pytest.mark.parametrize("config, model", [("zero2.json", "tiny"), ("zero2_muon.json", "modern-tiny")])
 def test_the_lighter_step_trains_deepspeeds_numbers(tmp_path, one_rank, config, model):
     plan = make_plan(tmp_path, config, model)
-    runs = {}
-    for side in ("gpt-ds", "deepspeed"):
-        engine = build_engine(plan)
-        assert zero_step.lighten(engine.optimizer) == ["fused adam"]  # already applied, once: nothing left to do
-        if side == "deepspeed":
-            deepspeeds_own(engine)
-        batches = prefetcher(plan, 0, engine.device)
-        losses, norms = [], []
-        for step in range(4):
-            losses.append(train_step(engine, batches, step).item())
-            norms.append(float(engine.get_global_grad_norm()))
-        runs[side] = losses, norms, [p.detach().clone() for p in engine.module.parameters()]
-    (losses, norms, weights), (ds_losses, ds_norms, ds_weights) = runs["gpt-ds"], runs["deepspeed"]
-    assert min(norms) > 0.05  # clipped: the norm is in every update
-    assert losses == ds_losses and norms == ds_norms
-    assert all(torch.equal(a, b) for a, b in zip(weights, ds_weights))
+    ours, deepspeeds = (train_side(plan, side, 4) for side in ("gpt-ds", "deepspeed"))
+    assert min(ours["norms"]) > 0.05  # clipped: the norm is in every update
+    assert same_numbers(ours, deepspeeds)
 
 
 def test_what_one_rank_gets(tmp_path, one_rank):
     engine = build_engine(make_plan(tmp_path, "zero2.json", "tiny"))
+    assert zero_step.lighten(engine.optimizer) == ["fused adam"]  # already applied, once: nothing left to do
     deepspeeds_own(engine)
     on_cpu = engine.device.type == "cpu"
     assert zero_step.lighten(engine.optimizer) == [name for name in LIGHTER if on_cpu or name != "norm"]
@@ -115,46 +126,27 @@ def test_sum_of_squares_reads_float64_sums():
 
 RANKS = r'''
 import json, sys
-import json
-import subprocess
 from pathlib import Path
-
-import torch
 
 from gpt_ds import distributed
 from gpt_ds.config_variant import write_variant
-from gpt_ds.engine import build_engine
-from gpt_ds.train import prefetcher, train_step
 
 env = distributed.fill_env()
 distributed.init(env)
 folder, shipped = Path(sys.argv[-3]), Path(sys.argv[-2])
 sys.path.insert(0, sys.argv[-1])
 from random_plans import random_token_plan
+from test_zero_step import same_numbers, train_side
+
 out = {}
 for config, model, stage, accumulation in (("zero2.json", "tiny", 2, 1), ("zero2_muon.json", "modern-tiny", 1, 2)):
     path = write_variant(folder / f"{env.rank}_{config}", shipped / config, train_micro_batch_size_per_gpu=2,
                          gradient_accumulation_steps=accumulation, gradient_clipping=0.05,
                          edit=lambda c: c["zero_optimization"].update(stage=stage))
     plan = random_token_plan(path, model, 2)
-    runs = {}
-    for side in ("gpt-ds", "deepspeed"):
-        engine = build_engine(plan)
-        if side == "deepspeed":
-            for name in ("get_grad_norm_direct", "check_overflow"):
-                engine.optimizer.__dict__.pop(name, None)
-            engine.optimizer.gradient_average = True
-        replaced = sorted(name for name in ("get_grad_norm_direct", "check_overflow") if name in vars(engine.optimizer))
-        batches = prefetcher(plan, env.rank, engine.device)
-        losses, norms = [], []
-        for step in range(3):
-            losses.append(train_step(engine, batches, step).item())
-            norms.append(float(engine.get_global_grad_norm()))
-        runs[side] = (losses, norms, replaced, engine.optimizer.gradient_average,
-                      [p.detach().clone() for p in engine.module.parameters()])
-    (losses, norms, replaced, average, weights), (ds_losses, ds_norms, _, _, ds_weights) = runs["gpt-ds"], runs["deepspeed"]
-    out[config] = dict(replaced=replaced, average=average, losses_equal=losses == ds_losses, norms=norms,
-                       norms_equal=norms == ds_norms, weights_equal=all(torch.equal(a, b) for a, b in zip(weights, ds_weights)))
+    ours, deepspeeds = (train_side(plan, side, 3, env.rank) for side in ("gpt-ds", "deepspeed"))
+    out[config] = dict(replaced=ours["replaced"], average=ours["average"], norms=ours["norms"],
+                       same=same_numbers(ours, deepspeeds))
 (folder / f"rank{env.rank}.json").write_text(json.dumps(out))
 '''
 
@@ -173,6 +165,5 @@ def test_two_ranks_train_deepspeeds_numbers(tmp_path):
     for rank in (0, 1):
         out = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for config, run in out.items():
-            assert run["replaced"] == ["check_overflow", "get_grad_norm_direct"] and run["average"], (rank, config, run)
-            assert min(run["norms"]) > 0.05 and run["losses_equal"] and run["norms_equal"] and run["weights_equal"], \
-                (rank, config, run)
+            assert run["replaced"] == list(REPLACED) and run["average"], (rank, config, run)
+            assert min(run["norms"]) > 0.05 and run["same"], (rank, config, run)
